@@ -1,0 +1,127 @@
+"""The shape every fastchat-spec adapter shares with FastChat's own adapters.
+
+``SpecAdapter`` has the methods of FastChat's ``BaseModelAdapter`` (it does not
+inherit from it, so that importing our adapters never imports FastChat's
+adapter module, whose import is what triggers our hook): ``match`` looks at
+the checkpoint's contents (never just its folder name), ``load_model`` loads
+the base through the FastChat adapter that stock FastChat would use for it,
+then the method's drafter, and ``get_default_conv_template`` is the base's.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from fastchat.conversation import get_conv_template
+
+from fastchat_spec.adapters.checkpoint import read_config, resolve_base_path
+from fastchat_spec.spec_model import SpecConfig, SpecModel
+
+QUANTIZE_ENV = "FASTCHAT_SPEC_QUANTIZE"  # "4bit" or "8bit": load the base with bitsandbytes
+
+
+def fastchat_adapter_for(path: str):
+    """FastChat's own adapter for a plain model path, skipping ours."""
+    from fastchat.model import model_adapter
+    from fastchat.model.model_adapter import BaseModelAdapter
+
+    candidates = [a for a in model_adapter.model_adapters if not isinstance(a, SpecAdapter)]
+    basename = os.path.basename(os.path.normpath(path))
+    for adapter in candidates:
+        if adapter.match(basename) and type(adapter) is not BaseModelAdapter:
+            return adapter
+    for adapter in candidates:
+        if adapter.match(path):
+            return adapter
+    return BaseModelAdapter()
+
+
+class SpecAdapter:
+    method = ""
+    use_fast_tokenizer = False
+    name_prefixes: tuple[str, ...] = ()
+
+    # -- what each method provides -----------------------------------------
+    def detect(self, config: dict, path: str) -> bool:
+        raise NotImplementedError
+
+    def spec_config(self, config: dict, path: str) -> SpecConfig:
+        raise NotImplementedError
+
+    def load_drafter(self, path: str, config: dict, spec: SpecConfig, base) -> Optional[torch.nn.Module]:
+        raise NotImplementedError
+
+    def base_path(self, path: str, config: dict) -> str:
+        return resolve_base_path(path, config)
+
+    # -- FastChat's adapter interface -----------------------------------------
+    def match(self, model_path: str) -> bool:
+        if os.path.isdir(model_path):
+            config = read_config(model_path)
+            return config is not None and self.detect(config, model_path)
+        # A bare model name (FastChat's Gradio server picks templates by worker name).
+        return os.path.basename(model_path).lower().startswith(self.name_prefixes)
+
+    def load_model(self, model_path: str, from_pretrained_kwargs: dict):
+        config = read_config(model_path) or {}
+        spec = self.spec_config(config, model_path)
+        base_path = self.base_path(model_path, config)
+        kwargs = dict(from_pretrained_kwargs)
+        _add_quantization(kwargs)
+        base, tokenizer = fastchat_adapter_for(base_path).load_model(base_path, kwargs)
+        drafter = self.load_drafter(model_path, config, spec, base)
+        if drafter is not None:
+            lm_head = base.get_output_embeddings().weight
+            dtype = lm_head.dtype if lm_head.dtype.is_floating_point else torch.float16
+            drafter.to(device=lm_head.device, dtype=dtype).eval()
+        return SpecModel(base.eval(), drafter, spec), tokenizer
+
+    def load_compress_model(self, model_path, device, torch_dtype, use_fast, revision="main"):
+        """FastChat's --load-8bit: compress the base as FastChat does, keep the drafter as is."""
+        from fastchat.model.compression import load_compress_model
+
+        config = read_config(model_path) or {}
+        spec = self.spec_config(config, model_path)
+        base_path = self.base_path(model_path, config)
+        base, tokenizer = load_compress_model(base_path, device, torch_dtype, use_fast=use_fast, revision=revision)
+        drafter = self.load_drafter(model_path, config, spec, base)
+        if drafter is not None:
+            drafter.to(device=device, dtype=torch_dtype).eval()
+        return SpecModel(base.eval(), drafter, spec), tokenizer
+
+    def get_default_conv_template(self, model_path: str):
+        if os.path.isdir(model_path):
+            config = read_config(model_path) or {}
+            if config.get("fastchat_conv_template"):
+                return get_conv_template(config["fastchat_conv_template"])
+            base = self.base_path(model_path, config)
+            base_config = read_config(base) if os.path.isdir(base) else None
+            if base_config and base_config.get("fastchat_conv_template"):
+                return get_conv_template(base_config["fastchat_conv_template"])
+            return fastchat_adapter_for(base).get_default_conv_template(base)
+        name = os.path.basename(model_path)
+        for prefix in self.name_prefixes:
+            if name.lower().startswith(prefix):
+                name = name[len(prefix):]
+                break
+        return fastchat_adapter_for(name).get_default_conv_template(name)
+
+
+def _add_quantization(kwargs: dict) -> None:
+    mode = os.environ.get(QUANTIZE_ENV, "").strip().lower()
+    if not mode:
+        return
+    if mode not in ("4bit", "8bit"):
+        raise ValueError(f"{QUANTIZE_ENV} must be 4bit or 8bit, got {mode!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{QUANTIZE_ENV}={mode} needs a CUDA GPU (bitsandbytes); unset it to load on CPU")
+    from transformers import BitsAndBytesConfig
+
+    if mode == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=kwargs.get("torch_dtype", torch.float16),
+            bnb_4bit_quant_type="nf4")
+    else:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    kwargs.setdefault("device_map", {"": 0})

@@ -1,0 +1,102 @@
+"""Decide how much of a verified tree to keep.
+
+Three rules, all returning the same ``Decision``:
+
+* ``accept_greedy``: keep the deepest path whose every token is the target's
+  argmax. Exactly lossless for greedy decoding.
+* ``accept_sampling`` (default at temperature > 0): recursive rejection
+  sampling over the tree. A draft node is a point mass, so candidate c of a
+  node is accepted with probability p(c) / (mass not yet rejected) and on
+  rejection removed from p; if every child is rejected, the bonus token is
+  drawn from what is left. Each emitted token therefore has exactly the
+  target's distribution (Leviathan et al. 2023; SpecInfer's multi-candidate
+  form), whatever the drafts were.
+* ``accept_typical``: Medusa's typical acceptance (opt-in, not lossless).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastchat_spec.generate.tree import Tree
+
+
+@dataclass
+class Decision:
+    node: int  # deepest accepted node (0: only the root)
+    path: torch.Tensor  # (D+1,) accepted nodes from the root, padded with ``node``; on device
+    tokens: list[int]  # accepted draft tokens then the bonus token
+
+
+def _deepest_valid(tree: Tree, ok: torch.Tensor) -> torch.Tensor:
+    """Index of the deepest node whose whole path (root excluded) is ok."""
+    bad_on_path = (tree.ancestors & ~ok.unsqueeze(0)).any(dim=1)
+    score = torch.where(bad_on_path, -1, tree.depth)
+    return score.argmax()
+
+
+def _finish(tree: Tree, tokens: torch.Tensor, node: torch.Tensor, bonus: torch.Tensor) -> Decision:
+    path = tree.path_nodes[node]
+    # One host read per step: the path's tokens, the bonus and the depth.
+    host = torch.cat([tokens[path], bonus.view(1), tree.depth[node].view(1), node.view(1)]).tolist()
+    depth, node_i = host[-2], host[-1]
+    return Decision(node=node_i, path=path, tokens=host[1 : 1 + depth] + [host[-3]])
+
+
+def accept_greedy(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor) -> Decision:
+    """``scores`` (N, V): processed logits at every node."""
+    target = scores.argmax(dim=-1)
+    ok = tokens == target[tree.parent]
+    ok[0] = True
+    node = _deepest_valid(tree, ok)
+    return _finish(tree, tokens, node, target[node])
+
+
+def accept_typical(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor, temperature: float,
+                   threshold: float = 0.09, alpha: float = 0.3) -> Decision:
+    """Medusa's typical acceptance: p(token) above min(threshold, alpha * exp(-entropy))."""
+    if temperature < 1e-5:
+        return accept_greedy(tree, tokens, scores)
+    probs = torch.softmax(scores, dim=-1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum(-1)
+    limit = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
+    p_tok = probs[tree.parent, tokens]
+    ok = p_tok > limit[tree.parent]
+    ok[0] = True
+    node = _deepest_valid(tree, ok)
+    bonus = torch.multinomial(probs[node], 1)[0]
+    return _finish(tree, tokens, node, bonus)
+
+
+def accept_sampling(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor) -> Decision:
+    """Lossless recursive rejection sampling with point-mass drafts."""
+    probs = torch.softmax(scores, dim=-1)
+    kids = tree.children  # (N, C), -1 padded
+    kid_tokens = tokens[kids.clamp_min(0)]
+    kid_p = probs.gather(1, kid_tokens).masked_fill_(kids < 0, 0.0)
+    host_p, host_tok = kid_p.cpu().tolist(), kid_tokens.cpu().tolist()
+    host_kids = tree.children.tolist()
+    node = 0
+    while True:
+        rejected, left, accepted = set(), 1.0, None
+        for j, kid in enumerate(host_kids[node]):
+            tok = host_tok[node][j]
+            if kid < 0 or tok in rejected:
+                continue
+            p = host_p[node][j]
+            if left > 0 and torch.rand(()).item() * left < p:
+                accepted = kid
+                break
+            rejected.add(tok)
+            left -= p
+        if accepted is None:
+            break
+        node = accepted
+    residual = probs[node].clone()
+    if rejected:
+        residual[torch.tensor(sorted(rejected), device=residual.device)] = 0.0
+    if float(residual.sum()) <= 1e-12:  # every bit of mass was tried: rounding only
+        residual = probs[node]
+    bonus = torch.multinomial(residual, 1)[0]
+    return _finish(tree, tokens, torch.tensor(node, device=tokens.device), bonus)

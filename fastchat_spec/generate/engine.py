@@ -1,0 +1,149 @@
+"""The one speculative loop: propose -> verify -> accept -> commit.
+
+``Generation`` is one request's decoding state. It owns its KV cache, its
+proposer (with the proposer's own state) and its counters, so concurrent
+requests on one model never share mutable state. Every method (Medusa, Hydra,
+Chimera, Jacobi) runs through ``step``; only the proposer differs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from fastchat_spec.generate import accept
+from fastchat_spec.generate.kv_cache import commit_path, new_cache
+from fastchat_spec.generate.proposers import Commit, proposer_class
+from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
+from fastchat_spec.generate.verify import base_forward, causal_visibility
+from fastchat_spec.spec_model import SpecModel
+
+ACCEPTANCE_RULES = ("lossless", "typical")
+
+
+@dataclass
+class Stats:
+    steps: int = 0  # base forward passes (the prefill counts as one)
+    tokens: int = 0  # tokens generated
+    accepted: list = field(default_factory=list)  # draft tokens accepted per verification step
+    seconds: dict = field(default_factory=lambda: {"draft": 0.0, "verify": 0.0, "accept": 0.0})
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "tokens": self.tokens, "accepted": list(self.accepted)}
+
+
+class _Clock:
+    """Per-phase timing for the benchmark; synchronises the device only when on."""
+
+    def __init__(self, enabled: bool, device: torch.device, seconds: dict):
+        self.enabled, self.device, self.seconds = enabled, device, seconds
+        self.t = 0.0
+
+    def start(self):
+        if self.enabled:
+            self._sync()
+            self.t = time.perf_counter()
+
+    def lap(self, phase: str):
+        if self.enabled:
+            self._sync()
+            now = time.perf_counter()
+            self.seconds[phase] += now - self.t
+            self.t = now
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class Generation:
+    def __init__(self, model: SpecModel, prompt_ids: list[int], max_new_tokens: int,
+                 sampling: SamplingParams, acceptance: str = "lossless", profile: bool = False,
+                 options: dict | None = None):
+        if acceptance not in ACCEPTANCE_RULES:
+            raise ValueError(f"unknown acceptance rule {acceptance!r}; use one of {ACCEPTANCE_RULES}")
+        self.base = model.base
+        self.device = model.device
+        opts = {**model.spec.options, **(options or {})}
+        self.proposer = proposer_class(model.spec.method).build(model, self.device, opts)
+        self.tree = self.proposer.tree
+        self.sampling = sampling
+        self.acceptance = acceptance
+        self.processor = logits_processor(sampling)
+        capacity = len(prompt_ids) + max_new_tokens + self.tree.num_nodes + 1
+        self.cache = new_cache(self.base.config, capacity, self.device, model.dtype)
+        self.ids = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        self.ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        self.prompt_len = len(prompt_ids)
+        self.cur = 0  # tokens in the KV cache
+        self.root = None  # next token to feed (chosen, not yet in the cache)
+        self.stats = Stats()
+        self.clock = _Clock(profile, self.device, self.stats.seconds)
+
+    # -- the first token -------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self) -> list[int]:
+        p = self.prompt_len
+        tokens = self.ids[:p]
+        positions = torch.arange(p, device=self.device)
+        start = torch.zeros((), dtype=torch.long, device=self.device)
+        self.clock.start()
+        out = base_forward(self.base, self.cache, tokens, positions, start, causal_visibility(p, self.device))
+        self.clock.lap("verify")
+        history = tokens.view(1, p) if self.sampling.repetition_penalty > 1.0 else None
+        scores = process_logits(self.processor, out.logits[-1:], history)[0]
+        if self.sampling.greedy:
+            first = scores.argmax()
+        else:
+            first = torch.multinomial(torch.softmax(scores, dim=-1), 1)[0]
+        self.cur = p
+        self.root = int(first)
+        self.proposer.observe(Commit(tokens, out.hidden, 0, self.root, out.logits, positions))
+        self.clock.lap("accept")
+        self.stats.steps += 1
+        self.stats.tokens += 1
+        return [self.root]
+
+    # -- one speculative step ---------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[int]:
+        tree = self.tree
+        root = torch.tensor(self.root, device=self.device)
+        start = torch.tensor(self.cur, device=self.device)
+        self.clock.start()
+        draft = self.proposer.propose(root)
+        tokens = torch.cat([root.view(1), draft])
+        self.clock.lap("draft")
+        out = base_forward(self.base, self.cache, tokens, start + tree.depth, start, tree.ancestors)
+        self.clock.lap("verify")
+        scores = process_logits(self.processor, out.logits, self._history(tokens))
+        decision = self._decide(tokens, scores)
+        commit_path(self.cache, start, decision.path)
+        kept = decision.path[: len(decision.tokens)]  # root + accepted drafts
+        self.ids[self.cur] = root
+        self.ids[self.cur + 1 : self.cur + len(decision.tokens)] = tokens[kept[1:]]
+        bonus = decision.tokens[-1]
+        self.proposer.observe(Commit(tokens[kept], out.hidden[kept], self.cur, bonus, out.logits, kept))
+        self.clock.lap("accept")
+        self.cur += len(decision.tokens)
+        self.root = bonus
+        self.stats.steps += 1
+        self.stats.tokens += len(decision.tokens)
+        self.stats.accepted.append(len(decision.tokens) - 1)
+        return decision.tokens
+
+    def _history(self, tokens: torch.Tensor):
+        """Ids FastChat's repetition penalty would see at each node: committed ids + the node's path."""
+        if self.sampling.repetition_penalty <= 1.0:
+            return None
+        n = self.tree.num_nodes
+        committed = self.ids[: self.cur].view(1, -1).expand(n, -1)
+        return torch.cat([committed, tokens[self.tree.path_nodes]], dim=1)
+
+    def _decide(self, tokens: torch.Tensor, scores: torch.Tensor) -> accept.Decision:
+        if self.sampling.greedy:
+            return accept.accept_greedy(self.tree, tokens, scores)
+        if self.acceptance == "typical":
+            return accept.accept_typical(self.tree, tokens, scores, self.sampling.temperature)
+        return accept.accept_sampling(self.tree, tokens, scores)

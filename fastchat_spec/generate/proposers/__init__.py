@@ -1,0 +1,19 @@
+"""One proposer per method. ``PROPOSERS`` maps a method name to its class."""
+from fastchat_spec.generate.proposers.base import Commit, Proposer
+
+
+def proposer_class(method: str):
+    from fastchat_spec.generate.proposers import chimera, hydra, jacobi, medusa
+
+    table = {
+        "medusa": medusa.MedusaProposer,
+        "hydra": hydra.HydraProposer,
+        "chimera": chimera.ChimeraProposer,
+        "cllm": jacobi.JacobiProposer,
+    }
+    if method not in table:
+        raise ValueError(f"unknown speculative method {method!r}; known: {sorted(table)}")
+    return table[method]
+
+
+__all__ = ["Commit", "Proposer", "proposer_class"]

@@ -1,0 +1,38 @@
+"""Medusa proposer: independent heads, one per tree depth."""
+from __future__ import annotations
+
+import torch
+
+from fastchat_spec.generate.proposers.base import Commit, Proposer
+from fastchat_spec.generate.tree import Tree, default_tree
+
+
+class MedusaProposer(Proposer):
+    def __init__(self, drafter, base, tree: Tree):
+        self.heads = drafter
+        self.lm_head = base.get_output_embeddings()
+        self.tree = tree
+        self.top_k = max(tree.max_rank(d) for d in range(1, tree.max_depth + 1)) if tree.max_depth else 1
+        self.depth_index = (tree.depth[1:] - 1).clamp_min(0)
+        self.rank_index = tree.rank[1:]
+        self.hidden = None
+
+    @classmethod
+    def build(cls, model, device, options):
+        return cls(model.drafter, model.base, model_tree(model).to(device))
+
+    def observe(self, commit: Commit) -> None:
+        self.hidden = commit.hidden[-1:]
+
+    def propose(self, root: torch.Tensor) -> torch.Tensor:
+        logits = self.heads(self.hidden, self.lm_head)[:, 0]  # (heads, V)
+        top = logits.topk(self.top_k, dim=-1).indices  # (heads, K)
+        return top[self.depth_index, self.rank_index]
+
+
+def model_tree(model) -> Tree:
+    """The checkpoint's tree if it ships one, else the default, cut to the head count."""
+    heads = model.spec.num_heads
+    if model.spec.tree:
+        return Tree.from_paths(model.spec.tree).truncated(heads)
+    return default_tree(heads)

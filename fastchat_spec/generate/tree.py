@@ -1,0 +1,158 @@
+"""Sparse candidate trees as data.
+
+A tree is a list of paths, exactly like Medusa's ``medusa_choices``: the path
+``(0, 2)`` is the node reached by taking the top-1 candidate of draft depth 1
+and then the top-3 candidate of draft depth 2. Node 0 is the root: the last
+committed token, which has not been through the base model yet.
+
+``Tree`` turns the paths into the index tensors that the engine needs once, so
+nothing about the tree shape is recomputed per step.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+
+Path = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tree:
+    paths: tuple[Path, ...]  # sorted by depth, then lexicographically; root excluded
+    parent: torch.Tensor = field(repr=False)  # (N,) parent node index, root -> 0
+    depth: torch.Tensor = field(repr=False)  # (N,) 0 for the root
+    rank: torch.Tensor = field(repr=False)  # (N,) top-k rank at its depth, root -> 0
+    ancestors: torch.Tensor = field(repr=False)  # (N, N) bool, [i, j]: j is i or an ancestor of i
+    children: torch.Tensor = field(repr=False)  # (N, C) child node indices in rank order, -1 padded
+    path_nodes: torch.Tensor = field(repr=False)  # (N, D+1) nodes from root to i, padded with i
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.paths) + 1
+
+    @property
+    def max_depth(self) -> int:
+        return max((len(p) for p in self.paths), default=0)
+
+    def max_rank(self, depth: int) -> int:
+        """How many top-k candidates depth ``depth`` (1-based) needs."""
+        return max((p[depth - 1] + 1 for p in self.paths if len(p) >= depth), default=0)
+
+    def nodes_at_depth(self, depth: int) -> list[int]:
+        return [i + 1 for i, p in enumerate(self.paths) if len(p) == depth]
+
+    def truncated(self, max_depth: int) -> "Tree":
+        """The same tree with paths deeper than ``max_depth`` removed."""
+        return Tree.from_paths([p for p in self.paths if len(p) <= max_depth])
+
+    def to(self, device) -> "Tree":
+        moved = {f: getattr(self, f).to(device) for f in
+                 ("parent", "depth", "rank", "ancestors", "children", "path_nodes")}
+        return replace(self, **moved)
+
+    def to_list(self) -> list[list[int]]:
+        return [list(p) for p in self.paths]
+
+    @staticmethod
+    def from_paths(paths: Sequence[Sequence[int]]) -> "Tree":
+        clean = sorted({tuple(int(x) for x in p) for p in paths if len(p) > 0}, key=lambda p: (len(p), p))
+        known = set(clean)
+        for p in clean:
+            if any(x < 0 for x in p):
+                raise ValueError(f"tree path {list(p)} has a negative rank; ranks are 0-based top-k indices")
+            if len(p) > 1 and p[:-1] not in known:
+                raise ValueError(
+                    f"tree path {list(p)} has no parent {list(p[:-1])}; every prefix of a path must be in the tree"
+                )
+        index = {p: i + 1 for i, p in enumerate(clean)}
+        n = len(clean) + 1
+        parent = torch.zeros(n, dtype=torch.long)
+        depth = torch.zeros(n, dtype=torch.long)
+        rank = torch.zeros(n, dtype=torch.long)
+        ancestors = torch.eye(n, dtype=torch.bool)
+        ancestors[:, 0] = True
+        kids: list[list[int]] = [[] for _ in range(n)]
+        for p, i in index.items():
+            par = index.get(p[:-1], 0)
+            parent[i], depth[i], rank[i] = par, len(p), p[-1]
+            kids[par].append(i)
+            for k in range(1, len(p)):
+                ancestors[i, index[p[:k]]] = True
+        max_kids = max((len(k) for k in kids), default=0)
+        children = torch.full((n, max(max_kids, 1)), -1, dtype=torch.long)
+        for i, k in enumerate(kids):
+            k.sort(key=lambda j: rank[j].item())
+            children[i, : len(k)] = torch.tensor(k, dtype=torch.long)
+        max_d = max((len(p) for p in clean), default=0)
+        path_nodes = torch.zeros(n, max_d + 1, dtype=torch.long)
+        for i in range(n):
+            chain = [i]
+            while chain[-1] != 0:
+                chain.append(int(parent[chain[-1]]))
+            chain.reverse()
+            path_nodes[i] = torch.tensor(chain + [i] * (max_d + 1 - len(chain)))
+        return Tree(tuple(clean), parent, depth, rank, ancestors, children, path_nodes)
+
+
+def chain(length: int) -> Tree:
+    """A single path of ``length`` top-1 guesses (Jacobi windows, or a plain draft chain)."""
+    return Tree.from_paths([[0] * d for d in range(1, length + 1)])
+
+
+def build_tree(accuracy: Sequence[Sequence[float]], num_nodes: int) -> Tree:
+    """Grow a tree greedily by expected accepted length, as in the Medusa paper.
+
+    ``accuracy[d][r]`` is the measured probability that the rank-``r`` candidate
+    of draft depth ``d + 1`` is the right token. A path is accepted with the
+    product of its nodes' accuracies (the paper's independence assumption), and
+    the expected accepted length is the sum of that over the tree's nodes. The
+    probability of a child never exceeds its parent's, so taking the most likely
+    frontier node each time keeps the tree prefix-closed and is optimal for this
+    objective. ``num_nodes`` excludes the root.
+    """
+    frontier: list[tuple[float, Path, float]] = []  # (-path prob, path, parent's path prob)
+
+    def push(path: Path, parent_prob: float) -> None:
+        d, r = len(path) - 1, path[-1]
+        if d < len(accuracy) and r < len(accuracy[d]):
+            heapq.heappush(frontier, (-parent_prob * float(accuracy[d][r]), path, parent_prob))
+
+    push((0,), 1.0)
+    chosen: list[Path] = []
+    while frontier and len(chosen) < num_nodes:
+        neg, path, parent_prob = heapq.heappop(frontier)
+        chosen.append(path)
+        push(path[:-1] + (path[-1] + 1,), parent_prob)  # next sibling
+        push(path + (0,), -neg)  # first child
+    return Tree.from_paths(chosen)
+
+
+def expected_length(tree: Tree, accuracy: Sequence[Sequence[float]]) -> float:
+    """Expected tokens per step (accepted nodes + the bonus token) under ``accuracy``."""
+    total = 1.0
+    for p in tree.paths:
+        prob = 1.0
+        for d, r in enumerate(p):
+            prob *= accuracy[d][r] if d < len(accuracy) and r < len(accuracy[d]) else 0.0
+        total += prob
+    return total
+
+
+# Accuracy profile used when a checkpoint ships no tree: top-1 accuracy falling
+# with depth, top-k mass falling with rank. Only the shape matters for the tree.
+def assumed_accuracy(num_heads: int, top_k: int = 10) -> list[list[float]]:
+    rows = []
+    for d in range(num_heads):
+        top1 = 0.6 * (0.75**d)
+        rows.append([top1 * (0.45**r) for r in range(top_k)])
+    return rows
+
+
+def default_tree(num_heads: int, num_nodes: int = 63) -> Tree:
+    """A tree for any head count >= 1 (Medusa's shipped trees need >= 4 heads)."""
+    if num_heads < 1:
+        raise ValueError(f"a draft tree needs at least 1 head, got {num_heads}")
+    return build_tree(assumed_accuracy(num_heads), num_nodes)

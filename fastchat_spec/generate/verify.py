@@ -1,0 +1,61 @@
+"""Run the base model over a block of tokens: a prompt, a tree or a window.
+
+We call the Hugging Face model's own decoder with an explicit 4D mask, position
+ids and cache positions, so any decoder-only model with a standard cache works
+(Llama, Mistral, Qwen2); nothing of ``modeling_llama`` is copied here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ForwardOut:
+    logits: torch.Tensor  # (T, V) float32
+    hidden: torch.Tensor  # (T, H) last hidden state (after the final norm), model dtype
+
+
+def attention_mask(start: torch.Tensor, visible: torch.Tensor, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (1, 1, T, capacity) for a block written at ``start``.
+
+    Row i sees every committed slot before ``start`` and the block slots j with
+    ``visible[i, j]`` (its tree ancestors, or the causal past for a chain).
+    Everything else, stale entries included, is masked. ``start`` is a 0-d
+    device tensor so the same code runs inside a CUDA graph.
+    """
+    t = visible.shape[0]
+    slots = torch.arange(capacity, device=visible.device)
+    rel = slots - start
+    in_block = (rel >= 0) & (rel < t)
+    allowed = (slots < start).unsqueeze(0) | (visible[:, rel.clamp(0, t - 1)] & in_block.unsqueeze(0))
+    mask = torch.zeros(t, capacity, device=visible.device, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.view(1, 1, t, capacity)
+
+
+def causal_visibility(length: int, device) -> torch.Tensor:
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril_()
+
+
+def base_forward(base, cache, tokens: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
+                 visible: torch.Tensor) -> ForwardOut:
+    """One forward of ``base`` over ``tokens`` (T,) at ``positions`` (T,), written at slots start..start+T."""
+    capacity = cache.layers[0].max_cache_len
+    dtype = base.get_input_embeddings().weight.dtype
+    if not dtype.is_floating_point:  # quantised embeddings: use the compute dtype of the output layer
+        dtype = torch.float16
+    mask = attention_mask(start, visible, capacity, dtype)
+    t = tokens.shape[0]
+    out = base.get_decoder()(
+        input_ids=tokens.view(1, t),
+        position_ids=positions.view(1, t),
+        attention_mask=mask,
+        past_key_values=cache,
+        cache_position=start + torch.arange(t, device=tokens.device),
+        use_cache=True,
+    )
+    hidden = out.last_hidden_state[0]
+    logits = base.get_output_embeddings()(hidden).float()
+    return ForwardOut(logits=logits, hidden=hidden)

@@ -1,0 +1,1 @@
+"""Draft modules (the trainable part of each method), as plain nn.Modules."""

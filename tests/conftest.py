@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny tokenizer, tiny base models and checkpoints, built once per session."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import fastchat_spec  # noqa: E402
+
+fastchat_spec.register()
+
+from tests import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(models_dir):
+    return tiny.build_tokenizer(os.path.join(models_dir, "tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def base_dir(models_dir, tokenizer_dir):
+    return tiny.build_llama(os.path.join(models_dir, "vicuna-tiny"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def medusa_dir(models_dir, base_dir):
+    """A Medusa v0.1 layout (pickled heads with their own lm_heads), written by hand."""
+    from fastchat_spec.adapters.medusa import write_medusa_checkpoint
+
+    out = os.path.join(models_dir, "medusa-vicuna-tiny")
+    heads = tiny.random_medusa_heads(base_dir, num_heads=3)
+    write_medusa_checkpoint(out, heads, base_dir, safetensors=False)
+    return out
+
+
+@pytest.fixture
+def subprocess_env():
+    """Environment for FastChat commands run as subprocesses: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
