@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fastchat_spec.generate import accept
+from fastchat_spec.generate.cuda_graphs import borrow_runner, pool_for
 from fastchat_spec.generate.kv_cache import commit_path, new_cache
 from fastchat_spec.generate.proposers import Commit, proposer_class
 from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
@@ -60,20 +61,26 @@ class _Clock:
 class Generation:
     def __init__(self, model: SpecModel, prompt_ids: list[int], max_new_tokens: int,
                  sampling: SamplingParams, acceptance: str = "lossless", profile: bool = False,
-                 options: dict | None = None):
+                 options: dict | None = None, method: str | None = None):
         if acceptance not in ACCEPTANCE_RULES:
             raise ValueError(f"unknown acceptance rule {acceptance!r}; use one of {ACCEPTANCE_RULES}")
         self.base = model.base
         self.device = model.device
         opts = {**model.spec.options, **(options or {})}
-        self.proposer = proposer_class(model.spec.method).build(model, self.device, opts)
+        self.proposer = proposer_class(method or model.spec.method).build(model, self.device, opts)
         self.tree = self.proposer.tree
         self.sampling = sampling
         self.acceptance = acceptance
         self.processor = logits_processor(sampling)
-        capacity = len(prompt_ids) + max_new_tokens + self.tree.num_nodes + 1
-        self.cache = new_cache(self.base.config, capacity, self.device, model.dtype)
-        self.ids = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        needed = len(prompt_ids) + max_new_tokens + self.tree.num_nodes + 1
+        self.runner = borrow_runner(self.base, needed, self.device, model.dtype)
+        if self.runner is not None:  # CUDA: a pooled static cache with graphed verification
+            self.cache = self.runner.cache
+            self._verify = self.runner.forward_for(self.tree.ancestors)
+        else:
+            self.cache = new_cache(self.base.config, needed, self.device, model.dtype)
+            self._verify = self._eager_verify
+        self.ids = torch.zeros(needed, dtype=torch.long, device=self.device)
         self.ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         self.prompt_len = len(prompt_ids)
         self.cur = 0  # tokens in the KV cache
@@ -115,7 +122,7 @@ class Generation:
         draft = self.proposer.propose(root)
         tokens = torch.cat([root.view(1), draft])
         self.clock.lap("draft")
-        out = base_forward(self.base, self.cache, tokens, start + tree.depth, start, tree.ancestors)
+        out = self._verify(tokens, start + tree.depth, start)
         self.clock.lap("verify")
         scores = process_logits(self.processor, out.logits, self._history(tokens))
         decision = self._decide(tokens, scores)
@@ -132,6 +139,15 @@ class Generation:
         self.stats.tokens += len(decision.tokens)
         self.stats.accepted.append(len(decision.tokens) - 1)
         return decision.tokens
+
+    def close(self) -> None:
+        """Give the pooled cache back (CUDA); safe to call twice."""
+        if self.runner is not None:
+            pool_for(self.base).release(self.runner)
+            self.runner = None
+
+    def _eager_verify(self, tokens, positions, start):
+        return base_forward(self.base, self.cache, tokens, positions, start, self.tree.ancestors)
 
     def _history(self, tokens: torch.Tensor):
         """Ids FastChat's repetition penalty would see at each node: committed ids + the node's path."""

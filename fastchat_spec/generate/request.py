@@ -55,8 +55,22 @@ def parse_request(params: dict, tokenizer, context_len: int) -> Request:
         stop_token_ids=stop_token_ids,
         echo=bool(params.get("echo", True)),
         acceptance=str(params.get("spec_acceptance", "lossless")),
-        options=dict(params.get("spec_options") or {}),
+        options=_options(params),
     )
+
+
+def _options(params: dict) -> dict:
+    """Per-request method options; FastChat main's ``n_token_seq_length`` is the Jacobi window."""
+    options = params.get("spec_options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"spec_options must be an object, got {options!r}")
+    options = dict(options)
+    if params.get("n_token_seq_length") is not None:
+        try:
+            options["n_token_seq_length"] = int(params["n_token_seq_length"])
+        except (TypeError, ValueError):
+            raise ValueError(f"n_token_seq_length must be an integer, got {params['n_token_seq_length']!r}") from None
+    return options
 
 
 def _stop_strings(stop) -> list[str]:

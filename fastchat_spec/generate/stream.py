@@ -8,8 +8,6 @@ on the same base model (used by the side-by-side view).
 """
 from __future__ import annotations
 
-import torch
-
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.request import Request, parse_request
 
@@ -22,10 +20,10 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
     request = parse_request(params, tokenizer, context_len)
     generation = Generation(model, request.prompt_ids, request.max_new_tokens, request.sampling,
                             acceptance=request.acceptance, options=request.options)
-    yield from _stream(generation, tokenizer, request, max(1, int(stream_interval)))
-    del generation
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    try:
+        yield from _stream(generation, tokenizer, request, max(1, int(stream_interval)))
+    finally:
+        generation.close()
 
 
 def _stream(generation: Generation, tokenizer, request: Request, stream_interval: int):

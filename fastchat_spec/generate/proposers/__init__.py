@@ -1,11 +1,12 @@
-"""One proposer per method. ``PROPOSERS`` maps a method name to its class."""
+"""One proposer per method; ``proposer_class`` maps a method name to its class."""
 from fastchat_spec.generate.proposers.base import Commit, Proposer
 
 
 def proposer_class(method: str):
-    from fastchat_spec.generate.proposers import chimera, hydra, jacobi, medusa
+    from fastchat_spec.generate.proposers import autoregressive, chimera, hydra, jacobi, medusa
 
     table = {
+        "ar": autoregressive.AutoregressiveProposer,
         "medusa": medusa.MedusaProposer,
         "hydra": hydra.HydraProposer,
         "chimera": chimera.ChimeraProposer,

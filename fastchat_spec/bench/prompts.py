@@ -1,0 +1,44 @@
+"""Benchmark prompts: held-out ShareGPT first turns, or a JSONL file with ``turns`` and ``category``."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass
+class Prompt:
+    text: str  # the full prompt in the model's conversation template
+    category: str
+
+
+def load_prompts(model_path: str, prompts_file: str | None, limit: int) -> list[Prompt]:
+    from fastchat.model.model_adapter import get_conversation_template
+
+    if prompts_file:
+        items = list(_read_jsonl(prompts_file))
+    else:
+        from fastchat_spec.train.data import heldout_first_turns
+
+        items = [([turn], "sharegpt-heldout") for turn in heldout_first_turns(limit)]
+    out = []
+    for turns, category in items[:limit]:
+        conv = get_conversation_template(model_path)
+        conv.append_message(conv.roles[0], turns[0])
+        conv.append_message(conv.roles[1], None)
+        out.append(Prompt(conv.get_prompt(), category))
+    return out
+
+
+def _read_jsonl(path: str):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n} is not JSON ({e})") from None
+            turns = row.get("turns") or ([row["prompt"]] if "prompt" in row else None)
+            if not turns or not isinstance(turns[0], str):
+                raise ValueError(f"{path}:{n} needs a 'turns' list of strings (or a 'prompt' string)")
+            yield turns, str(row.get("category", "all"))

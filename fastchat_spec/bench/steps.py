@@ -1,0 +1,138 @@
+"""Step times of one base forward, against the memory-bandwidth floor.
+
+  python -m fastchat_spec.bench.steps --shapes llama7b,small --context 512 --tree-nodes 64 --out steps.json
+
+For each model shape (random weights, bf16) it times, with CUDA events:
+  * hf_eager_1:  Hugging Face's forward for one token with a DynamicCache (FastChat's path);
+  * graph_1:     our verification forward for one token, captured as a CUDA graph over a static cache;
+  * graph_tree:  the same for a tree of ``--tree-nodes`` nodes;
+and the floor: the weights' bytes over the device bandwidth measured by a large copy.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+
+import torch
+
+SHAPES = {
+    "llama7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=32, vocab_size=32000),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256),
+    "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                  num_key_value_heads=12, vocab_size=16000),
+}
+
+
+def measure_bandwidth(device) -> float:
+    """Bytes/s of a large device-to-device copy (read + write counted)."""
+    n = 1 << 28  # 512 MB of bf16
+    a = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
+    b = torch.empty_like(a)
+    times = _time(lambda: b.copy_(a), repeat=20)
+    return 2 * a.numel() * a.element_size() / times
+
+
+def _time(fn, repeat=50, warmup=5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1000)
+    return statistics.median(samples)
+
+
+def random_model(shape: str, device, max_positions: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=max(4096, max_positions),
+                         tie_word_embeddings=False, attn_implementation="sdpa")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+@torch.inference_mode()
+def step_times(shape: str, context: int, tree_nodes: int, device) -> dict:
+    from transformers import DynamicCache
+
+    from fastchat_spec.generate.cuda_graphs import GraphedForward
+    from fastchat_spec.generate.kv_cache import new_cache
+    from fastchat_spec.generate.tree import default_tree
+
+    model = random_model(shape, device, context + tree_nodes)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    prompt = torch.randint(0, model.config.vocab_size, (1, context), device=device)
+
+    # FastChat's path: HF forward, one token, DynamicCache holding `context` tokens.
+    cache = DynamicCache()
+    model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    one = prompt[:, -1:]
+
+    def hf_step():
+        model(input_ids=one, past_key_values=cache, use_cache=True)
+        cache.crop(context)
+
+    hf = _time(hf_step, repeat=30)
+
+    static = new_cache(model.config, context + tree_nodes + 1, device, torch.bfloat16)
+    tree = default_tree(4, num_nodes=tree_nodes - 1).to(device)
+    start = torch.tensor(context, device=device)
+    g1 = GraphedForward(model, static, torch.ones(1, 1, dtype=torch.bool, device=device))
+    gt = GraphedForward(model, static, tree.ancestors)
+    tok1, pos1 = one.view(1), torch.tensor([context], device=device)
+    tokt = torch.randint(0, model.config.vocab_size, (tree.num_nodes,), device=device)
+    post = start + tree.depth
+    graph_1 = _time(lambda: g1(tok1, pos1, start), repeat=100)
+    graph_tree = _time(lambda: gt(tokt, post, start), repeat=100)
+    del model, cache, static, g1, gt
+    torch.cuda.empty_cache()
+    return {"weight_bytes": weight_bytes, "hf_eager_1_ms": 1000 * hf, "graph_1_ms": 1000 * graph_1,
+            "graph_tree_ms": 1000 * graph_tree, "tree_nodes": tree.num_nodes}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench.steps", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="llama7b,small", help=f"comma list of {sorted(SHAPES)}")
+    p.add_argument("--context", type=int, default=512, help="tokens already in the cache")
+    p.add_argument("--tree-nodes", type=int, default=64, help="nodes of the verified tree, root included")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.steps times CUDA graphs: it needs a CUDA GPU")
+    device = torch.device("cuda")
+    bandwidth = measure_bandwidth(device)
+    result = {"device": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
+              "bandwidth_tb_s": bandwidth / 1e12, "context": args.context, "shapes": {}}
+    for shape in args.shapes.split(","):
+        r = step_times(shape, args.context, args.tree_nodes, device)
+        r["hbm_floor_ms"] = 1000 * r["weight_bytes"] / bandwidth
+        r["ar_over_floor"] = r["graph_1_ms"] / r["hbm_floor_ms"]
+        r["tree_over_ar"] = r["graph_tree_ms"] / r["graph_1_ms"]
+        result["shapes"][shape] = r
+        print(f"{shape}: HF eager {r['hf_eager_1_ms']:.2f} ms | graph 1 tok {r['graph_1_ms']:.2f} ms | "
+              f"graph {r['tree_nodes']}-node tree {r['graph_tree_ms']:.2f} ms | floor {r['hbm_floor_ms']:.2f} ms "
+              f"({r['ar_over_floor']:.2f}x floor, tree/AR {r['tree_over_ar']:.2f})", flush=True)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

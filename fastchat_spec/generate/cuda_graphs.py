@@ -1,0 +1,123 @@
+"""CUDA-graph replay of the verification forward, over pooled static caches.
+
+Stock FastChat runs Hugging Face's forward eagerly, one kernel launch at a
+time; at batch 1 the launches, not the weights, set the step time. Here the
+whole forward of one block shape (1 token for plain decoding, N nodes for a
+tree) is captured once and replayed. A graph is bound to the cache buffers it
+was captured with, so caches and their graphs live together in a ``Runner``;
+a generation borrows a runner from its model's pool and gives it back when it
+ends, so concurrent requests never share one.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Optional
+
+import torch
+
+from fastchat_spec.generate.kv_cache import new_cache
+from fastchat_spec.generate.verify import ForwardOut, base_forward
+
+GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
+_CAPTURE_LOCK = threading.Lock()
+
+
+def graphs_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get(GRAPHS_ENV, "1") != "0"
+
+
+def bucket(length: int) -> int:
+    """Cache capacities come in powers of two (from 512) so graphs are reused across requests."""
+    size = 512
+    while size < length:
+        size *= 2
+    return size
+
+
+class GraphedForward:
+    """``base_forward`` for one block shape, captured as a CUDA graph."""
+
+    def __init__(self, base, cache, visible: torch.Tensor):
+        t = visible.shape[0]
+        device = visible.device
+        self.visible = visible
+        self.tokens = torch.zeros(t, dtype=torch.long, device=device)
+        self.positions = torch.arange(t, dtype=torch.long, device=device)
+        self.start = torch.zeros((), dtype=torch.long, device=device)
+        run = lambda: base_forward(base, cache, self.tokens, self.positions, self.start, self.visible)  # noqa: E731
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(2):  # warm up kernels and allocator outside the graph
+                run()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph):
+            self.out = run()
+        # The warm-up wrote into the cache at slots 0..t; the owner's next prefill overwrites them.
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, start: torch.Tensor) -> ForwardOut:
+        self.tokens.copy_(tokens)
+        self.positions.copy_(positions)
+        self.start.copy_(start)
+        self.graph.replay()
+        return self.out
+
+
+class Runner:
+    """A static KV cache and the graphs captured over it."""
+
+    def __init__(self, base, capacity: int, device: torch.device, dtype: torch.dtype):
+        self.base = base
+        self.capacity = capacity
+        self.cache = new_cache(base.config, capacity, device, dtype)
+        self._graphs: dict[bytes, GraphedForward] = {}
+
+    def forward_for(self, visible: torch.Tensor):
+        key = visible.cpu().numpy().tobytes() + bytes(str(visible.shape), "ascii")
+        graph = self._graphs.get(key)
+        if graph is None:
+            with _CAPTURE_LOCK:
+                graph = GraphedForward(self.base, self.cache, visible)
+            self._graphs[key] = graph
+        return graph
+
+
+class RunnerPool:
+    """Idle runners of one model, by capacity."""
+
+    def __init__(self):
+        self._idle: dict[int, list[Runner]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, base, length: int, device: torch.device, dtype: torch.dtype) -> Runner:
+        capacity = bucket(length)
+        with self._lock:
+            idle = self._idle.get(capacity)
+            if idle:
+                return idle.pop()
+        return Runner(base, capacity, device, dtype)
+
+    def release(self, runner: Runner) -> None:
+        with self._lock:
+            self._idle.setdefault(runner.capacity, []).append(runner)
+
+
+_POOLS: "weakref.WeakKeyDictionary[torch.nn.Module, RunnerPool]" = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def pool_for(base) -> RunnerPool:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(base)
+        if pool is None:
+            pool = _POOLS[base] = RunnerPool()
+        return pool
+
+
+def borrow_runner(base, length: int, device: torch.device, dtype: torch.dtype) -> Optional[Runner]:
+    if not graphs_enabled(device):
+        return None
+    return pool_for(base).acquire(base, length, device, dtype)

@@ -1,0 +1,8 @@
+# Sourced at the start of every lent-GPU run: install the carried wheels
+# (transformers 4.x, FastChat and what its worker needs) over the image's torch.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The hook's .pth is not processed from PYTHONPATH: register explicitly via sitecustomize.
+mkdir -p /tmp/sc && echo "import fastchat_spec_hook; fastchat_spec_hook.install()" > /tmp/sc/sitecustomize.py
+export PYTHONPATH=/tmp/sc:$PYTHONPATH
+python3 -c "import torch, transformers, fastchat; print('torch', torch.__version__, 'transformers', transformers.__version__, 'gpu', torch.cuda.get_device_name(0))"
