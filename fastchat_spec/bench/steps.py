@@ -111,6 +111,8 @@ def main(argv=None):
     p.add_argument("--shapes", default="llama7b,small", help=f"comma list of {sorted(SHAPES)}")
     p.add_argument("--context", type=int, default=512, help="tokens already in the cache")
     p.add_argument("--tree-nodes", type=int, default=64, help="nodes of the verified tree, root included")
+    p.add_argument("--compile", default="0,1",
+                   help="comma list: 0 = graphs of the eager forward, 1 = graphs of the torch.compiled forward")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -119,8 +121,13 @@ def main(argv=None):
     bandwidth = measure_bandwidth(device)
     result = {"device": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
               "bandwidth_tb_s": bandwidth / 1e12, "context": args.context, "shapes": {}}
-    for shape in args.shapes.split(","):
+    import os
+
+    for shape, compiled in [(s, c) for s in args.shapes.split(",") for c in args.compile.split(",")]:
+        os.environ["FASTCHAT_SPEC_COMPILE"] = compiled
         r = step_times(shape, args.context, args.tree_nodes, device)
+        r["compiled"] = compiled == "1"
+        shape = shape + ("+compile" if compiled == "1" else "")
         r["hbm_floor_ms"] = 1000 * r["weight_bytes"] / bandwidth
         r["ar_over_floor"] = r["graph_1_ms"] / r["hbm_floor_ms"]
         r["tree_over_ar"] = r["graph_tree_ms"] / r["graph_1_ms"]

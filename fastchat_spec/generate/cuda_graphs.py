@@ -21,11 +21,27 @@ from fastchat_spec.generate.kv_cache import new_cache
 from fastchat_spec.generate.verify import ForwardOut, base_forward
 
 GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
+COMPILE_ENV = "FASTCHAT_SPEC_COMPILE"  # set to 1 to torch.compile the decoder inside the graphs
 _CAPTURE_LOCK = threading.Lock()
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
 
 def graphs_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get(GRAPHS_ENV, "1") != "0"
+
+
+def compiled_decoder(base):
+    """The base's decoder fused by ``torch.compile`` (norms, rotary and activations in few kernels).
+
+    Only used inside our own graphs, where shapes are static; the graph replay
+    then removes what launch overhead is left.
+    """
+    if os.environ.get(COMPILE_ENV, "0") != "1":
+        return None
+    decoder = _COMPILED.get(base)
+    if decoder is None:
+        decoder = _COMPILED[base] = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False)
+    return decoder
 
 
 def bucket(length: int) -> int:
@@ -46,11 +62,13 @@ class GraphedForward:
         self.tokens = torch.zeros(t, dtype=torch.long, device=device)
         self.positions = torch.arange(t, dtype=torch.long, device=device)
         self.start = torch.zeros((), dtype=torch.long, device=device)
-        run = lambda: base_forward(base, cache, self.tokens, self.positions, self.start, self.visible)  # noqa: E731
+        decoder = compiled_decoder(base)
+        run = lambda: base_forward(base, cache, self.tokens, self.positions, self.start, self.visible,  # noqa: E731
+                                   decoder)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):  # warm up kernels and allocator outside the graph
+            for _ in range(3):  # warm up (and compile) kernels and the allocator outside the graph
                 run()
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()

@@ -40,15 +40,18 @@ def causal_visibility(length: int, device) -> torch.Tensor:
 
 
 def base_forward(base, cache, tokens: torch.Tensor, positions: torch.Tensor, start: torch.Tensor,
-                 visible: torch.Tensor) -> ForwardOut:
-    """One forward of ``base`` over ``tokens`` (T,) at ``positions`` (T,), written at slots start..start+T."""
+                 visible: torch.Tensor, decoder=None) -> ForwardOut:
+    """One forward of ``base`` over ``tokens`` (T,) at ``positions`` (T,), written at slots start..start+T.
+
+    ``decoder`` replaces ``base.get_decoder()`` (e.g. a ``torch.compile``d one).
+    """
     capacity = cache.layers[0].max_cache_len
     dtype = base.get_input_embeddings().weight.dtype
     if not dtype.is_floating_point:  # quantised embeddings: use the compute dtype of the output layer
         dtype = torch.float16
     mask = attention_mask(start, visible, capacity, dtype)
     t = tokens.shape[0]
-    out = base.get_decoder()(
+    out = (decoder if decoder is not None else base.get_decoder())(
         input_ids=tokens.view(1, t),
         position_ids=positions.view(1, t),
         attention_mask=mask,
