@@ -77,9 +77,12 @@ class Generation:
         if self.runner is not None:  # CUDA: a pooled static cache with graphed verification
             self.cache = self.runner.cache
             self._verify = self.runner.forward_for(self.tree.ancestors)
+            self._commit = self.runner.commit_for(self.tree.path_nodes.shape[1])
         else:
             self.cache = new_cache(self.base.config, needed, self.device, model.dtype)
             self._verify = self._eager_verify
+            self._commit = commit_path
+        self._in_place = [self.tree.in_place(i) for i in range(self.tree.num_nodes)]
         self.ids = torch.zeros(needed, dtype=torch.long, device=self.device)
         self.ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         self.prompt_len = len(prompt_ids)
@@ -126,7 +129,8 @@ class Generation:
         self.clock.lap("verify")
         scores = process_logits(self.processor, out.logits, self._history(tokens))
         decision = self._decide(tokens, scores)
-        commit_path(self.cache, start, decision.path)
+        if not self._in_place[decision.node]:
+            self._commit(self.cache, start, decision.path)
         kept = decision.path[: len(decision.tokens)]  # root + accepted drafts
         self.ids[self.cur] = root
         self.ids[self.cur + 1 : self.cur + len(decision.tokens)] = tokens[kept[1:]]

@@ -48,6 +48,11 @@ class Tree:
         """The same tree with paths deeper than ``max_depth`` removed."""
         return Tree.from_paths([p for p in self.paths if len(p) <= max_depth])
 
+    def in_place(self, node: int) -> bool:
+        """True when the path to ``node`` already sits in contiguous slots (nothing to move)."""
+        return bool((self.path_nodes[node, : int(self.depth[node]) + 1].cpu()
+                     == torch.arange(int(self.depth[node]) + 1)).all())
+
     def to(self, device) -> "Tree":
         moved = {f: getattr(self, f).to(device) for f in
                  ("parent", "depth", "rank", "ancestors", "children", "path_nodes")}
