@@ -19,6 +19,9 @@ _PATCHES = {
     "fastchat.protocol.openai_api_protocol": "patch_openai_protocol",
     "fastchat.model.model_adapter": "patch_model_adapter",
     "fastchat.serve.model_worker": "patch_model_worker",
+    # ``python -m fastchat.serve.model_worker`` runs that module as __main__, so
+    # its ModelWorker is patched as the class is created (see fastchat_patches).
+    "fastchat.serve.base_model_worker": "patch_base_model_worker",
 }
 
 
@@ -42,6 +45,9 @@ class _PatchingLoader(importlib.abc.Loader):
     def exec_module(self, module):
         self.inner.exec_module(module)
         _apply(module.__name__)
+
+    def __getattr__(self, name):  # get_code etc.: ``python -m fastchat.serve.model_worker`` (runpy) needs them
+        return getattr(self.inner, name)
 
 
 class _FastChatFinder(importlib.abc.MetaPathFinder):

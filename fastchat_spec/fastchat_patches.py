@@ -80,13 +80,31 @@ def patch_model_adapter(model_adapter) -> None:
 
 
 def patch_model_worker(model_worker) -> None:
+    _patch_worker_class(model_worker.ModelWorker, model_worker)
+
+
+def patch_base_model_worker(base_model_worker) -> None:
+    """Patch ``ModelWorker`` when its class statement runs, wherever its module lives (also __main__)."""
+    base = base_model_worker.BaseModelWorker
+    if getattr(base, _WRAPPED, False):
+        return
+
+    def __init_subclass__(cls, **kwargs):
+        super(base, cls).__init_subclass__(**kwargs)
+        if cls.__name__ == "ModelWorker" and hasattr(cls, "generate_stream_gate"):
+            _patch_worker_class(cls, sys.modules[cls.__module__])
+
+    base.__init_subclass__ = classmethod(__init_subclass__)
+    setattr(base, _WRAPPED, True)
+
+
+def _patch_worker_class(worker_cls, model_worker) -> None:
     """Forward our ``spec`` statistics through the worker's stream.
 
     FastChat's ``generate_stream_gate`` copies only the keys it knows. This
     version keeps its behaviour (seed, error codes and messages) and also
     passes ``spec`` along; FastChat's own clients ignore the extra key.
     """
-    worker_cls = model_worker.ModelWorker
     if getattr(worker_cls.generate_stream_gate, _WRAPPED, False):
         return
     import json
