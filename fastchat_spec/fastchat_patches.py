@@ -59,6 +59,7 @@ def patch_model_adapter(model_adapter) -> None:
     model_adapter.model_adapters[:] = [a for a in model_adapter.model_adapters if type(a) not in ours]
     model_adapter.model_adapters[:0] = [cls() for cls in ours]
     model_adapter.get_model_adapter.cache_clear()
+    _patch_get_model_adapter(model_adapter)
 
     original = model_adapter.get_generate_stream_function
     if getattr(original, _WRAPPED, False):
@@ -77,6 +78,40 @@ def patch_model_adapter(model_adapter) -> None:
     setattr(get_generate_stream_function, _WRAPPED, True)
     model_adapter.get_generate_stream_function = get_generate_stream_function
     _rebind("get_generate_stream_function", original, get_generate_stream_function)
+
+
+def _patch_get_model_adapter(model_adapter) -> None:
+    """Checkpoint contents beat folder names.
+
+    FastChat tries every adapter on the folder's base name before the full
+    path, so ``.../vicuna-medusa-heads`` would go to its Vicuna adapter. A
+    folder that one of our adapters recognises by its config is ours.
+    """
+    original = model_adapter.get_model_adapter
+    if getattr(original, _WRAPPED, False):
+        return
+    import os
+
+    from fastchat_spec.adapters.base import SpecAdapter
+
+    @functools.lru_cache(maxsize=None)
+    def get_model_adapter(model_path: str):
+        if os.path.isdir(model_path):
+            for adapter in model_adapter.model_adapters:
+                if isinstance(adapter, SpecAdapter) and adapter.match(model_path):
+                    return adapter
+        return original(model_path)
+
+    def cache_clear():
+        get_model_adapter.__wrapped_cache_clear__()
+        original.cache_clear()
+
+    get_model_adapter.__wrapped_cache_clear__ = get_model_adapter.cache_clear
+    get_model_adapter.cache_clear = cache_clear
+    get_model_adapter.__doc__ = original.__doc__
+    setattr(get_model_adapter, _WRAPPED, True)
+    model_adapter.get_model_adapter = get_model_adapter
+    _rebind("get_model_adapter", original, get_model_adapter)
 
 
 def patch_model_worker(model_worker) -> None:

@@ -1,0 +1,277 @@
+"""Train Hydra and Hydra++ heads (Ankner et al. 2024, arXiv 2402.05109) on a frozen base.
+
+Head i (0-based) guesses the token at t + i + 2 from the base's last hidden
+state at t and the embeddings of the tokens t+1 .. t+i+1. In training those
+previous tokens are the true ones (teacher forcing), so all heads train in one
+pass over each batch. Hydra++ (``--hydra_head_arch prefix-mlp``) adds one
+decoder layer over the base hidden states in front of the heads, and its
+recipe distils the base: ``--teacher_loss_weight 1 --lm_loss_weight 0``.
+
+Loss, summed over heads (as the paper, no per-head decay)::
+
+    lm_loss_weight             * CE(head logits, data token at t + i + 2)
+  + teacher_loss_weight        * soft CE to the base's distribution for that token
+                                 (its logits at t + i + 1)
+  + reconstruction_loss_weight * SmoothL1(head hidden state, base hidden state at t + i + 1)
+
+``--embedding_noise A`` adds NEFTune-style uniform noise of size A / sqrt(T * H)
+to the heads' inputs during training. Writes ``hydra_lm_head.safetensors`` and
+a config.json in the published layout, with a tree (``hydra_choices``) grown
+from the heads' held-out agreement with the base's greedy tokens (what
+verification accepts). Flag names follow zankner/Hydra; ``--medusa_num_heads``,
+``--medusa_num_layers`` and ``--medusa_num_decoder_layers`` are accepted as
+aliases. Every HF TrainingArguments flag works too. Examples::
+
+    python -m fastchat_spec.train.hydra --model_name_or_path BASE --data_path train.json \\
+        --output_dir hydra-BASE --hydra_num_heads 4 --hydra_num_layers 4 --hydra_head_arch mlp
+    torchrun --nproc_per_node=8 -m fastchat_spec.train.hydra ... --hydra_head_arch prefix-mlp \\
+        --teacher_loss_weight 1.0 --lm_loss_weight 0.0
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from fastchat_spec.heads.hydra import ARCHS, HydraHeads
+from fastchat_spec.train import common
+from fastchat_spec.train.common import (
+    IGNORE_TOKEN_ID,
+    base_hidden_states,
+    head_logs,
+    head_loss,
+    shift_labels,
+)
+
+DEFAULTS = {"learning_rate": "1e-3"}
+
+
+@dataclass
+class HydraArguments:
+    hydra_num_heads: int = field(default=4, metadata={
+        "help": "Number of heads (draft depth).", "aliases": ["--medusa_num_heads"]})
+    hydra_num_layers: int = field(default=1, metadata={
+        "help": "Residual blocks per head (the first one also reduces the head's wide input).",
+        "aliases": ["--medusa_num_layers"]})
+    hydra_head_arch: str | None = field(default=None, metadata={
+        "help": "mlp (Hydra) or prefix-mlp (Hydra++: one extra decoder layer feeds the heads). "
+                "Default: mlp, or what --hydra_num_decoder_layers implies.", "choices": list(ARCHS)})
+    hydra_num_decoder_layers: int | None = field(default=None, metadata={
+        "help": "Extra decoder layers in front of the heads: 0 (= mlp) or 1 (= prefix-mlp).",
+        "aliases": ["--medusa_num_decoder_layers"]})
+    grounded_heads: bool = field(default=True, metadata={
+        "help": "Feed each head the tokens chosen before it (Hydra). False gives Medusa-like heads."})
+    hidden_state_offset: int = field(default=0, metadata={
+        "help": "Which hidden layer feeds the heads, counted back from the last. Only 0 is supported."})
+    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy to the data."})
+    teacher_loss_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the soft cross-entropy to the base's distribution (Hydra++ uses 1 and lm 0)."})
+    reconstruction_loss_weight: float = field(default=0.0, metadata={
+        "help": "Weight of SmoothL1 between each head's hidden state and the base's next hidden state."})
+    embedding_noise: float = field(default=0.0, metadata={
+        "help": "NEFTune alpha: uniform noise alpha / sqrt(T * H) on the heads' inputs while training (0: off)."})
+    dropout_rate: float = field(default=0.0, metadata={"help": "Dropout inside prefix-mlp heads."})
+    tree_nodes: int = field(default=63, metadata={
+        "help": "Nodes of the candidate tree grown from held-out agreement with the base, saved as hydra_choices."})
+    base_path_style: str = field(default="relative", metadata={
+        "help": "How config.json names a local base folder: relative (to the checkpoint) or absolute.",
+        "choices": ["relative", "absolute"]})
+
+    def resolve(self) -> HydraArguments:
+        """Check the flags together and settle the architecture; errors name the flag to change."""
+        implied = {None: None, 0: "mlp", 1: "prefix-mlp"}
+        if self.hydra_num_decoder_layers not in implied:
+            raise SystemExit(f"--hydra_num_decoder_layers must be 0 (mlp) or 1 (prefix-mlp), "
+                             f"got {self.hydra_num_decoder_layers}")
+        from_layers = implied[self.hydra_num_decoder_layers]
+        if self.hydra_head_arch and from_layers and self.hydra_head_arch != from_layers:
+            raise SystemExit(f"--hydra_head_arch {self.hydra_head_arch} contradicts --hydra_num_decoder_layers "
+                             f"{self.hydra_num_decoder_layers}; pass only one of them")
+        self.hydra_head_arch = self.hydra_head_arch or from_layers or "mlp"
+        self.hydra_num_decoder_layers = 1 if self.hydra_head_arch == "prefix-mlp" else 0
+        if self.hidden_state_offset != 0:
+            raise NotImplementedError("--hidden_state_offset other than 0 is not supported (the generation "
+                                      "engine feeds the heads the last hidden state); drop the flag")
+        if self.hydra_num_heads < 1 or self.hydra_num_layers < 1:
+            raise SystemExit("--hydra_num_heads and --hydra_num_layers must be >= 1")
+        if self.lm_loss_weight <= 0 and self.teacher_loss_weight <= 0 and self.reconstruction_loss_weight <= 0:
+            raise SystemExit("every loss weight is 0: set --lm_loss_weight or --teacher_loss_weight")
+        return self
+
+
+# --------------------------------------------------------------------------- the training module
+class HydraTraining(nn.Module):
+    """The frozen base and its Hydra heads; ``forward`` returns ``(loss, logs)`` for ``common.HeadTrainer``."""
+
+    def __init__(self, base, heads: HydraHeads, args: HydraArguments):
+        super().__init__()
+        self.base, self.heads, self.args = base, heads, args
+
+    @property
+    def quantization_method(self):  # the Trainer must not .to() a bitsandbytes base
+        return getattr(self.base, "quantization_method", None)
+
+    def head_outputs(self, input_ids, attention_mask, labels, with_base_logits: bool = False):
+        """For each head i: (logits (N, V), hidden (N, H), data targets (N,), base logits (N, V) or None,
+        base hidden (N, H)) at the N positions whose target t + i + 2 is an answer token."""
+        with_logits = with_base_logits or self.args.teacher_loss_weight > 0
+        hidden, logits = base_hidden_states(self.base, input_ids, attention_mask, with_logits=with_logits)
+        dtype = next(self.heads.parameters()).dtype
+        with torch.no_grad():
+            embeds = self.base.get_input_embeddings()(input_ids).to(dtype)
+        inputs = hidden.detach().to(dtype)
+        if self.training and self.args.embedding_noise > 0:
+            inputs, embeds = _neftune(inputs, attention_mask, self.args.embedding_noise), \
+                _neftune(embeds, attention_mask, self.args.embedding_noise)
+        feature = self.heads.feature(inputs)
+        for i in range(self.heads.num_heads):
+            targets = shift_labels(labels, i + 2)
+            rows, cols = (targets != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
+            x = self.heads.teacher_forced_input(i, feature, embeds, rows, cols)
+            logits_i, hidden_i = self.heads.head(i, x)
+            teacher = logits[rows, cols + i + 1] if logits is not None else None
+            yield logits_i, hidden_i, targets[rows, cols], teacher, hidden[rows, cols + i + 1]
+
+    def forward(self, input_ids, attention_mask, labels, num_items_in_batch=None):
+        a = self.args
+        loss, logs = None, {}
+        for i, (logits_i, hidden_i, targets, teacher, next_hidden) in enumerate(
+                self.head_outputs(input_ids, attention_mask, labels)):
+            lm = head_loss(logits_i, targets, num_items_in_batch)
+            loss_i = a.lm_loss_weight * lm
+            logs.update(head_logs(f"head{i}", lm, logits_i, targets))
+            if teacher is not None:
+                soft = soft_cross_entropy(logits_i, teacher, num_items_in_batch)
+                loss_i = loss_i + a.teacher_loss_weight * soft
+                logs[f"head{i}_teacher_loss"] = soft.detach()
+                logs[f"head{i}_teacher_top1"] = _agreement(logits_i, teacher)
+            if a.reconstruction_loss_weight > 0:
+                rec = reconstruction_loss(hidden_i, next_hidden, num_items_in_batch)
+                loss_i = loss_i + a.reconstruction_loss_weight * rec
+                logs[f"head{i}_reconstruction_loss"] = rec.detach()
+            loss = loss_i if loss is None else loss + loss_i
+        return loss, logs
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, num_items=None) -> torch.Tensor:
+    """-sum p_base log q_head over positions, divided by num_items (or their count)."""
+    teacher = torch.softmax(teacher_logits.float(), dim=-1)
+    total = -(teacher * torch.log_softmax(logits.float(), dim=-1)).sum()
+    return total / _count(num_items, logits.shape[0], total.device)
+
+
+def reconstruction_loss(hidden: torch.Tensor, target: torch.Tensor, num_items=None) -> torch.Tensor:
+    """SmoothL1 per position (mean over features), summed and divided like the other losses."""
+    per_position = nn.functional.smooth_l1_loss(hidden.float(), target.float(), reduction="none").mean(-1)
+    return per_position.sum() / _count(num_items, hidden.shape[0], per_position.device)
+
+
+def _count(num_items, n: int, device) -> torch.Tensor:
+    return torch.as_tensor(num_items if num_items is not None else max(n, 1), device=device).clamp_min(1)
+
+
+def _agreement(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        if logits.shape[0] == 0:
+            return logits.new_zeros((), dtype=torch.float32)
+        return (logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean()
+
+
+def _neftune(x: torch.Tensor, attention_mask: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """NEFTune (Jain et al. 2023): uniform noise scaled by alpha / sqrt(sequence length * width)."""
+    b, t, h = x.shape
+    lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((b,), t, device=x.device)
+    scale = alpha / torch.sqrt(lengths.clamp_min(1).float() * h)
+    return x + (torch.rand_like(x) * 2 - 1) * scale.view(b, 1, 1).to(x.dtype)
+
+
+def hydra_predict(model: HydraTraining, batch: dict):
+    """``predict_fn`` for ``common.evaluate_heads``: held-out logits of every head, teacher-forced.
+
+    The targets are the base's own greedy tokens, not the data's: greedy
+    verification accepts a draft exactly when it is the base's argmax, so
+    these accuracies are the acceptance rates the tree is grown from (heads
+    distilled from the base would look useless against the data).
+    """
+    return [(logits, base_logits.argmax(-1)) for logits, _, _, base_logits, _ in
+            model.head_outputs(batch["input_ids"], batch["attention_mask"], batch["labels"], with_base_logits=True)]
+
+
+# --------------------------------------------------------------------------- building and writing
+def build_heads(base, args: HydraArguments) -> HydraHeads:
+    heads = HydraHeads(base.config, args.hydra_num_heads, args.hydra_num_layers, arch=args.hydra_head_arch,
+                       grounded=args.grounded_heads, dropout=args.dropout_rate)
+    heads.init_lm_heads_from(base.get_output_embeddings())
+    return heads.to(next(base.parameters()).device)
+
+
+def write_checkpoint(state: dict, out_dir: str, args: HydraArguments, base_config, base_path: str, tree,
+                     conv_template: str | None) -> None:
+    from fastchat_spec.adapters.hydra import write_hydra_checkpoint
+    from fastchat_spec.train.medusa import _base_reference
+
+    heads = HydraHeads(base_config, args.hydra_num_heads, args.hydra_num_layers, arch=args.hydra_head_arch,
+                       grounded=args.grounded_heads)
+    prefix = "heads."
+    heads.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    extra = {"fastchat_conv_template": conv_template} if conv_template else {}
+    write_hydra_checkpoint(out_dir, heads, _base_reference(base_path, out_dir, args.base_path_style),
+                           tree=tree, extra_config=extra)
+    common.copy_tokenizer_files(base_path, out_dir)
+
+
+def measured_tree(accuracy: dict | None, args: HydraArguments):
+    """(tree paths, expected tokens per step) from held-out accuracies; the default tree without them."""
+    from fastchat_spec.generate.tree import build_tree, default_tree, expected_length
+
+    if accuracy is None:
+        return default_tree(args.hydra_num_heads, args.tree_nodes).to_list(), None
+    tree = build_tree(accuracy["rank_accuracy"], args.tree_nodes)
+    return tree.to_list(), round(expected_length(tree, accuracy["rank_accuracy"]), 4)
+
+
+# --------------------------------------------------------------------------- main
+def train(argv=None) -> dict | None:
+    from fastchat_spec.train.medusa import checkpoint_conv_template
+
+    model_args, data_args, training_args, hargs = common.parse_args(
+        HydraArguments, defaults=DEFAULTS, argv=argv, description=__doc__)
+    hargs.resolve()
+    base, tokenizer = common.load_base(model_args, training_args, max_len=data_args.model_max_length)
+    model = HydraTraining(base, build_heads(base, hargs), hargs)
+    train_set, heldout = common.training_datasets(tokenizer, data_args)
+    collator = common.Collator(tokenizer.pad_token_id)
+    trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
+                                 data_collator=collator)
+    report: dict = {"method": "hydra", "hydra_args": asdict(hargs), "base_model": model_args.model_name_or_path,
+                    "train_conversations": len(train_set), "heldout_conversations": len(heldout) if heldout else 0}
+    result = trainer.train()
+    report["train_loss"] = result.training_loss
+    accuracy = None
+    if heldout is not None:
+        report["eval"] = trainer.evaluate()
+        accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, hydra_predict,
+                                         collator, batch_size=training_args.per_device_eval_batch_size)
+    tree, expected = measured_tree(accuracy, hargs)
+    report.update({"heads_agreement_with_base": accuracy["heads"] if accuracy else None,
+                   "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
+                   "hydra_choices": tree, "expected_tokens_per_step": expected})
+    conv_template = checkpoint_conv_template(model_args.model_name_or_path)
+
+    def write(state, out_dir):
+        write_checkpoint(state, out_dir, hargs, base.config, model_args.model_name_or_path, tree, conv_template)
+
+    final = common.save_and_report(trainer, training_args.output_dir, write, report)
+    if final is not None:
+        note = f" (expected tokens/step with its tree: {expected:.2f})" if expected else ""
+        print(f"wrote {training_args.output_dir}{note}")
+    return final
+
+
+def main(argv=None) -> None:
+    train(argv)
+
+
+if __name__ == "__main__":
+    main()
