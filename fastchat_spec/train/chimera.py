@@ -1,0 +1,218 @@
+"""Train Chimera's draft model (Zeng et al. 2024, arXiv 2402.15758) on a frozen base.
+
+The base is frozen and shared: its input embeddings feed the trigram encoder,
+its last hidden states feed the full-context encoder and the heads, and its
+rotary embedding positions the encoder. Trained: ``trimlp`` (trigram encoder),
+``fast_layer1`` (full-context encoder, a fresh decoder layer) and
+``chimera_head`` (residual heads, started at ``[W_lm, W_lm]``); see
+``fastchat_spec/heads/chimera.py``.
+
+Every head learns at every position in one pass, teacher-forced exactly as it
+drafts: head k (0-based) at anchor t sees the base's hidden states up to t and
+the trigram features of the true tokens t+1..t+k+1, and guesses token t+k+2
+(the same offsets as Medusa's head k). Its loss is the cross-entropy on the
+data plus, as in the paper's distillation objective, ``--distill_weight`` times
+KL(base || head) against the base's own next-token distribution at t+k+1 (what
+verification will compare the draft with); heads are weighted
+``decay^k`` (``--chimera_decay_coefficient``).
+
+Writes the published layout: config.json (``chimera_num_heads``,
+``chimera_num_layers``, ``base_model_name_or_path``, ``chimera_choices`` grown
+from held-out accuracy) with ``trimlp.pt``, ``fast_layer1.pt`` and
+``chimera_head.pt`` (or ``.safetensors`` with ``--chimera_safetensors``).
+
+Flag names follow the Chimera authors' script; every HF TrainingArguments flag
+works too. Example (one GPU)::
+
+    torchrun --nproc_per_node=1 -m fastchat_spec.train.chimera --model_name_or_path BASE \\
+        --data_path train.json --eval_data_path heldout.json --output_dir chimera-BASE \\
+        --chimera_num_heads 4 --chimera_num_layers 1 --num_train_epochs 1
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from fastchat_spec.heads.chimera import PARTS, ChimeraDrafter, decoder_layer_class, new_drafter_for
+from fastchat_spec.train import common
+from fastchat_spec.train.common import IGNORE_TOKEN_ID, base_hidden_states, head_logs, head_loss
+from fastchat_spec.train.medusa import checkpoint_conv_template, kl_to_teacher
+
+DEFAULTS = {"learning_rate": "1e-3"}
+
+
+@dataclass
+class ChimeraArguments:
+    chimera_num_heads: int = field(default=4, metadata={"help": "Number of residual decoding heads (draft depth)."})
+    chimera_num_layers: int = field(default=1, metadata={"help": "Residual blocks per head."})
+    chimera_decay_coefficient: float = field(default=0.8, metadata={
+        "help": "Head k's loss weight is decay^k: later heads are less accurate and matter less."})
+    distill_weight: float = field(default=1.0, metadata={
+        "help": "Weight of KL(base || head) against the base's own next-token distribution; 0: data loss only."})
+    chimera_init: str | None = field(default=None, metadata={
+        "help": "Start from the weights of this Chimera checkpoint folder (same head count and layers)."})
+    chimera_safetensors: bool = field(default=False, metadata={
+        "help": "Write the weight files as .safetensors instead of the published pickled .pt."})
+    tree_nodes: int = field(default=63, metadata={
+        "help": "Nodes of the candidate tree grown from held-out accuracies and saved as chimera_choices."})
+    base_path_style: str = field(default="relative", metadata={
+        "help": "How config.json names a local base folder: relative (to the checkpoint) or absolute.",
+        "choices": ["relative", "absolute"]})
+
+
+# --------------------------------------------------------------------------- the training module
+class ChimeraTraining(nn.Module):
+    """The frozen base and the drafter; ``forward`` returns ``(loss, logs)`` for ``common.HeadTrainer``."""
+
+    def __init__(self, base, drafter: ChimeraDrafter, decay: float = 0.8, distill_weight: float = 1.0):
+        super().__init__()
+        self.base, self.drafter = base, drafter
+        self.decay, self.distill_weight = decay, distill_weight
+
+    @property
+    def quantization_method(self):  # the Trainer must not .to() a bitsandbytes base
+        return getattr(self.base, "quantization_method", None)
+
+    def head_predictions(self, input_ids, labels, hidden):
+        """[(logits (B, T-k-2, V), targets (B, T-k-2))] per head k, teacher-forced."""
+        embed, rotary = self.base.get_input_embeddings(), self.base.get_decoder().rotary_emb
+        return [(self.drafter.teacher_forced_logits(k, embed, rotary, input_ids, hidden), labels[:, k + 2:])
+                for k in range(self.drafter.num_heads)]
+
+    def forward(self, input_ids, attention_mask, labels, num_items_in_batch=None):
+        distill = self.distill_weight > 0
+        hidden, base_logits = base_hidden_states(self.base, input_ids, attention_mask, with_logits=distill)
+        loss, logs = hidden.new_zeros((), dtype=torch.float32), {}
+        for k, (logits, targets) in enumerate(self.head_predictions(input_ids, labels, hidden)):
+            loss_k = head_loss(logits, targets, num_items_in_batch)
+            logs.update(head_logs(f"head{k}", loss_k, logits, targets))
+            if distill:
+                valid = targets != IGNORE_TOKEN_ID
+                teacher = base_logits[:, k + 1: k + 1 + targets.shape[1]]  # the base at t+k+1 guesses t+k+2
+                kl = kl_to_teacher(logits[valid], teacher[valid], num_items_in_batch)
+                loss_k = loss_k + self.distill_weight * kl
+                logs[f"head{k}_kl"] = kl.detach().float()
+            loss = loss + self.decay**k * loss_k
+        return loss, logs
+
+
+def chimera_predict(model: ChimeraTraining, batch: dict):
+    """``predict_fn`` for ``common.evaluate_heads``: held-out logits of every head."""
+    hidden, _ = base_hidden_states(model.base, batch["input_ids"], batch["attention_mask"], with_logits=False)
+    return model.head_predictions(batch["input_ids"], batch["labels"], hidden)
+
+
+# --------------------------------------------------------------------------- building and writing
+def build_drafter(base, args: ChimeraArguments) -> ChimeraDrafter:
+    drafter = new_drafter_for(base, args.chimera_num_heads, args.chimera_num_layers)
+    if args.chimera_init:
+        _load_checkpoint_parts(drafter, args.chimera_init)
+    return drafter.to(next(base.parameters()).device)
+
+
+def _load_checkpoint_parts(drafter: ChimeraDrafter, path: str) -> None:
+    from fastchat_spec.adapters.checkpoint import first_existing, load_tensors
+    from fastchat_spec.adapters.chimera import part_files
+
+    for name in PARTS:
+        file = first_existing(path, part_files(name))
+        if file is None:
+            raise FileNotFoundError(f"--chimera_init {path}: no {name} weights there (expected one of "
+                                    f"{part_files(name)}); pass a Chimera checkpoint folder")
+        try:
+            getattr(drafter, name).load_state_dict(load_tensors(file), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"--chimera_init {file} does not fit --chimera_num_heads/--chimera_num_layers "
+                             f"and this base: {e}") from None
+
+
+def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, base_path: str, tree,
+                     conv_template: str | None) -> None:
+    from fastchat_spec.adapters.chimera import write_chimera_checkpoint
+
+    drafter = ChimeraDrafter(base.config, args.chimera_num_heads, args.chimera_num_layers,
+                             layer_class=decoder_layer_class(base))
+    prefix = "drafter."
+    drafter.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    drafter.to(_saved_dtype(base))
+    extra = {"fastchat_conv_template": conv_template} if conv_template else {}
+    write_chimera_checkpoint(out_dir, drafter, _base_reference(base_path, out_dir, args.base_path_style),
+                             tree=tree, extra_config=extra, safetensors=args.chimera_safetensors)
+    common.copy_tokenizer_files(base_path, out_dir)
+
+
+def _base_reference(base_path: str, out_dir: str, style: str) -> str:
+    if not os.path.isdir(base_path):
+        return base_path  # a hub id
+    if style == "absolute":
+        return os.path.abspath(base_path)
+    return os.path.relpath(os.path.abspath(base_path), os.path.abspath(out_dir))
+
+
+def _saved_dtype(base) -> torch.dtype:
+    """The base's own dtype on disk (the drafter runs in it), float32 when unknown."""
+    dtype = getattr(base.config, "torch_dtype", None) or getattr(base.config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def _tree(accuracy: dict | None, args: ChimeraArguments):
+    from fastchat_spec.generate.tree import build_tree, default_tree, expected_length
+
+    if accuracy is None:  # nothing held out: the engine's assumed profile
+        return default_tree(args.chimera_num_heads, args.tree_nodes).to_list(), None
+    tree = build_tree(accuracy["rank_accuracy"], args.tree_nodes)
+    return tree.to_list(), round(expected_length(tree, accuracy["rank_accuracy"]), 4)
+
+
+# --------------------------------------------------------------------------- main
+def train(argv=None) -> dict | None:
+    model_args, data_args, training_args, cargs = common.parse_args(
+        ChimeraArguments, defaults=DEFAULTS, argv=argv, description=__doc__)
+    training_args.gradient_checkpointing = False  # the base is frozen; the drafter is one layer deep
+    base, tokenizer = common.load_base(model_args, training_args, max_len=data_args.model_max_length)
+    drafter = build_drafter(base, cargs)
+    model = ChimeraTraining(base, drafter, cargs.chimera_decay_coefficient, cargs.distill_weight)
+    train_set, heldout = common.training_datasets(tokenizer, data_args)
+    collator = common.Collator(tokenizer.pad_token_id)
+    trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
+                                 data_collator=collator)
+    report: dict = {"method": "chimera", "chimera_args": asdict(cargs),
+                    "base_model": model_args.model_name_or_path, "train_conversations": len(train_set),
+                    "heldout_conversations": len(heldout) if heldout else 0,
+                    "drafter_parameters": sum(p.numel() for p in drafter.parameters())}
+    result = trainer.train()
+    report["train_loss"] = result.training_loss
+    if torch.cuda.is_available():
+        report["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    accuracy = None
+    if heldout is not None:
+        report["eval"] = trainer.evaluate()
+        accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, chimera_predict,
+                                         collator, batch_size=training_args.per_device_eval_batch_size)
+    tree, expected = _tree(accuracy, cargs)
+    report.update({"heads": accuracy["heads"] if accuracy else None,
+                   "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
+                   "chimera_choices": tree, "expected_tokens_per_step": expected})
+    conv_template = checkpoint_conv_template(model_args.model_name_or_path)
+
+    def write(state, out_dir):
+        write_checkpoint(state, out_dir, cargs, base, model_args.model_name_or_path, tree, conv_template)
+
+    final = common.save_and_report(trainer, training_args.output_dir, write, report)
+    if final is not None:
+        print(f"wrote {training_args.output_dir} (expected tokens/step with its tree: {expected:.2f})"
+              if expected else f"wrote {training_args.output_dir}")
+    return final
+
+
+def main(argv=None) -> None:
+    train(argv)
+
+
+if __name__ == "__main__":
+    main()

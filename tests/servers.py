@@ -1,0 +1,265 @@
+"""Real FastChat servers for tests: controller, model worker, OpenAI API server, Gradio.
+
+Every server is the unchanged FastChat command (``python -m fastchat.serve.X``)
+run as a subprocess on 127.0.0.1 with a free port. Each one runs in its own
+process group with its output in a log file; ``stop`` kills the group, so no
+process outlives the test that started it. When a server fails to come up,
+the error carries the tail of its log.
+
+Typical use, in a module-scoped fixture::
+
+    with FastChatServers(ckpt, None, log_dir) as servers:  # None: checkout_env()
+        local_session().post(servers.api_url + "/v1/chat/completions", json=...)
+
+``ManagedProcess`` runs any other server the same way (the Gradio web server).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import requests
+
+START_TIMEOUT = 180.0  # seconds; a worker loads torch + a model on 2 shared cores
+
+
+def local_session() -> requests.Session:
+    """A requests session for 127.0.0.1 that ignores any HTTP(S)_PROXY in the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+_LOCAL = local_session()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkout_env() -> dict:
+    """This process's environment with the checkout first on PYTHONPATH (what the
+    ``subprocess_env`` fixture gives, usable from module-scoped fixtures too)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def server_env(env: dict | None, log_dir: str) -> dict:
+    """The caller's env (default: ``checkout_env()``) plus what keeps servers quiet and
+    offline; FastChat writes its log files into ``log_dir``."""
+    env = dict(env if env is not None else checkout_env())
+    env.setdefault("LOGDIR", log_dir)
+    env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    env.setdefault("no_proxy", "127.0.0.1,localhost")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ManagedProcess:
+    """One subprocess in its own process group, with its output in ``log_dir/name.log``."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict, log_dir: str):
+        os.makedirs(log_dir, exist_ok=True)
+        self.name = name
+        self.args = list(args)
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.args, env=env, cwd=log_dir, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        atexit.register(self.stop)  # a safety net if a fixture's teardown never runs
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self, tail: int = 6000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return text[-tail:]
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
+        """Poll ``ready`` until it is true; fail with the log if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before {what}.\n"
+                                   f"command: {' '.join(self.args)}\n--- {self.log_path} ---\n{self.log()}")
+            try:
+                if ready():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} did not reach '{what}' within {timeout:.0f}s.\n"
+                           f"command: {' '.join(self.args)}\n--- {self.log_path} ---\n{self.log()}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left of it. Safe to call twice.
+
+        The leader is left unreaped (a zombie) until the group has been killed, so its
+        id, which is the group's id, cannot have been reused by a process we did not start.
+        """
+        if self._log.closed:
+            return
+        if self.proc.returncode is None:  # not reaped yet: the group id is still ours
+            pid = self.proc.pid
+            _signal_group(pid, signal.SIGTERM)
+            _wait_exited_unreaped(pid, grace)
+            _signal_group(pid, signal.SIGKILL)  # children (Gradio helpers, ...) may outlive the leader
+            self.proc.wait()
+        self._log.close()
+
+
+def _wait_exited_unreaped(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def fastchat_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"fastchat.serve.{module}", *[str(a) for a in args]]
+
+
+def _post_json(url: str, payload: dict | None = None, timeout: float = 5.0) -> dict:
+    r = _LOCAL.post(url, json=payload, timeout=timeout)
+    r.raise_for_status()
+    return r.json()
+
+
+class FastChatServers:
+    """Controller + model worker (+ OpenAI API server) for one model path.
+
+    ``model_name`` defaults to the folder name, as FastChat's worker does.
+    Attributes after ``start``: ``controller_url``, ``worker_url``, ``api_url``
+    (None without ``api``), ``model_name``.
+    """
+
+    def __init__(self, model_path: str, env: dict | None, log_dir: str, model_name: str | None = None,
+                 api: bool = True, limit_worker_concurrency: int = 5, worker_args: Sequence[str] = ()):
+        self.model_path = model_path
+        self.env = server_env(env, log_dir)
+        self.log_dir = log_dir
+        self.model_name = model_name or os.path.basename(os.path.normpath(model_path))
+        self.with_api = api
+        self.limit_worker_concurrency = limit_worker_concurrency
+        self.worker_args = list(worker_args)
+        self.processes: list[ManagedProcess] = []
+        self.controller_url = self.worker_url = self.api_url = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> FastChatServers:
+        try:
+            self._start_controller()
+            self._start_worker()
+            if self.with_api:
+                self._start_api()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+    def __enter__(self) -> FastChatServers:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log_path} ---\n{p.log()}" for p in self.processes)
+
+    def print_logs_if_failed(self, request, failures_before: int) -> None:
+        """For a function fixture's teardown: show the servers' logs when the test failed
+        (written to the real stderr: pytest has captured sys.stderr by then)."""
+        if request.session.testsfailed > failures_before:
+            sys.__stderr__.write(f"\n==== FastChat server logs for {request.node.nodeid} ====\n{self.logs()}\n")
+
+    def check_alive(self) -> None:
+        """Raise with the logs if any server has died (e.g. crashed on a bad request)."""
+        dead = [p for p in self.processes if not p.alive()]
+        if dead:
+            raise AssertionError(f"server(s) died: {[p.name for p in dead]}\n{self.logs()}")
+
+    # -- the three FastChat servers -------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
+        proc = ManagedProcess(name, args, self.env, self.log_dir)
+        self.processes.append(proc)
+        return proc
+
+    def _start_controller(self) -> None:
+        port = free_port()
+        self.controller_url = f"http://127.0.0.1:{port}"
+        proc = self._spawn("controller", fastchat_module("controller", "--host", "127.0.0.1", "--port", port))
+        proc.wait_until(lambda: _LOCAL.get(self.controller_url + "/test_connection", timeout=2).ok,
+                        "answering /test_connection")
+
+    def _start_worker(self) -> None:
+        port = free_port()
+        self.worker_url = f"http://127.0.0.1:{port}"
+        args = ["--model-path", self.model_path, "--device", "cpu", "--host", "127.0.0.1", "--port", port,
+                "--worker-address", self.worker_url, "--controller-address", self.controller_url,
+                "--model-names", self.model_name,
+                "--limit-worker-concurrency", self.limit_worker_concurrency, *self.worker_args]
+        proc = self._spawn("model_worker", fastchat_module("model_worker", *args))
+        proc.wait_until(self._controller_lists_model, f"model {self.model_name} registered with the controller")
+
+    def _start_api(self) -> None:
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        proc = self._spawn("openai_api_server", fastchat_module(
+            "openai_api_server", "--host", "127.0.0.1", "--port", port,
+            "--controller-address", self.controller_url))
+        proc.wait_until(self._api_lists_model, f"model {self.model_name} listed at /v1/models")
+
+    def _controller_lists_model(self) -> bool:
+        return self.model_name in _post_json(self.controller_url + "/list_models")["models"]
+
+    def _api_lists_model(self) -> bool:
+        r = _LOCAL.get(self.api_url + "/v1/models", timeout=5)
+        return r.ok and self.model_name in [m["id"] for m in r.json()["data"]]
+
+    # -- talking to them ------------------------------------------------------
+    def worker_stream(self, params: dict, timeout: float = 120.0) -> list[dict]:
+        """Every JSON chunk the worker's /worker_generate_stream sends for ``params``."""
+        import json
+
+        payload = {"model": self.model_name, **params}
+        with _LOCAL.post(self.worker_url + "/worker_generate_stream", json=payload, stream=True,
+                         timeout=timeout) as r:
+            r.raise_for_status()
+            return [json.loads(chunk.decode()) for chunk in r.iter_lines(delimiter=b"\0") if chunk]

@@ -1,0 +1,333 @@
+"""Chimera: trigram padding, drafting == training's teacher forcing, lossless decoding, layout, training."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from fastchat.model.model_adapter import get_generate_stream_function, load_model
+from fastchat.serve.inference import generate_stream as fastchat_generate_stream
+from transformers import AutoModelForCausalLM
+
+from fastchat_spec.adapters.chimera import write_chimera_checkpoint
+from fastchat_spec.generate.engine import Generation
+from fastchat_spec.generate.proposers.base import Commit
+from fastchat_spec.generate.proposers.chimera import ChimeraProposer
+from fastchat_spec.generate.sampling import SamplingParams
+from fastchat_spec.generate.tree import Tree, chain
+from fastchat_spec.heads.chimera import PAD_ID, ChimeraDrafter, new_drafter_for, trigram_ids
+from tests import tiny
+
+PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "Hello world, how are you?", "A",
+           "Please write a story about a computer.", "Üñïçødé text — with symbols ✓"]
+CONTEXT = 1024
+MAX_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def base(base_dir):
+    """The tiny base, frozen as training loads it."""
+    return AutoModelForCausalLM.from_pretrained(base_dir).eval().requires_grad_(False)
+
+
+def random_drafter(base, num_heads: int, seed: int = 0, noise: float = 0.05) -> ChimeraDrafter:
+    """A fresh drafter (heads at [W_lm, W_lm]) with every weight nudged, so nothing is an identity."""
+    torch.manual_seed(seed)
+    drafter = new_drafter_for(base, num_heads)
+    with torch.no_grad():
+        for p in drafter.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return drafter.eval()
+
+
+def save_seed_layout(out: str, drafter: ChimeraDrafter, base_dir: str, tree=None) -> str:
+    """The Chimera authors' layout, written by hand: config.json and three torch.save'd state dicts."""
+    os.makedirs(out, exist_ok=True)
+    config = {"chimera_num_heads": drafter.num_heads, "chimera_num_layers": drafter.num_layers,
+              "base_model_name_or_path": base_dir}
+    if tree:
+        config["chimera_choices"] = tree
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f)
+    torch.save(drafter.trimlp.state_dict(), os.path.join(out, "trimlp.pt"))
+    torch.save(drafter.fast_layer1.state_dict(), os.path.join(out, "fast_layer1.pt"))
+    torch.save(drafter.chimera_head.state_dict(), os.path.join(out, "chimera_head.pt"))
+    return out
+
+
+# --------------------------------------------------------------------------- trigram padding
+def test_trigram_ids_pad_before_the_start():
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert trigram_ids(ids).tolist() == [[[PAD_ID, PAD_ID, 5], [PAD_ID, 5, 6], [5, 6, 7], [6, 7, 8]]]
+
+
+def test_trigram_features_use_zero_vectors_for_padding(base):
+    drafter = random_drafter(base, 1)
+    embed = base.get_input_embeddings()
+    got = drafter.trigram(embed, trigram_ids(torch.tensor([[5, 6, 7]])))[0]
+    e = embed.weight.detach()
+    zero = torch.zeros_like(e[0])
+    expected = [torch.cat([zero, zero, e[5]]), torch.cat([zero, e[5], e[6]]), torch.cat([e[5], e[6], e[7]])]
+    with torch.no_grad():
+        for t, x in enumerate(expected):
+            torch.testing.assert_close(got[t], drafter.trimlp(x))
+
+
+# --------------------------------------------------------------------------- drafting == training
+@pytest.mark.parametrize("tree", [chain(3), Tree.from_paths([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0],
+                                                             [0, 1, 0], [1, 0, 1]])],
+                         ids=["chain", "tree"])
+def test_drafts_equal_teacher_forced_heads(base, tree):
+    """Every draft token is the rank-r guess of training's teacher-forced head along the node's path.
+
+    This ties the proposer (encoder KV cache written by observe, one encoder
+    call per depth, trigrams across the committed/draft boundary) to the
+    training formulation, including a prompt of one token (padded trigrams).
+    """
+    drafter = random_drafter(base, 3, seed=1)
+    embed, rotary = base.get_input_embeddings(), base.get_decoder().rotary_emb
+    torch.manual_seed(2)
+    ids = torch.randint(3, base.config.vocab_size, (16,))
+    with torch.no_grad():
+        hidden = base.get_decoder()(ids.view(1, -1)).last_hidden_state[0]
+        for committed in (1, 2, 7, 12):
+            proposer = ChimeraProposer(drafter, base, tree, torch.device("cpu"))
+            cut = max(1, committed // 2)  # two commits: the cache is advanced twice
+            proposer.observe(Commit(ids[:cut], hidden[:cut], 0, int(ids[cut]), None, None))
+            if committed > cut:
+                proposer.observe(Commit(ids[cut:committed], hidden[cut:committed], cut, int(ids[committed]),
+                                        None, None))
+            tokens = torch.cat([ids[committed:committed + 1], proposer.propose(ids[committed])])
+            for node, path in enumerate(tree.paths, start=1):
+                nodes = tree.path_nodes[node][: len(path) + 1].tolist()  # root .. node
+                seq = torch.cat([ids[:committed], tokens[nodes[:-1]]]).view(1, -1)
+                seq_hidden = base.get_decoder()(seq).last_hidden_state
+                k = len(path) - 1
+                logits = drafter.teacher_forced_logits(k, embed, rotary, torch.cat([seq, seq[:, :1]], 1),
+                                                       torch.cat([seq_hidden, seq_hidden[:, :1]], 1))
+                ranked = logits[0, committed - 1].topk(path[-1] + 1).indices
+                assert int(tokens[node]) == int(ranked[path[-1]]), (committed, path)
+
+
+# --------------------------------------------------------------------------- lossless decoding
+@pytest.fixture(scope="module")
+def stock_outputs(base_dir):
+    model, tok = load_model(base_dir, device="cpu")
+    outs = {}
+    for prompt in PROMPTS:
+        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
+        outs[prompt] = list(fastchat_generate_stream(model, tok, params, "cpu", CONTEXT))[-1]["text"]
+    return outs
+
+
+@pytest.mark.parametrize("num_heads,tree", [
+    (3, None),
+    (2, [[0], [1], [0, 0], [1, 0], [0, 1]]),
+    (4, chain(4).to_list()),
+])
+def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_heads, tree):
+    ckpt = write_chimera_checkpoint(str(tmp_path / f"chimera-{num_heads}"),
+                                    random_drafter(base, num_heads, seed=num_heads), base_dir, tree=tree)
+    model, tok = load_model(ckpt, device="cpu")
+    assert model.spec.method == "chimera"
+    stream = get_generate_stream_function(model, ckpt)
+    assert stream.__module__ == "fastchat_spec.generate.stream"
+    tokens = steps = 0
+    for prompt in PROMPTS:
+        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
+        last = list(stream(model, tok, params, "cpu", CONTEXT))[-1]
+        assert last["text"] == stock_outputs[prompt], prompt
+        tokens, steps = tokens + last["spec"]["tokens"], steps + last["spec"]["steps"]
+    assert tokens / steps > 1.0  # drafts were accepted: the comparison covered multi-token steps
+
+
+def test_sampling_matches_the_base_distribution(tmp_path, base, base_dir):
+    """Law of the second sampled token (the first one a speculative step makes) vs the exact marginal.
+
+    The prompt ends in the base's own greedy loop and the temperature is 0.5,
+    so drafts are accepted in a good share of the samples and rejected in the
+    rest: both branches of the rejection sampler are exercised.
+    """
+    ckpt = write_chimera_checkpoint(str(tmp_path / "chimera-sample"), new_drafter_for(base, 2), base_dir,
+                                    tree=[[0], [1], [2], [3], [0, 0], [1, 0]])
+    model, tok = load_model(ckpt, device="cpu")
+    prompt = _greedy_continuation(base, tok("The cat runs over the house.").input_ids, 30)
+    temperature, samples = 0.5, 500
+    sampling = SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0)
+    torch.manual_seed(0)
+    counts: dict[int, int] = {}
+    accepted = 0
+    for _ in range(samples):
+        gen = Generation(model, prompt, 4, sampling)
+        gen.prefill()
+        out = gen.step()
+        accepted += len(out) > 1
+        counts[out[0]] = counts.get(out[0], 0) + 1
+    assert 0.05 * samples < accepted < 0.95 * samples, accepted
+    exact = _exact_second_token(base, prompt, temperature)
+    assert _chi_square_p_value(counts, exact, samples) > 1e-3
+
+
+def _greedy_continuation(base, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        for _ in range(n):
+            ids = ids + [int(base(torch.tensor([ids])).logits[0, -1].argmax())]
+    return ids
+
+
+def _exact_second_token(base, prompt: list[int], temperature: float, floor: float = 1e-4) -> dict:
+    """{token: P(second sampled token = token)}, summed over the first token's likely values."""
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        p1 = torch.softmax(base(ids).logits[0, -1].float() / temperature, -1)
+        out = {}
+        for t1 in (p1 > floor).nonzero().flatten().tolist():
+            p2 = torch.softmax(base(torch.cat([ids, torch.tensor([[t1]])], 1)).logits[0, -1].float() / temperature,
+                               -1)
+            for t2 in (p2 > floor).nonzero().flatten().tolist():
+                out[t2] = out.get(t2, 0.0) + float(p1[t1] * p2[t2])
+    return out
+
+
+def _chi_square_p_value(counts: dict, probs: dict, n: int) -> float:
+    """Pearson's test over outcomes expected >= 5 times, the rest pooled into one bin."""
+    big = [k for k, p in probs.items() if p * n >= 5]
+    observed = [counts.get(k, 0) for k in big]
+    expected = [probs[k] * n for k in big]
+    observed.append(n - sum(observed))
+    expected.append(n - sum(expected))
+    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected) if e > 0)
+    dof = len(observed) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), torch.tensor(stat / 2.0)))
+
+
+# --------------------------------------------------------------------------- checkpoint layout
+def test_seed_layout_loads_through_fastchat(tmp_path, base, base_dir):
+    drafter = random_drafter(base, 3, seed=7)
+    ckpt = save_seed_layout(str(tmp_path / "chimera-seed"), drafter, base_dir, tree=[[0], [0, 0], [1]])
+    from fastchat.model.model_adapter import get_model_adapter
+
+    from fastchat_spec.adapters.chimera import ChimeraAdapter
+
+    assert isinstance(get_model_adapter(ckpt), ChimeraAdapter)
+    model, _ = load_model(ckpt, device="cpu")
+    assert (model.spec.num_heads, model.spec.num_layers, model.spec.tree) == (3, 1, [[0], [0, 0], [1]])
+    loaded = model.drafter.state_dict()
+    for key, value in drafter.state_dict().items():
+        torch.testing.assert_close(loaded[key], value)
+    assert not any(k.startswith(("embed", "rotary")) for k in loaded)  # the base's parts are not saved
+
+
+def test_safetensors_layout_round_trips(tmp_path, base, base_dir):
+    drafter = random_drafter(base, 2, seed=8)
+    ckpt = write_chimera_checkpoint(str(tmp_path / "chimera-st"), drafter, base_dir)
+    assert {"trimlp.safetensors", "fast_layer1.safetensors", "chimera_head.safetensors"} <= set(os.listdir(ckpt))
+    model, _ = load_model(ckpt, device="cpu")
+    torch.testing.assert_close(model.drafter.chimera_head[1][-1].weight, drafter.chimera_head[1][-1].weight)
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path, base, base_dir):
+    ckpt = save_seed_layout(str(tmp_path / "chimera-broken"), random_drafter(base, 2), base_dir)
+    os.remove(os.path.join(ckpt, "fast_layer1.pt"))
+    with pytest.raises(FileNotFoundError, match="fast_layer1"):
+        load_model(ckpt, device="cpu")
+    ckpt = save_seed_layout(str(tmp_path / "chimera-corrupt"), random_drafter(base, 2), base_dir)
+    with open(os.path.join(ckpt, "chimera_head.pt"), "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"(?s)chimera_head.pt.*corrupt"):
+        load_model(ckpt, device="cpu")
+
+
+class _NotATensor:
+    pass
+
+
+def test_pickles_are_read_weights_only(tmp_path, base, base_dir):
+    ckpt = save_seed_layout(str(tmp_path / "chimera-pickle"), random_drafter(base, 2), base_dir)
+    torch.save({"0.linear.weight": _NotATensor()}, os.path.join(ckpt, "trimlp.pt"))
+    with pytest.raises(ValueError, match="trimlp.pt"):
+        load_model(ckpt, device="cpu")
+
+
+def test_hidden_and_vocab_mismatches_are_refused(tmp_path, base, base_dir):
+    from transformers import LlamaConfig
+
+    other = LlamaConfig(vocab_size=base.config.vocab_size, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    ckpt = save_seed_layout(str(tmp_path / "chimera-hidden"), ChimeraDrafter(other, 2), base_dir)
+    with pytest.raises(ValueError, match="hidden size 32"):
+        load_model(ckpt, device="cpu")
+    drafter = random_drafter(base, 2)
+    ckpt = save_seed_layout(str(tmp_path / "chimera-vocab"), drafter, base_dir)
+    heads = {k: (v[:-5] if k.endswith(".1.weight") else v) for k, v in drafter.chimera_head.state_dict().items()}
+    torch.save(heads, os.path.join(ckpt, "chimera_head.pt"))
+    with pytest.raises(ValueError, match="predict"):
+        load_model(ckpt, device="cpu")
+
+
+# --------------------------------------------------------------------------- training
+def fastchat_json(path: str, n: int, seed: int) -> str:
+    lines = tiny.corpus(2 * n, seed=seed)
+    convs = [{"id": f"c{seed}_{i}", "conversations": [
+        {"from": "human", "value": lines[2 * i]},
+        {"from": "gpt", "value": f"{lines[2 * i + 1]} {lines[2 * i]} {lines[2 * i + 1]}"}]} for i in range(n)]
+    with open(path, "w") as f:
+        json.dump(convs, f)
+    return path
+
+
+def test_training_steps_lower_the_loss(base, base_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from fastchat_spec.train import common
+    from fastchat_spec.train.chimera import ChimeraTraining
+
+    tok = AutoTokenizer.from_pretrained(base_dir, use_fast=False)
+    tok.pad_token = tok.unk_token
+    data = common.supervised_dataset(tok, fastchat_json(str(tmp_path / "d.json"), 4, seed=1), 512)
+    batch = common.Collator(tok.pad_token_id)([data[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = ChimeraTraining(base, new_drafter_for(base, 2))
+    optimizer = torch.optim.AdamW(model.drafter.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, logs = model(**batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert {"head0_loss", "head0_top1", "head1_kl"} <= set(logs)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(p.grad is None for p in base.parameters())  # the frozen base gets no gradient
+
+
+def test_train_cli_writes_a_checkpoint_that_serves_and_evaluates(tmp_path, base_dir, capsys):
+    from fastchat_spec.train import chimera, chimera_eval
+
+    out = tmp_path / "chimera-vicuna-tiny"
+    train_file = fastchat_json(str(tmp_path / "train.json"), 8, seed=2)
+    eval_file = fastchat_json(str(tmp_path / "eval.json"), 2, seed=3)
+    report = chimera.train([
+        "--model_name_or_path", base_dir, "--data_path", train_file, "--eval_data_path", eval_file,
+        "--output_dir", str(out), "--chimera_num_heads", "2", "--chimera_num_layers", "1",
+        "--model_max_length", "512", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "2",
+        "--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "True", "--tree_nodes", "8",
+    ])
+    assert {"config.json", "trimlp.pt", "fast_layer1.pt", "chimera_head.pt", "train_report.json"} <= \
+        set(os.listdir(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["chimera_num_heads"] == 2 and len(config["chimera_choices"]) == 8
+    assert set(report["heads"]) == {"head0", "head1"}
+
+    model, tok = load_model(str(out), device="cpu")  # the relative base path resolves
+    params = {"prompt": PROMPTS[0], "temperature": 0.0, "max_new_tokens": 16, "echo": False}
+    ours = list(get_generate_stream_function(model, str(out))(model, tok, dict(params), "cpu", CONTEXT))[-1]
+    base_model, base_tok = load_model(base_dir, device="cpu")
+    assert ours["text"] == list(fastchat_generate_stream(base_model, base_tok, params, "cpu", CONTEXT))[-1]["text"]
+
+    result = chimera_eval.main(["--model-path", str(out), "--data_path", eval_file, "--prompt", "how are you?",
+                                "--max-new-tokens", "8", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "head0" in printed and "head1" in printed and "given it, the heads guess" in printed
+    assert set(result["data"]["heads"]) == set(result["prompt"]["heads"]) == {"head0", "head1"}

@@ -1,0 +1,279 @@
+"""CLLM: Jacobi decoding through the shared engine, the adapter, trajectories and consistency training."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import requests
+import torch
+from fastchat.conversation import get_conv_template
+from fastchat.model.model_adapter import (get_conversation_template, get_generate_stream_function,
+                                          get_model_adapter, load_model)
+from fastchat.serve.inference import generate_stream as fastchat_generate_stream
+
+from fastchat_spec.adapters.cllm import CllmAdapter, CllmConversation
+from fastchat_spec.spec_model import SpecModel
+from fastchat_spec.train import cllm, cllm_data
+
+CONTEXT = 1024
+PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "A", "Numbers: 12345 and 678."]
+CONVERSATIONS = [
+    {"id": "c1", "conversations": [{"from": "human", "value": "The cat runs over the house."},
+                                   {"from": "gpt", "value": "The dog jumps into the water."}]},
+    {"id": "c2", "conversations": [{"from": "human", "value": "Why is the river fast? Explain it."},
+                                   {"from": "gpt", "value": "Because the water runs quickly."}]},
+    {"id": "c3", "conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi!"}]},
+]
+WINDOW = 4
+
+
+def greedy(prompt: str, max_new_tokens: int = 32, **extra) -> dict:
+    return {"prompt": prompt, "temperature": 0.0, "max_new_tokens": max_new_tokens, "echo": False, **extra}
+
+
+@pytest.fixture(scope="module")
+def stock(base_dir):
+    """FastChat's own greedy text for each prompt, on the plain base."""
+    model, tok = load_model(base_dir, device="cpu")
+    return {p: list(fastchat_generate_stream(model, tok, greedy(p), "cpu", CONTEXT))[-1]["text"] for p in PROMPTS}
+
+
+@pytest.fixture(scope="module")
+def named_dir(models_dir, base_dir):
+    """The tiny base, unchanged, in a folder whose name marks it as a CLLM."""
+    out = os.path.join(models_dir, "cllm-vicuna-tiny")
+    if not os.path.isdir(out):
+        shutil.copytree(base_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def flagged_dir(models_dir, base_dir):
+    """The tiny base with the config flag our trainer writes, in a folder with no 'cllm' in its name.
+
+    FastChat tries its adapters on the folder's name before the whole path, so a
+    name that one of its adapters claims ("vicuna") would win over the flag.
+    """
+    out = os.path.join(models_dir, "flagged-tiny")
+    if not os.path.isdir(out):
+        shutil.copytree(base_dir, out)
+        with open(os.path.join(out, "config.json")) as f:
+            config = json.load(f)
+        config.update({"fastchat_spec_method": "cllm", "cllm": {"n_token_seq_length": WINDOW}})
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(config, f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cllm_data") / "convs.json"
+    path.write_text(json.dumps(CONVERSATIONS))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trajectories(base_dir, data_file):
+    out = os.path.join(os.path.dirname(data_file), "trajectories.json")
+    summary = cllm_data.main(["--model", base_dir, "--data_path", data_file, "--output", out,
+                              "--max_new_tokens", str(WINDOW), "--max_new_seq_len", "12", "--use_labels",
+                              "--batch_size", "2", "--device", "cpu"])
+    with open(out) as f:
+        return out, json.load(f), summary
+
+
+# --------------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("which,windows", [("named", [None, 3]), ("flagged", [None, 1, 7])])
+def test_jacobi_greedy_equals_fastchat_greedy(request, stock, which, windows):
+    path = request.getfixturevalue(f"{which}_dir")
+    model, tok = load_model(path, device="cpu")
+    assert isinstance(model, SpecModel) and model.drafter is None and model.spec.method == "cllm"
+    assert model.spec.num_heads == (16 if which == "named" else WINDOW)
+    if which == "flagged":  # FastChat loads this name with a fast tokenizer: compare with the same one
+        stock = {p: list(fastchat_generate_stream(model.base, tok, greedy(p), "cpu", CONTEXT))[-1]["text"]
+                 for p in PROMPTS}
+    stream = get_generate_stream_function(model, path)
+    for n in windows:
+        extra = {} if n is None else {"n_token_seq_length": n}
+        for prompt in PROMPTS:
+            last = list(stream(model, tok, greedy(prompt, **extra), "cpu", CONTEXT))[-1]
+            assert last["text"] == stock[prompt], (which, n, prompt)
+            assert last["spec"]["tokens"] >= last["usage"]["completion_tokens"]
+
+
+def test_bad_window_is_refused_with_the_fix(named_dir):
+    model, tok = load_model(named_dir, device="cpu")
+    stream = get_generate_stream_function(model, named_dir)
+    with pytest.raises(ValueError, match="n_token_seq_length"):
+        list(stream(model, tok, greedy("Hello", n_token_seq_length=0), "cpu", CONTEXT))
+
+
+def test_sampling_runs_to_length(named_dir):
+    model, tok = load_model(named_dir, device="cpu")
+    stream = get_generate_stream_function(model, named_dir)
+    torch.manual_seed(0)
+    params = {"prompt": "Hello", "temperature": 0.8, "top_p": 0.9, "max_new_tokens": 24, "echo": False,
+              "n_token_seq_length": 5, "stop_token_ids": []}
+    last = list(stream(model, tok, params, "cpu", CONTEXT))[-1]
+    assert last["finish_reason"] in ("length", "stop")
+    assert last["spec"]["steps"] == len(last["spec"]["accepted"]) + 1
+
+
+def test_worker_streams_growing_text_with_usage(named_dir, stock, subprocess_env, tmp_path):
+    from tests.servers import FastChatServers
+
+    prompt = PROMPTS[0]
+    with FastChatServers(named_dir, subprocess_env, str(tmp_path), api=False) as servers:
+        # The worker registers with the controller before its HTTP server listens.
+        worker = servers.processes[-1]
+        worker.wait_until(lambda: requests.post(servers.worker_url + "/worker_get_status", timeout=2).ok,
+                          "answering /worker_get_status")
+        chunks = servers.worker_stream(greedy(prompt, n_token_seq_length=WINDOW))
+    texts = [c["text"] for c in chunks]
+    assert all(c["error_code"] == 0 for c in chunks), chunks[-1]
+    assert len(chunks) >= 3 and len({t for t in texts if t}) >= 2, texts
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:])), texts
+    assert texts[-1] == stock[prompt]
+    usage = chunks[-1]["usage"]
+    tok = load_model(named_dir, device="cpu")[1]
+    assert usage["prompt_tokens"] == len(tok(prompt).input_ids)
+    assert chunks[-1]["finish_reason"] in ("length", "stop")
+    if chunks[-1]["finish_reason"] == "length":
+        assert usage["completion_tokens"] == 32
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    if "spec" in chunks[-1]:  # forwarded by the hook's worker patch
+        assert chunks[-1]["spec"]["tokens"] >= usage["completion_tokens"]
+
+
+# --------------------------------------------------------------------------- adapter and template
+def test_adapter_matching_rules(named_dir, flagged_dir, base_dir, tmp_path):
+    adapter = CllmAdapter()
+    assert adapter.match(named_dir)  # "cllm" in the folder name
+    assert adapter.match(flagged_dir)  # config flag
+    assert adapter.match("cllm/consistency-llm-7b-sharegpt48k")  # FastChat main's rule, hub id
+    assert adapter.match("vicuna-7b-cllm")  # name only (Gradio server)
+    assert not adapter.match(base_dir)  # a plain model
+    assert not adapter.match("vicuna-7b-v1.5")
+    parent = tmp_path / "test_cllm_runs"
+    shutil.copytree(base_dir, parent / "vicuna-tiny")
+    assert not adapter.match(str(parent / "vicuna-tiny"))  # "cllm" in a parent folder does not count
+    assert isinstance(get_model_adapter(named_dir), CllmAdapter)
+    assert isinstance(get_model_adapter(flagged_dir), CllmAdapter)
+    assert not isinstance(get_model_adapter(base_dir), CllmAdapter)
+    plain, _ = load_model(base_dir, device="cpu")
+    assert not isinstance(plain, SpecModel)
+
+
+def test_templates():
+    # FastChat main's cllm template: system prompt, then only the latest exchange.
+    conv = get_conversation_template("cllm/consistency-llm-7b-sharegpt48k")
+    assert conv.name == "cllm" and isinstance(conv, CllmConversation)
+    for role, msg in (("USER", "Hi"), ("ASSISTANT", "Hello!"), ("USER", "How are you?"), ("ASSISTANT", None)):
+        conv.append_message(role, msg)
+    system = ("A chat between a curious user and an artificial intelligence assistant. "
+              "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+    assert conv.get_prompt() == system + " USER: How are you? ASSISTANT:"
+    assert len(conv.messages) == 4  # rendering keeps the history
+    assert isinstance(get_conv_template("cllm").copy(), CllmConversation)
+    # A CLLM of a Vicuna keeps the Vicuna template.
+    assert get_conversation_template("cllm-vicuna-small").name == "vicuna_v1.1"
+
+
+# --------------------------------------------------------------------------- trajectories
+def test_trajectory_file_format(trajectories, base_dir, data_file):
+    _, records, summary = trajectories
+    model, tok = load_model(base_dir, device="cpu")
+    assert summary["records"] == len(records) > 0
+    for conv in CONVERSATIONS:
+        mine = [r for r in records if r["data_id"] == conv["id"]]
+        assert [r["jacobian_itr_id"] for r in mine] == list(range(len(mine)))
+        template = get_conversation_template(base_dir)
+        template.append_message(template.roles[0], conv["conversations"][0]["value"])
+        template.append_message(template.roles[1], None)
+        prompt_ids = tok(template.get_prompt()).input_ids
+        answer = []
+        for r in mine:
+            assert set(r) == {"data_id", "jacobian_itr_id", "prompt_ids_len", "prompt_ids",
+                              "answer_trajectory_ids", "teacher_output_ids", "labels_ids"}
+            assert r["prompt_ids_len"] == len(prompt_ids)
+            assert r["prompt_ids"] == prompt_ids + answer
+            states = r["answer_trajectory_ids"]
+            assert len({len(s) for s in states}) == 1 and 1 <= len(states[0]) <= WINDOW
+            assert set(states[0]) <= set(prompt_ids)  # the random start is drawn from the prompt
+            assert all(a != b for a, b in zip(states, states[1:]))  # every state is a Jacobi update
+            assert r["teacher_output_ids"] == r["prompt_ids"] + states[-1]
+            assert r["labels_ids"][: len(prompt_ids)] == prompt_ids and r["labels_ids"][-1] == tok.eos_token_id
+            answer += states[-1]
+        assert len(answer) <= 12
+        # The fixed points, concatenated, are the base's greedy answer.
+        stock = list(fastchat_generate_stream(model, tok, greedy(template.get_prompt(), len(answer)), "cpu",
+                                              CONTEXT))[-1]["text"]
+        text = tok.decode(answer, skip_special_tokens=True, spaces_between_special_tokens=False,
+                          clean_up_tokenization_spaces=True)
+        assert text == stock
+
+
+def test_collector_help_and_errors(capsys, tmp_path, base_dir):
+    with pytest.raises(SystemExit):
+        cllm_data.main(["--help"])
+    assert "--max_new_tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cllm_data.main(["--model", base_dir, "--data_path", str(tmp_path / "missing.json"),
+                        "--output", str(tmp_path / "o.json")])
+    assert "fastchat_spec.train.data" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- consistency training
+@pytest.mark.parametrize("ar_target", ["teacher", "labels"])
+def test_consistency_steps_lower_the_consistency_loss(trajectories, base_dir, ar_target):
+    from transformers import AutoModelForCausalLM
+
+    _, records, _ = trajectories
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    objective = cllm.ConsistencyObjective(base, ar_weight=0.0)
+    collate = cllm.TrajectoryCollator(pad_token_id=0, window=WINDOW, max_len=512, ar_target=ar_target)
+    moving = [r for r in records if len(r["answer_trajectory_ids"]) > 1]
+    batch = collate(moving[:3])
+    assert batch["input_ids"].shape[0] == (2 if ar_target == "teacher" else 3) * len(moving[:3])
+    optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
+    first = None
+    for _ in range(5):
+        loss, logs = objective(**batch)
+        first = float(logs["consistency_loss"]) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, logs = objective(**batch)
+    assert first > 0 and float(logs["consistency_loss"]) < 0.5 * first
+    assert torch.isfinite(logs["ar_loss"])
+
+
+def test_train_cli_writes_a_flagged_checkpoint_that_serves(trajectories, base_dir, stock, tmp_path):
+    path, _, _ = trajectories
+    out = str(tmp_path / "cllm-vicuna-run")
+    report = cllm.main(["--model_name_or_path", base_dir, "--data_path", path, "--output_dir", out,
+                        "--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-4",
+                        "--logging_steps", "1", "--dataloader_num_workers", "0", "--disable_tqdm", "True",
+                        "--save_dtype", "float32"])
+    logged = [h for h in report["log_history"] if "consistency_loss" in h]
+    assert logged and all("ar_loss" in h for h in logged)
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["fastchat_spec_method"] == "cllm" and config["cllm"]["n_token_seq_length"] == WINDOW
+    assert get_conversation_template(out).name == "vicuna_v1.1"
+    model, tok = load_model(out, device="cpu")
+    assert isinstance(model, SpecModel) and model.spec.num_heads == WINDOW
+    last = list(get_generate_stream_function(model, out)(model, tok, greedy(PROMPTS[0], 8), "cpu", CONTEXT))[-1]
+    assert last["usage"]["completion_tokens"] > 0
+
+
+def test_train_cli_names_missing_inputs(tmp_path, capsys, base_dir):
+    with pytest.raises(SystemExit):
+        cllm.main(["--model_name_or_path", base_dir, "--output_dir", str(tmp_path / "x")])
+    assert "fastchat_spec.train.cllm_data" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="cllm_data"):
+        cllm.main(["--model_name_or_path", base_dir, "--data_path", str(tmp_path / "none.json"),
+                   "--output_dir", str(tmp_path / "x")])

@@ -1,0 +1,301 @@
+"""The unchanged FastChat servers serve a Medusa checkpoint over HTTP.
+
+One stack for the module: ``python -m fastchat.serve.controller``,
+``python -m fastchat.serve.model_worker --model-path <medusa ckpt> --device cpu``
+and ``python -m fastchat.serve.openai_api_server``, as subprocesses on
+127.0.0.1. The expected texts come from FastChat's own ``generate_stream`` on
+the base model, in this process, with the prompt built from the worker's
+conversation template exactly as the API server builds it.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import threading
+
+import pytest
+import requests
+from fastchat.model.model_adapter import get_conversation_template, load_model
+from fastchat.serve.inference import generate_stream as fastchat_generate_stream
+
+from tests.servers import FastChatServers, local_session
+
+MODEL = "medusa-vicuna-tiny"
+MAX_TOKENS = 32
+QUESTIONS = ["Why is the river fast?", "Write a poem about fire.", "Hello world, how are you?",
+             "Explain python code.", "List three birds.", "What is a token?"]
+
+http = local_session()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def frozen_gc():
+    """FastChat's generate_stream calls gc.collect() per request: don't rescan every long-lived object."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture(scope="module")
+def servers(medusa_dir, tmp_path_factory):
+    log_dir = str(tmp_path_factory.mktemp("http_logs"))
+    with FastChatServers(medusa_dir, None, log_dir, model_name=MODEL, limit_worker_concurrency=5) as stack:
+        yield stack
+
+
+@pytest.fixture(autouse=True)
+def _server_logs_on_failure(request, servers):
+    failures = request.session.testsfailed
+    yield
+    servers.print_logs_if_failed(request, failures)
+
+
+@pytest.fixture(scope="module")
+def stock(base_dir, medusa_dir):
+    """FastChat's own greedy text on the base, for a chat question or a raw completion prompt."""
+    model, tok = load_model(base_dir, device="cpu")
+    cache = {}
+
+    def run(prompt: str, max_new_tokens: int = MAX_TOKENS, stop_token_ids=None, stop=None) -> dict:
+        key = (prompt, max_new_tokens)
+        if key not in cache:
+            params = {"prompt": prompt, "temperature": 0.0, "top_p": 1.0, "top_k": -1,
+                      "max_new_tokens": max_new_tokens, "echo": False,
+                      "stop_token_ids": list(stop_token_ids or []), "stop": list(stop or [])}
+            cache[key] = list(fastchat_generate_stream(model, tok, params, "cpu", 1024))[-1]
+        return cache[key]
+
+    return run
+
+
+def chat_prompt(medusa_dir: str, question: str):
+    """The prompt the API server builds: the worker's conversation template (by model path)."""
+    conv = get_conversation_template(medusa_dir)
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt(), conv
+
+
+def stock_chat(stock, medusa_dir, question) -> dict:
+    prompt, conv = chat_prompt(medusa_dir, question)
+    return stock(prompt, stop_token_ids=conv.stop_token_ids, stop=[conv.stop_str] if conv.stop_str else [])
+
+
+def chat(servers, question: str, **extra) -> dict:
+    r = http.post(servers.api_url + "/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 0,
+        "max_tokens": MAX_TOKENS, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def no_spec_field(response: dict) -> bool:
+    """Our worker-level statistics stay out of OpenAI-format responses."""
+    return "spec" not in response and all("spec" not in choice for choice in response["choices"])
+
+
+def sse_events(response) -> list:
+    """``data:`` payloads of a server-sent event stream, [DONE] last."""
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            payload = line[len("data: "):]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+# -- the stack itself ----------------------------------------------------------------
+
+
+def test_model_is_listed_and_uses_the_base_conversation_template(servers):
+    assert MODEL in http.post(servers.controller_url + "/list_models", timeout=10).json()["models"]
+    assert [m["id"] for m in http.get(servers.api_url + "/v1/models", timeout=10).json()["data"]] == [MODEL]
+    conv = http.post(servers.worker_url + "/worker_get_conv_template", json={"model": MODEL}, timeout=10).json()
+    assert conv["conv"]["name"] == "vicuna_v1.1"
+    details = http.post(servers.worker_url + "/model_details", json={"model": MODEL}, timeout=10).json()
+    assert details["context_length"] == 1024
+
+
+# -- /v1/chat/completions --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("question", QUESTIONS[:3])
+def test_chat_completion_equals_fastchat_on_the_base(servers, stock, medusa_dir, question):
+    """The golden rule over HTTP: the API text at temperature 0 is the base model's greedy text."""
+    out = chat(servers, question)
+    expected = stock_chat(stock, medusa_dir, question)
+    choice = out["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == expected["text"]
+    assert choice["finish_reason"] == "length"
+    assert out["usage"]["prompt_tokens"] == expected["usage"]["prompt_tokens"]
+    assert out["usage"]["completion_tokens"] == MAX_TOKENS
+    assert no_spec_field(out)
+
+
+def test_chat_streaming_deltas_add_up_to_the_full_answer(servers, medusa_dir):
+    """Needs the pydantic-v2 ``.json(ensure_ascii=...)`` fix: without it the stream dies with a TypeError."""
+    question = QUESTIONS[0]
+    full = chat(servers, question)["choices"][0]["message"]["content"]
+    with http.post(servers.api_url + "/v1/chat/completions", stream=True, timeout=120, json={
+            "model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 0,
+            "max_tokens": MAX_TOKENS, "stream": True}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks and all("error_code" not in c and no_spec_field(c) for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    # FastChat's stream generator drops U+FFFD (undecodable byte tokens) from deltas.
+    assert streamed == full.replace("\ufffd", "")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    servers.check_alive()
+    assert "dumps_kwargs" not in servers.logs()
+
+
+def test_concurrent_requests_give_the_sequential_answers(servers):
+    """Five requests in flight at once on one model (FastChat runs them in threads)."""
+    questions = QUESTIONS[:5]
+    sequential = {q: chat(servers, q)["choices"][0]["message"]["content"] for q in questions}
+    results, errors = {}, []
+
+    def ask(q):
+        try:
+            results[q] = chat(servers, q)["choices"][0]["message"]["content"]
+        except (AssertionError, requests.RequestException) as e:  # reported below, with the question
+            errors.append((q, repr(e)))
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors
+    assert results == sequential
+
+
+def test_concurrent_streams_give_the_sequential_answers(servers):
+    questions = QUESTIONS[:3]
+    sequential = {q: servers.worker_stream({"prompt": q, "temperature": 0, "max_new_tokens": MAX_TOKENS,
+                                            "echo": False})[-1]["text"] for q in questions}
+    results = {}
+
+    def ask(q):
+        results[q] = servers.worker_stream({"prompt": q, "temperature": 0, "max_new_tokens": MAX_TOKENS,
+                                            "echo": False})[-1]["text"]
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert results == sequential
+
+
+# -- /v1/completions -------------------------------------------------------------------
+
+
+def test_completion_equals_fastchat_on_the_base(servers, stock):
+    prompt = "The dog jumps into the water because"
+    r = http.post(servers.api_url + "/v1/completions", timeout=120, json={
+        "model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 24})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["choices"][0]["text"] == stock(prompt, max_new_tokens=24)["text"]
+    assert out["usage"]["completion_tokens"] == 24
+    assert no_spec_field(out)
+
+
+def test_completion_streaming(servers):
+    prompt = "The cat runs over the house."
+    body = {"model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 20}
+    full = http.post(servers.api_url + "/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
+    with http.post(servers.api_url + "/v1/completions", json={**body, "stream": True}, stream=True,
+                   timeout=120) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["text"] for c in events[:-1]) == full.replace("\ufffd", "")
+
+
+# -- the worker stream carries our statistics ----------------------------------------------
+
+
+def test_worker_stream_carries_spec_statistics(servers):
+    chunks = servers.worker_stream({"prompt": "Why is the river fast?", "temperature": 0,
+                                    "max_new_tokens": MAX_TOKENS, "echo": False})
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert chunk["error_code"] == 0
+        stats = chunk["spec"]
+        assert set(stats) == {"steps", "tokens", "accepted"}
+        assert 1 <= stats["steps"] <= stats["tokens"]
+        assert len(stats["accepted"]) == stats["steps"] - 1
+    assert chunks[-1]["usage"]["completion_tokens"] == MAX_TOKENS
+    assert chunks[-1]["finish_reason"] == "length"
+
+
+def test_spec_disable_over_the_worker_gives_the_same_text(servers):
+    params = {"prompt": "Write a poem about fire.", "temperature": 0, "max_new_tokens": 16, "echo": False}
+    fast = servers.worker_stream(params)[-1]
+    plain = servers.worker_stream({**params, "spec_disable": True})[-1]
+    assert plain["text"] == fast["text"]
+    assert plain["spec"]["steps"] == plain["spec"]["tokens"]
+
+
+# -- bad input comes back as FastChat errors, and the worker keeps serving -------------------
+
+
+def assert_still_serving(servers):
+    out = chat(servers, "Hello world, how are you?", max_tokens=8)
+    assert out["choices"][0]["message"]["content"]
+    servers.check_alive()
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"stop": 5}, "stop must be a string or a list of strings"),
+    ({"max_new_tokens": 5000}, "does not fit the model's context of 1024 tokens"),
+    ({"temperature": -1}, "temperature must be >= 0"),
+])
+def test_worker_level_errors_use_fastchats_error_code(servers, params, message):
+    base = {"prompt": "Hello", "temperature": 0, "max_new_tokens": 8}
+    chunks = servers.worker_stream({**base, **params})
+    assert len(chunks) == 1
+    assert chunks[0]["error_code"] == 50001  # ErrorCode.INTERNAL_ERROR, as FastChat's worker reports
+    assert message in chunks[0]["text"]
+    r = http.post(servers.worker_url + "/worker_generate", json={"model": MODEL, **base, **params}, timeout=60)
+    assert r.json()["error_code"] == 50001 and message in r.json()["text"]
+    assert_still_serving(servers)
+
+
+def test_more_bad_requests_than_worker_slots_do_not_leak_them(servers):
+    """Each failed request must give its concurrency slot back (limit is 5)."""
+    for _ in range(7):
+        assert servers.worker_stream({"prompt": "Hello", "stop": 5, "max_new_tokens": 8})[0]["error_code"] != 0
+    assert_still_serving(servers)
+
+
+def test_prompt_longer_than_the_context_over_the_api(servers):
+    long_prompt = "the cat runs over the house " * 300
+    r = http.post(servers.api_url + "/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": long_prompt, "temperature": 0, "max_tokens": 8})
+    assert r.status_code == 400
+    err = r.json()
+    assert err["object"] == "error" and err["code"] == 40303  # ErrorCode.CONTEXT_OVERFLOW
+    assert "maximum context length is 1024 tokens" in err["message"]
+    assert_still_serving(servers)
+
+
+def test_api_validation_errors(servers):
+    r = http.post(servers.api_url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "temperature": -1})
+    assert r.status_code == 400 and r.json()["code"] == 40302  # ErrorCode.PARAM_OUT_OF_RANGE
+    r = http.post(servers.api_url + "/v1/chat/completions", timeout=60, json={
+        "model": "no-such-model", "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 400 and "Only medusa-vicuna-tiny allowed" in r.json()["message"]
+    assert_still_serving(servers)
