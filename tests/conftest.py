@@ -52,3 +52,14 @@ def subprocess_env():
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _frozen_gc():
+    """FastChat's generate_stream runs gc.collect() per request; freezing the
+    long-lived objects (torch, transformers, fixtures) makes that cheap."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    yield

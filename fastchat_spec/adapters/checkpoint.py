@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Optional
 
 import torch
@@ -36,6 +37,13 @@ def load_tensors(file: str) -> dict[str, torch.Tensor]:
 
             return load_file(file)
         state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # garbage bytes, not a pickle of foreign objects
+            raise ValueError(f"weight file {file} could not be read (UnpicklingError); "
+                             "it is corrupt or truncated: download or train it again") from None
+        raise ValueError(f"weight file {file} holds Python objects besides tensors and is refused for safety "
+                         f"(only weights_only=True loads are allowed); re-save it as a plain state dict of "
+                         "tensors or as .safetensors") from None
     except Exception as e:  # the file is there but unreadable: say so, never guess another format
         raise ValueError(f"weight file {file} could not be read ({type(e).__name__}: {e}); "
                          "it is corrupt or truncated: download or train it again") from None

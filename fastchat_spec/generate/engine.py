@@ -67,6 +67,8 @@ class Generation:
         self.base = model.base
         self.device = model.device
         opts = {**model.spec.options, **(options or {})}
+        # Proposers with their own caches size them from this (the tree adds at most its nodes).
+        opts["capacity"] = len(prompt_ids) + max_new_tokens + 1
         self.proposer = proposer_class(method or model.spec.method).build(model, self.device, opts)
         self.tree = self.proposer.tree
         self.sampling = sampling

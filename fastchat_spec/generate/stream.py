@@ -35,6 +35,7 @@ def _stream(generation: Generation, tokenizer, request: Request, stream_interval
     last_yield_at = 0
     new = generation.prefill()
     while True:
+        before = len(generated)
         for token in new:
             generated.append(token)
             if token in request.stop_token_ids:
@@ -47,6 +48,7 @@ def _stream(generation: Generation, tokenizer, request: Request, stream_interval
         text, hit_stop, partial = decoder.text(generated)
         if hit_stop:
             finish_reason = "stop"
+            counted = decoder.tokens_before_stop(generated, before)
         if finish_reason:
             break
         if counted - last_yield_at >= stream_interval and decoder.can_yield(text, partial):
@@ -83,6 +85,16 @@ class _Decoder:
             partial = partial or is_partial_stop(text, stop)
         return text, False, partial
 
+    def tokens_before_stop(self, generated: list[int], checked: int) -> int:
+        """Tokens before the one that completed a stop string (it is not counted, like a stop id).
+
+        A step can accept several tokens past the stop; usage must not depend on the drafter.
+        """
+        for k in range(checked + 1, len(generated) + 1):
+            if self.text(generated[:k])[1]:
+                return k - 1
+        return len(generated)
+
     def can_yield(self, text: str, partial: bool) -> bool:
         """Yield only text that extends what was yielded (clients compute deltas)."""
         if partial or text.endswith("\ufffd") or not text.startswith(self.last_text):
@@ -101,7 +113,8 @@ def _chunk(text: str, prompt_len: int, completion: int, finish_reason, generatio
             "total_tokens": prompt_len + completion,
         },
         "finish_reason": finish_reason,
-        "spec": generation.stats.as_dict(),
+        # Tokens accepted past max_new_tokens or a stop are decoded work, not output.
+        "spec": {**generation.stats.as_dict(), "tokens": min(generation.stats.tokens, max(completion, 1))},
     }
 
 

@@ -10,6 +10,7 @@ nothing about the tree shape is recomputed per step.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -156,6 +157,7 @@ def assumed_accuracy(num_heads: int, top_k: int = 10) -> list[list[float]]:
     return rows
 
 
+@functools.lru_cache(maxsize=64)
 def default_tree(num_heads: int, num_nodes: int = 63) -> Tree:
     """A tree for any head count >= 1 (Medusa's shipped trees need >= 4 heads)."""
     if num_heads < 1:
