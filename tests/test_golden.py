@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 from fastchat.model.model_adapter import get_generate_stream_function, load_model
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 

@@ -52,7 +52,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from fastchat_spec.bench.prompts import load_prompts
-    from fastchat_spec.bench.run import median, run_engine, run_fastchat
+    from fastchat_spec.bench.run import run_engine, run_fastchat
     from fastchat_spec.spec_model import is_speculative
 
     dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -30,7 +30,6 @@ works too. Example (one GPU)::
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -39,7 +38,6 @@ from torch import nn
 from fastchat_spec.heads.chimera import PARTS, ChimeraDrafter, decoder_layer_class, new_drafter_for
 from fastchat_spec.train import common
 from fastchat_spec.train.common import IGNORE_TOKEN_ID, base_hidden_states, head_logs, head_loss
-from fastchat_spec.train.medusa import checkpoint_conv_template, kl_to_teacher
 
 DEFAULTS = {"learning_rate": "1e-3"}
 
@@ -92,7 +90,7 @@ class ChimeraTraining(nn.Module):
             if distill:
                 valid = targets != IGNORE_TOKEN_ID
                 teacher = base_logits[:, k + 1: k + 1 + targets.shape[1]]  # the base at t+k+1 guesses t+k+2
-                kl = kl_to_teacher(logits[valid], teacher[valid], num_items_in_batch)
+                kl = common.kl_to_teacher(logits[valid], teacher[valid], num_items_in_batch)
                 loss_k = loss_k + self.distill_weight * kl
                 logs[f"head{k}_kl"] = kl.detach().float()
             loss = loss + self.decay**k * loss_k
@@ -139,17 +137,9 @@ def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, ba
     drafter.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
     drafter.to(_saved_dtype(base))
     extra = {"fastchat_conv_template": conv_template} if conv_template else {}
-    write_chimera_checkpoint(out_dir, drafter, _base_reference(base_path, out_dir, args.base_path_style),
+    write_chimera_checkpoint(out_dir, drafter, common.base_reference(base_path, out_dir, args.base_path_style),
                              tree=tree, extra_config=extra, safetensors=args.chimera_safetensors)
     common.copy_tokenizer_files(base_path, out_dir)
-
-
-def _base_reference(base_path: str, out_dir: str, style: str) -> str:
-    if not os.path.isdir(base_path):
-        return base_path  # a hub id
-    if style == "absolute":
-        return os.path.abspath(base_path)
-    return os.path.relpath(os.path.abspath(base_path), os.path.abspath(out_dir))
 
 
 def _saved_dtype(base) -> torch.dtype:
@@ -198,7 +188,7 @@ def train(argv=None) -> dict | None:
     report.update({"heads": accuracy["heads"] if accuracy else None,
                    "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
                    "chimera_choices": tree, "expected_tokens_per_step": expected})
-    conv_template = checkpoint_conv_template(model_args.model_name_or_path)
+    conv_template = common.checkpoint_conv_template(model_args.model_name_or_path)
 
     def write(state, out_dir):
         write_checkpoint(state, out_dir, cargs, base, model_args.model_name_or_path, tree, conv_template)

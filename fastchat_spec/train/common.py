@@ -595,6 +595,34 @@ def save_and_report(trainer: transformers.Trainer, out_dir: str, write_checkpoin
     return result
 
 
+def kl_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor, num_items=None) -> torch.Tensor:
+    """KL(teacher || student) summed over positions, divided by num_items (or their count)."""
+    student = torch.log_softmax(logits.float(), -1)
+    teacher = torch.log_softmax(teacher_logits.float(), -1)
+    total = nn.functional.kl_div(student, teacher, log_target=True, reduction="sum")
+    n = num_items if num_items is not None else max(logits.shape[0], 1)
+    return total / torch.as_tensor(n, device=total.device).clamp_min(1)
+
+
+def checkpoint_conv_template(base_path: str) -> str | None:
+    """The template the base is served with: its config's, else the one FastChat picks for it."""
+    name = base_conv_template(base_path)
+    if name:
+        return name
+    from fastchat.model.model_adapter import get_conversation_template
+
+    return get_conversation_template(base_path).name
+
+
+def base_reference(base_path: str, out_dir: str, style: str) -> str:
+    """How a checkpoint names its base: a hub id as is, a local folder relative to the checkpoint or absolute."""
+    if not os.path.isdir(base_path):
+        return base_path  # a hub id
+    if style == "absolute":
+        return os.path.abspath(base_path)
+    return os.path.relpath(os.path.abspath(base_path), os.path.abspath(out_dir))
+
+
 def _module_name() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

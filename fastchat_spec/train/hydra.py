@@ -209,14 +209,13 @@ def build_heads(base, args: HydraArguments) -> HydraHeads:
 def write_checkpoint(state: dict, out_dir: str, args: HydraArguments, base_config, base_path: str, tree,
                      conv_template: str | None) -> None:
     from fastchat_spec.adapters.hydra import write_hydra_checkpoint
-    from fastchat_spec.train.medusa import _base_reference
 
     heads = HydraHeads(base_config, args.hydra_num_heads, args.hydra_num_layers, arch=args.hydra_head_arch,
                        grounded=args.grounded_heads)
     prefix = "heads."
     heads.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
     extra = {"fastchat_conv_template": conv_template} if conv_template else {}
-    write_hydra_checkpoint(out_dir, heads, _base_reference(base_path, out_dir, args.base_path_style),
+    write_hydra_checkpoint(out_dir, heads, common.base_reference(base_path, out_dir, args.base_path_style),
                            tree=tree, extra_config=extra)
     common.copy_tokenizer_files(base_path, out_dir)
 
@@ -233,7 +232,6 @@ def measured_tree(accuracy: dict | None, args: HydraArguments):
 
 # --------------------------------------------------------------------------- main
 def train(argv=None) -> dict | None:
-    from fastchat_spec.train.medusa import checkpoint_conv_template
 
     model_args, data_args, training_args, hargs = common.parse_args(
         HydraArguments, defaults=DEFAULTS, argv=argv, description=__doc__)
@@ -257,7 +255,7 @@ def train(argv=None) -> dict | None:
     report.update({"heads_agreement_with_base": accuracy["heads"] if accuracy else None,
                    "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
                    "hydra_choices": tree, "expected_tokens_per_step": expected})
-    conv_template = checkpoint_conv_template(model_args.model_name_or_path)
+    conv_template = common.checkpoint_conv_template(model_args.model_name_or_path)
 
     def write(state, out_dir):
         write_checkpoint(state, out_dir, hargs, base.config, model_args.model_name_or_path, tree, conv_template)

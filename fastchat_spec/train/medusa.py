@@ -127,7 +127,7 @@ class MedusaTraining(nn.Module):
             valid = targets != IGNORE_TOKEN_ID
             with torch.no_grad():
                 _, teacher_logits = base_hidden_states(self.teacher, input_ids, attention_mask)
-            kl = kl_to_teacher(logits[valid], teacher_logits[valid], num_items)
+            kl = common.kl_to_teacher(logits[valid], teacher_logits[valid], num_items)
             loss = loss + self.kl_weight * kl
             logs["kl"] = kl.detach()
         return loss, logs
@@ -148,15 +148,6 @@ def medusa_head_predictions(base, heads: MedusaHeads, hidden: torch.Tensor, labe
         logits = x if heads.own_lm_head else lm_head(x.to(lm_head.weight.dtype))
         out.append((logits, targets[valid]))
     return out
-
-
-def kl_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor, num_items=None) -> torch.Tensor:
-    """KL(teacher || student) summed over positions, divided by num_items (or their count)."""
-    student = torch.log_softmax(logits.float(), -1)
-    teacher = torch.log_softmax(teacher_logits.float(), -1)
-    total = nn.functional.kl_div(student, teacher, log_target=True, reduction="sum")
-    n = num_items if num_items is not None else max(logits.shape[0], 1)
-    return total / torch.as_tensor(n, device=total.device).clamp_min(1)
 
 
 def medusa_predict(model: MedusaTraining, batch: dict):
@@ -223,16 +214,6 @@ def _checkpoint_heads(path: str) -> dict:
                             f"{HEAD_FILES} or medusa_head.* tensors); pass a Medusa checkpoint folder")
 
 
-def checkpoint_conv_template(base_path: str) -> str | None:
-    """The template the base is served with: its config's, else the one FastChat picks for it."""
-    name = common.base_conv_template(base_path)
-    if name:
-        return name
-    from fastchat.model.model_adapter import get_conversation_template
-
-    return get_conversation_template(base_path).name
-
-
 # --------------------------------------------------------------------------- writing checkpoints
 def write_stage1(state: dict, out_dir: str, args: MedusaArguments, base_config, base_path: str, tree,
                 conv_template):
@@ -243,17 +224,9 @@ def write_stage1(state: dict, out_dir: str, args: MedusaArguments, base_config, 
     prefix = "heads.medusa_head."
     heads.medusa_head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     extra = {"fastchat_conv_template": conv_template} if conv_template else {}
-    write_medusa_checkpoint(out_dir, heads, _base_reference(base_path, out_dir, args.base_path_style),
+    write_medusa_checkpoint(out_dir, heads, common.base_reference(base_path, out_dir, args.base_path_style),
                             tree=tree, extra_config=extra)
     common.copy_tokenizer_files(base_path, out_dir)
-
-
-def _base_reference(base_path: str, out_dir: str, style: str) -> str:
-    if not os.path.isdir(base_path):
-        return base_path  # a hub id
-    if style == "absolute":
-        return os.path.abspath(base_path)
-    return os.path.relpath(os.path.abspath(base_path), os.path.abspath(out_dir))
 
 
 def write_stage2(state: dict, out_dir: str, args: MedusaArguments, base, tokenizer, tree, conv_template,
@@ -354,7 +327,7 @@ def train(argv=None) -> dict | None:
     base_path = model_args.model_name_or_path
     trainer, tokenizer, heldout = build_trainer(model_args, data_args, training_args, margs)
     base = trainer.accelerator.unwrap_model(trainer.model).base
-    conv_template = checkpoint_conv_template(base_path)
+    conv_template = common.checkpoint_conv_template(base_path)
     report: dict = {"method": "medusa", "stage": stage, "medusa_args": asdict(margs), "base_model": base_path,
                     "train_conversations": len(trainer.train_dataset),
                     "heldout_conversations": len(heldout) if heldout else 0}
