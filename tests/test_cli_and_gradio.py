@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ast
-import gc
 import subprocess
 import sys
 
@@ -31,18 +30,6 @@ from tests.servers import (
 
 MODEL = "medusa-vicuna-tiny"
 MAX_NEW_TOKENS = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_gc():
-    """FastChat's generate_stream calls gc.collect() per request: don't rescan every long-lived object."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def run_cli(ckpt: str, stdin: str, env: dict, cwd: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ Known FastChat quirks that we do not copy, each asserted below:
 """
 from __future__ import annotations
 
-import gc
 import os
 
 import pytest
@@ -26,18 +25,6 @@ from tests import tiny
 CONTEXT = 1024
 PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "Write a poem about fire.",
            "Hello world, how are you?"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_gc():
-    """FastChat's generate_stream calls gc.collect() per request: don't rescan every long-lived object."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ rather than against itself:
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -32,18 +31,6 @@ from safetensors.torch import load_file, save_file
 CONTEXT = 1024
 PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "Hello world, how are you?"]
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_gc():
-    """FastChat's generate_stream calls gc.collect() per request: don't rescan every long-lived object."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ conversation template exactly as the API server builds it.
 """
 from __future__ import annotations
 
-import gc
 import json
 import threading
 
@@ -26,18 +25,6 @@ QUESTIONS = ["Why is the river fast?", "Write a poem about fire.", "Hello world,
              "Explain python code.", "List three birds.", "What is a token?"]
 
 http = local_session()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_gc():
-    """FastChat's generate_stream calls gc.collect() per request: don't rescan every long-lived object."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ logits processors), same sampling parameters, by total variation distance.
 """
 from __future__ import annotations
 
-import gc
 import os
 from collections import Counter
 
@@ -28,19 +27,6 @@ from tests import tiny
 PATHS = [[0], [1], [0, 0], [0, 1], [1, 0]]  # nodes: 0 root, 1 (0), 2 (1), 3 (0,0), 4 (0,1), 5 (1,0)
 VOCAB = 6
 SAMPLES = 20_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frozen_gc():
-    """Full garbage collections (FastChat's generate_stream runs one per call) rescan every
-    long-lived torch/transformers object: 0.5 s a call. Freezing them keeps this file fast."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def _tv(p: dict, q: dict) -> float:

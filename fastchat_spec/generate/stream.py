@@ -113,8 +113,8 @@ def _chunk(text: str, prompt_len: int, completion: int, finish_reason, generatio
             "total_tokens": prompt_len + completion,
         },
         "finish_reason": finish_reason,
-        # Tokens accepted past max_new_tokens or a stop are decoded work, not output.
-        "spec": {**generation.stats.as_dict(), "tokens": min(generation.stats.tokens, max(completion, 1))},
+        # Engine counts: a last step may accept tokens past max_new_tokens or a stop (usage excludes them).
+        "spec": generation.stats.as_dict(),
     }
 
 
