@@ -107,3 +107,27 @@ def check_drafter_fits(name: str, hidden: int, vocab: Optional[int], base_config
     if vocab is not None and vocab != base_vocab:
         raise ValueError(f"{name} in {file} predict {vocab} tokens but the base vocabulary has {base_vocab}; "
                          f"point base_model_name_or_path (or {BASE_OVERRIDE_ENV}) at the base they were trained on")
+
+
+def write_drafter_checkpoint(out_dir: str, config: dict, parts: dict, safetensors: bool = True) -> list[str]:
+    """Write ``config.json`` and one weight file per part (``{name}.safetensors`` or ``{name}.pt``).
+
+    ``parts`` maps a file stem (``medusa_lm_head``, ``trimlp``...) to its state dict.
+    Returns the written weight files.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    files = []
+    for name, state in parts.items():
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        if safetensors:
+            from safetensors.torch import save_file
+
+            file = os.path.join(out_dir, f"{name}.safetensors")
+            save_file(state, file)
+        else:
+            file = os.path.join(out_dir, f"{name}.pt")
+            torch.save(state, file)
+        files.append(file)
+    return files

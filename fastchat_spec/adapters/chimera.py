@@ -18,14 +18,14 @@ shapes are checked against it and against the base (hidden and vocab sizes).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import torch
 
 from fastchat_spec.adapters.base import SpecAdapter
-from fastchat_spec.adapters.checkpoint import check_drafter_fits, first_existing, load_tensors
+from fastchat_spec.adapters.checkpoint import (check_drafter_fits, first_existing, load_tensors,
+                                               write_drafter_checkpoint)
 from fastchat_spec.heads.chimera import PARTS, ChimeraDrafter, decoder_layer_class
 from fastchat_spec.spec_model import SpecConfig
 
@@ -132,7 +132,6 @@ def _load_strict(module: torch.nn.Module, state: dict, file: str) -> None:
 def write_chimera_checkpoint(out_dir: str, drafter: ChimeraDrafter, base_model_name_or_path: str,
                              tree=None, extra_config: dict | None = None, safetensors: bool = True) -> str:
     """Save a drafter in the published layout; returns the folder."""
-    os.makedirs(out_dir, exist_ok=True)
     config = {
         "base_model_name_or_path": base_model_name_or_path,
         "chimera_num_heads": drafter.num_heads,
@@ -141,14 +140,5 @@ def write_chimera_checkpoint(out_dir: str, drafter: ChimeraDrafter, base_model_n
     if tree:
         config["chimera_choices"] = [list(p) for p in tree]
     config.update(extra_config or {})
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    for name, state in drafter.part_state_dicts().items():
-        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        if safetensors:
-            from safetensors.torch import save_file
-
-            save_file(state, os.path.join(out_dir, f"{name}.safetensors"))
-        else:
-            torch.save(state, os.path.join(out_dir, f"{name}.pt"))
+    write_drafter_checkpoint(out_dir, config, drafter.part_state_dicts(), safetensors)
     return out_dir

@@ -15,12 +15,12 @@ A checkpoint folder holds:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 from fastchat_spec.adapters.base import SpecAdapter
 from fastchat_spec.adapters.checkpoint import (
+    write_drafter_checkpoint,
     check_drafter_fits,
     first_existing,
     load_tensors,
@@ -115,10 +115,7 @@ def _load_strict(drafter: HydraHeads, state: dict, file: str) -> None:
 def write_hydra_checkpoint(out_dir: str, heads: HydraHeads, base_model_name_or_path: str, tree=None,
                            extra_config: dict | None = None, safetensors: bool = True) -> str:
     """Save heads in the published layout (config.json + hydra_lm_head.{safetensors,pt})."""
-    import torch
-
-    os.makedirs(out_dir, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    state = heads.state_dict()
     config = {
         "base_model_name_or_path": base_model_name_or_path,
         "hydra_num_heads": heads.num_heads,
@@ -130,14 +127,4 @@ def write_hydra_checkpoint(out_dir: str, heads: HydraHeads, base_model_name_or_p
     if tree:
         config["hydra_choices"] = [list(p) for p in tree]
     config.update(extra_config or {})
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    if safetensors:
-        from safetensors.torch import save_file
-
-        file = os.path.join(out_dir, "hydra_lm_head.safetensors")
-        save_file(state, file)
-    else:
-        file = os.path.join(out_dir, "hydra_lm_head.pt")
-        torch.save(state, file)
-    return file
+    return write_drafter_checkpoint(out_dir, config, {"hydra_lm_head": state}, safetensors)[0]

@@ -11,12 +11,11 @@
 """
 from __future__ import annotations
 
-import os
 import re
 
 from fastchat_spec.adapters.base import SpecAdapter
 from fastchat_spec.adapters.checkpoint import (check_drafter_fits, first_existing, load_tensors,
-                                               prefixed_tensors)
+                                               prefixed_tensors, write_drafter_checkpoint)
 from fastchat_spec.heads.medusa import MedusaHeads
 from fastchat_spec.spec_model import SpecConfig
 
@@ -98,12 +97,7 @@ def _shape_from_keys(state: dict, file: str):
 def write_medusa_checkpoint(out_dir: str, heads: MedusaHeads, base_model_name_or_path: str,
                             tree=None, extra_config: dict | None = None, safetensors: bool = True) -> str:
     """Save heads in the published v0.1 layout (or heads-only safetensors)."""
-    import json
-
-    import torch
-
-    os.makedirs(out_dir, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in heads.medusa_head.state_dict().items()}
+    state = heads.medusa_head.state_dict()
     config = {
         "base_model_name_or_path": base_model_name_or_path,
         "medusa_num_heads": heads.num_heads,
@@ -112,14 +106,4 @@ def write_medusa_checkpoint(out_dir: str, heads: MedusaHeads, base_model_name_or
     if tree:
         config["medusa_choices"] = [list(p) for p in tree]
     config.update(extra_config or {})
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    if safetensors:
-        from safetensors.torch import save_file
-
-        file = os.path.join(out_dir, "medusa_lm_head.safetensors")
-        save_file(state, file)
-    else:
-        file = os.path.join(out_dir, "medusa_lm_head.pt")
-        torch.save(state, file)
-    return file
+    return write_drafter_checkpoint(out_dir, config, {"medusa_lm_head": state}, safetensors)[0]
