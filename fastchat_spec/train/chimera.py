@@ -135,28 +135,11 @@ def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, ba
                              layer_class=decoder_layer_class(base))
     prefix = "drafter."
     drafter.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
-    drafter.to(_saved_dtype(base))
+    drafter.to(common.stored_dtype(base.config))
     extra = {"fastchat_conv_template": conv_template} if conv_template else {}
     write_chimera_checkpoint(out_dir, drafter, common.base_reference(base_path, out_dir, args.base_path_style),
                              tree=tree, extra_config=extra, safetensors=args.chimera_safetensors)
     common.copy_tokenizer_files(base_path, out_dir)
-
-
-def _saved_dtype(base) -> torch.dtype:
-    """The base's own dtype on disk (the drafter runs in it), float32 when unknown."""
-    dtype = getattr(base.config, "torch_dtype", None) or getattr(base.config, "dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
-
-
-def _tree(accuracy: dict | None, args: ChimeraArguments):
-    from fastchat_spec.generate.tree import build_tree, default_tree, expected_length
-
-    if accuracy is None:  # nothing held out: the engine's assumed profile
-        return default_tree(args.chimera_num_heads, args.tree_nodes).to_list(), None
-    tree = build_tree(accuracy["rank_accuracy"], args.tree_nodes)
-    return tree.to_list(), round(expected_length(tree, accuracy["rank_accuracy"]), 4)
 
 
 # --------------------------------------------------------------------------- main
@@ -184,7 +167,7 @@ def train(argv=None) -> dict | None:
         report["eval"] = trainer.evaluate()
         accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, chimera_predict,
                                          collator, batch_size=training_args.per_device_eval_batch_size)
-    tree, expected = _tree(accuracy, cargs)
+    tree, expected = common.grown_tree(accuracy, cargs.chimera_num_heads, cargs.tree_nodes)
     report.update({"heads": accuracy["heads"] if accuracy else None,
                    "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
                    "chimera_choices": tree, "expected_tokens_per_step": expected})

@@ -623,6 +623,24 @@ def base_reference(base_path: str, out_dir: str, style: str) -> str:
     return os.path.relpath(os.path.abspath(base_path), os.path.abspath(out_dir))
 
 
+def grown_tree(accuracy: dict | None, num_heads: int, num_nodes: int):
+    """(tree paths, expected tokens per step) grown from held-out rank accuracies; the default tree without them."""
+    from fastchat_spec.generate.tree import build_tree, default_tree, expected_length
+
+    if accuracy is None:  # nothing held out: the engine's assumed profile
+        return default_tree(num_heads, num_nodes).to_list(), None
+    tree = build_tree(accuracy["rank_accuracy"], num_nodes)
+    return tree.to_list(), round(expected_length(tree, accuracy["rank_accuracy"]), 4)
+
+
+def stored_dtype(config) -> torch.dtype:
+    """The dtype a checkpoint's config says its weights were saved in; float32 when unknown."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def _module_name() -> str:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

@@ -220,16 +220,6 @@ def write_checkpoint(state: dict, out_dir: str, args: HydraArguments, base_confi
     common.copy_tokenizer_files(base_path, out_dir)
 
 
-def measured_tree(accuracy: dict | None, args: HydraArguments):
-    """(tree paths, expected tokens per step) from held-out accuracies; the default tree without them."""
-    from fastchat_spec.generate.tree import build_tree, default_tree, expected_length
-
-    if accuracy is None:
-        return default_tree(args.hydra_num_heads, args.tree_nodes).to_list(), None
-    tree = build_tree(accuracy["rank_accuracy"], args.tree_nodes)
-    return tree.to_list(), round(expected_length(tree, accuracy["rank_accuracy"]), 4)
-
-
 # --------------------------------------------------------------------------- main
 def train(argv=None) -> dict | None:
 
@@ -251,7 +241,7 @@ def train(argv=None) -> dict | None:
         report["eval"] = trainer.evaluate()
         accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, hydra_predict,
                                          collator, batch_size=training_args.per_device_eval_batch_size)
-    tree, expected = measured_tree(accuracy, hargs)
+    tree, expected = common.grown_tree(accuracy, hargs.hydra_num_heads, hargs.tree_nodes)
     report.update({"heads_agreement_with_base": accuracy["heads"] if accuracy else None,
                    "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
                    "hydra_choices": tree, "expected_tokens_per_step": expected})

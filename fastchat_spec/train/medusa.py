@@ -40,6 +40,7 @@ from torch import nn
 
 from fastchat_spec.heads.medusa import MedusaHeads
 from fastchat_spec.train import common
+from transformers import AutoConfig
 from fastchat_spec.train.common import (
     IGNORE_TOKEN_ID,
     base_hidden_states,
@@ -307,12 +308,12 @@ def build_trainer(model_args, data_args, training_args, margs: MedusaArguments):
 def measure_tree(trainer, heldout, margs: MedusaArguments) -> dict:
     """Held-out loss, per-head top-k and the tree grown from them (the default tree without held-out data)."""
     if heldout is None:
-        tree, expected = _tree(None, margs)
+        tree, expected = common.grown_tree(None, margs.medusa_num_heads, margs.tree_nodes)
         return {"heads": None, "rank_accuracy": None, "medusa_choices": tree, "expected_tokens_per_step": None}
     metrics = trainer.evaluate()
     accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, medusa_predict,
                                      trainer.data_collator, batch_size=trainer.args.per_device_eval_batch_size)
-    tree, expected = _tree(accuracy, margs)
+    tree, expected = common.grown_tree(accuracy, margs.medusa_num_heads, margs.tree_nodes)
     return {"eval": metrics, "heads": accuracy["heads"], "rank_accuracy": accuracy["rank_accuracy"],
             "medusa_choices": tree, "expected_tokens_per_step": expected}
 
@@ -346,7 +347,7 @@ def train(argv=None) -> dict | None:
         if stage == 1:
             write_stage1(state, out_dir, margs, base.config, base_path, tree, conv_template)
         else:
-            write_stage2(state, out_dir, margs, base, tokenizer, tree, conv_template, _saved_dtype(base_path))
+            write_stage2(state, out_dir, margs, base, tokenizer, tree, conv_template, common.stored_dtype(AutoConfig.from_pretrained(base_path)))
 
     final = common.save_and_report(trainer, training_args.output_dir, write, report)
     expected = report["expected_tokens_per_step"]
@@ -376,26 +377,6 @@ def _stage(argv) -> int:
     if stage not in (1, 2):
         raise SystemExit(f"--medusa_stage must be 1 (heads on a frozen base) or 2 (joint training), got {stage}")
     return stage
-
-
-def _saved_dtype(base_path: str) -> torch.dtype:
-    """The dtype the base checkpoint was stored in (a stage-2 checkpoint keeps it; training runs in fp32)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(base_path)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
-
-
-def _tree(accuracy: dict | None, margs: MedusaArguments):
-    from fastchat_spec.generate.tree import build_tree, default_tree, expected_length
-
-    if accuracy is None:  # nothing held out: the engine's assumed profile
-        return default_tree(margs.medusa_num_heads, margs.tree_nodes).to_list(), None
-    tree = build_tree(accuracy["rank_accuracy"], margs.tree_nodes)
-    return tree.to_list(), round(expected_length(tree, accuracy["rank_accuracy"]), 4)
 
 
 def _stage2_snapshot(trainer, tokenizer, conv_template, prompts, metrics: dict | None) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastchat_spec.generate.tree import Tree
+from fastchat_spec.generate.tree import Tree, default_tree
 
 
 @dataclass
@@ -42,3 +42,11 @@ class Proposer(ABC):
     @abstractmethod
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         """Token ids (N-1,) for tree nodes 1..N-1, given the root token (0-d tensor)."""
+
+
+def model_tree(model) -> Tree:
+    """The checkpoint's tree if it ships one, else the default, cut to the head count."""
+    heads = model.spec.num_heads
+    if model.spec.tree:
+        return Tree.from_paths(model.spec.tree).truncated(heads)
+    return default_tree(heads)

@@ -18,7 +18,7 @@ import torch
 
 from fastchat_spec.generate.kv_cache import capacity, new_cache
 from fastchat_spec.generate.proposers.base import Commit, Proposer
-from fastchat_spec.generate.proposers.medusa import model_tree
+from fastchat_spec.generate.proposers.base import model_tree
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.generate.verify import attention_mask, causal_visibility
 

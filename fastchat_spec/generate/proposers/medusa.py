@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Commit, Proposer
-from fastchat_spec.generate.tree import Tree, default_tree
+from fastchat_spec.generate.proposers.base import Commit, Proposer, model_tree
+from fastchat_spec.generate.tree import Tree
 
 
 class MedusaProposer(Proposer):
@@ -29,10 +29,3 @@ class MedusaProposer(Proposer):
         top = logits.topk(self.top_k, dim=-1).indices  # (heads, K)
         return top[self.depth_index, self.rank_index]
 
-
-def model_tree(model) -> Tree:
-    """The checkpoint's tree if it ships one, else the default, cut to the head count."""
-    heads = model.spec.num_heads
-    if model.spec.tree:
-        return Tree.from_paths(model.spec.tree).truncated(heads)
-    return default_tree(heads)
