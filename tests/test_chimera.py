@@ -113,12 +113,7 @@ def test_drafts_equal_teacher_forced_heads(base, tree):
 # --------------------------------------------------------------------------- lossless decoding
 @pytest.fixture(scope="module")
 def stock_outputs(base_dir):
-    model, tok = load_model(base_dir, device="cpu")
-    outs = {}
-    for prompt in PROMPTS:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-        outs[prompt] = list(fastchat_generate_stream(model, tok, params, "cpu", CONTEXT))[-1]["text"]
-    return outs
+    return tiny.stock_greedy_texts(base_dir, PROMPTS, MAX_NEW, CONTEXT)
 
 
 @pytest.mark.parametrize("num_heads,tree", [

@@ -63,27 +63,9 @@ def greedy(prompt: str, **extra) -> dict:
     return {"prompt": prompt, "temperature": 0.0, "max_new_tokens": 40, "echo": False, **extra}
 
 
-class _RecordingTokenizer:
-    """The tokenizer, remembering the ids of the last decode."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.last_ids: list[int] = []
-
-    def __call__(self, *args, **kwargs):
-        return self._tokenizer(*args, **kwargs)
-
-    def decode(self, ids, **kwargs):
-        self.last_ids = list(ids)
-        return self._tokenizer.decode(ids, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-
 def stock_ids(base, prompt: str) -> list[int]:
     model, tok = base
-    recorder = _RecordingTokenizer(tok)
+    recorder = tiny.RecordingTokenizer(tok)
     list(fastchat_generate_stream(model, recorder, greedy(prompt), "cpu", CONTEXT))
     return recorder.last_ids
 

@@ -37,12 +37,7 @@ CONTEXT = 1024
 
 @pytest.fixture(scope="module")
 def stock_outputs(base_dir):
-    model, tok = load_model(base_dir, device="cpu")
-    outs = {}
-    for prompt in PROMPTS:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": 48, "echo": False}
-        outs[prompt] = list(fastchat_generate_stream(model, tok, params, "cpu", CONTEXT))[-1]["text"]
-    return outs
+    return tiny.stock_greedy_texts(base_dir, PROMPTS, 48, CONTEXT)
 
 
 @pytest.mark.parametrize("num_heads,tree", CONFIGS)

@@ -13,7 +13,6 @@ from fastchat.model.model_adapter import (
     get_model_adapter,
     load_model,
 )
-from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.hydra import HydraAdapter, write_hydra_checkpoint
@@ -107,12 +106,7 @@ def test_drafts_equal_teacher_forced_heads(tmp_path, base, base_dir, arch):
 # --------------------------------------------------------------------------- greedy == FastChat
 @pytest.fixture(scope="module")
 def stock_outputs(base_dir):
-    model, tok = load_model(base_dir, device="cpu")
-    outs = {}
-    for prompt in PROMPTS:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-        outs[prompt] = list(fastchat_generate_stream(model, tok, params, "cpu", CONTEXT))[-1]["text"]
-    return outs
+    return tiny.stock_greedy_texts(base_dir, PROMPTS, MAX_NEW, CONTEXT)
 
 
 CONFIGS = [(arch, n, kind, tree) for arch in ARCHS for n, kind, tree in [

@@ -157,26 +157,8 @@ def sharp_models(tmp_path_factory, tokenizer_dir):
     return base_dir, ckpt
 
 
-class _RecordingTokenizer:
-    """The tokenizer, remembering the ids of the last decode (the text is lossy: byte tokens)."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.last_ids: list[int] = []
-
-    def __call__(self, *args, **kwargs):
-        return self._tokenizer(*args, **kwargs)
-
-    def decode(self, ids, **kwargs):
-        self.last_ids = list(ids)
-        return self._tokenizer.decode(ids, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-
 def _sample_prefixes(stream, model, tokenizer, runs: int, seed: int, extra=None) -> Counter:
-    recorder = _RecordingTokenizer(tokenizer)
+    recorder = tiny.RecordingTokenizer(tokenizer)
     torch.manual_seed(seed)
     counts = Counter()
     for _ in range(runs):

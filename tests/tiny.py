@@ -98,3 +98,34 @@ def oracle_medusa_heads(base_dir: str, num_heads: int):
     heads = MedusaHeads(cfg.hidden_size, cfg.vocab_size, num_heads, 1, own_lm_head=True)
     heads.init_lm_heads_from(base.lm_head)
     return heads
+
+
+def stock_greedy_texts(base_dir: str, prompts, max_new_tokens: int, context: int) -> dict:
+    """FastChat's own greedy answer (its generate_stream on the plain base) for every prompt."""
+    from fastchat.model.model_adapter import load_model
+    from fastchat.serve.inference import generate_stream
+
+    model, tok = load_model(base_dir, device="cpu")
+    outs = {}
+    for prompt in prompts:
+        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": max_new_tokens, "echo": False}
+        outs[prompt] = list(generate_stream(model, tok, params, "cpu", context))[-1]["text"]
+    return outs
+
+
+class RecordingTokenizer:
+    """A tokenizer that remembers the ids of its last decode (decoded text is lossy on byte tokens)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.last_ids: list[int] = []
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    def decode(self, ids, **kwargs):
+        self.last_ids = list(ids)
+        return self._tokenizer.decode(ids, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
