@@ -134,10 +134,10 @@ class Generation:
         if not self._in_place[decision.node]:
             self._commit(self.cache, start, decision.path)
         kept = decision.path[: len(decision.tokens)]  # root + accepted drafts
-        self.ids[self.cur] = root
-        self.ids[self.cur + 1 : self.cur + len(decision.tokens)] = tokens[kept[1:]]
+        kept_tokens = tokens[kept]
+        self.ids[self.cur : self.cur + len(decision.tokens)] = kept_tokens
         bonus = decision.tokens[-1]
-        self.proposer.observe(Commit(tokens[kept], out.hidden[kept], self.cur, bonus, out.logits, kept))
+        self.proposer.observe(Commit(kept_tokens, out.hidden[kept], self.cur, bonus, out.logits, kept))
         self.clock.lap("accept")
         self.cur += len(decision.tokens)
         self.root = bonus
