@@ -32,3 +32,19 @@ for dtype in (torch.float32, torch.bfloat16):
         b = list(generate_stream(base, btk, dict(params), "cuda", 1024))[-1]
         same += a["text"] == b["text"]
     print(dtype, f"graphed greedy == FastChat greedy on {same}/{len(prompts)} prompts; last spec", a["spec"]["steps"], a["spec"]["tokens"])
+
+# The device step (one graph per greedy step) against the host-driven step, same model and prompts.
+import time  # noqa: E402
+
+from fastchat_spec.bench.run import run_engine  # noqa: E402
+from fastchat_spec.generate import device_step  # noqa: E402
+
+model, tk = load_model(ckpt, device="cuda", dtype=torch.bfloat16)
+for p in prompts[:2]:
+    ids = tk(p).input_ids
+    for env in ("1", "0", "1", "0"):
+        os.environ[device_step.DEVICE_STEP_ENV] = env
+        for method in (None, "ar"):
+            run = run_engine(model, ids, 128, 0.0, tk.eos_token_id, method=method)
+            print(f"device_step={env} method={method or 'medusa'}: {run.tokens} tokens, {run.steps} steps, "
+                  f"{1000 * run.seconds / run.steps:.3f} ms/step, {run.tok_s:.0f} tok/s, ids {run.text_ids[:8]}")

@@ -15,14 +15,14 @@ PY=${PYTHON:-python3}
 
 if [ "${SMOKE:-0}" = "1" ]; then
   NANO=tiny SMALL=tiny LIMIT="--limit 300" VOCAB=1000 BASE_STEPS="--max_steps 4" HEAD_STEPS=4 NANO_HEAD_STEPS=4
+  NANO_DISTILL=16 SMALL_DISTILL=16
   BENCH="--num-prompts 3 --max-new-tokens 32 --baselines fastchat,ar --dtype float32" CLLM_PROMPTS=8
 else
   NANO=nano SMALL=small LIMIT="" VOCAB=8000 BASE_STEPS="${BASE_STEPS:-}" HEAD_STEPS=${HEAD_STEPS:-600}
-  NANO_HEAD_STEPS=1500 CLLM_PROMPTS=${CLLM_PROMPTS:-1500}
+  NANO_HEAD_STEPS=${NANO_HEAD_STEPS:-3000} CLLM_PROMPTS=${CLLM_PROMPTS:-1500}
+  NANO_DISTILL=${NANO_DISTILL:-16000} SMALL_DISTILL=${SMALL_DISTILL:-7500}
   BENCH="--num-prompts ${BENCH_PROMPTS:-20} --max-new-tokens 256 --baselines fastchat,ar --dtype bfloat16"
 fi
-COMMON_HEAD="--data_path $DATA/train.json --eval_data_path $DATA/heldout.json --per_device_train_batch_size 16 \
-  --max_steps $HEAD_STEPS --model_max_length 1024 --logging_steps 50 --disable_tqdm True --dataloader_num_workers 2"
 
 stage() {  # stage NAME command...
   local name=$1; shift
@@ -33,53 +33,92 @@ stage() {  # stage NAME command...
   return $rc
 }
 
-# 1. Data and tokenizer (the split is recomputed with the real tokenizer afterwards).
-#    TOKENIZER=DIR reuses a trained tokenizer (the bundled model's) and skips training one.
-if [ -n "${TOKENIZER:-}" ]; then
-  mkdir -p "$RUN" && cp -r "$TOKENIZER" "$RUN/tokenizer"
-else
-  stage data $PY -m fastchat_spec.train.data --out-dir "$DATA" $LIMIT
-  stage tokenizer $PY -m fastchat_spec.train.tokenizer --data "$DATA/train.json" --vocab-size $VOCAB \
-    --out "$RUN/tokenizer" --max-sentences 300000
+if [ "${PHASE:-all}" != "bench" ]; then  # PHASE=train|bench|all (default all)
+  # 1. Data and tokenizer (the split is recomputed with the real tokenizer afterwards).
+  #    TOKENIZER=DIR reuses a trained tokenizer (the bundled model's) and skips training one.
+  if [ -n "${TOKENIZER:-}" ]; then
+    mkdir -p "$RUN" && cp -r "$TOKENIZER" "$RUN/tokenizer"
+  else
+    stage data $PY -m fastchat_spec.train.data --out-dir "$DATA" $LIMIT
+    stage tokenizer $PY -m fastchat_spec.train.tokenizer --data "$DATA/train.json" --vocab-size $VOCAB \
+      --out "$RUN/tokenizer" --max-sentences 300000
+  fi
+  stage data_split $PY -m fastchat_spec.train.data --out-dir "$DATA" --tokenizer "$RUN/tokenizer" \
+    --model-max-length 1024 $LIMIT
 fi
-stage data_split $PY -m fastchat_spec.train.data --out-dir "$DATA" --tokenizer "$RUN/tokenizer" \
-  --model-max-length 1024 $LIMIT
 
-# 2. Bases: nano (bundled) and small (reference), side by side. SKIP_NANO=1: small only.
-[ "${SKIP_NANO:-0}" = "1" ] || stage base_nano $PY -m fastchat_spec.train.base --size $NANO --tokenizer "$RUN/tokenizer" \
-  --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$RUN/vicuna-nano" \
-  --disable_tqdm True $BASE_STEPS &
-stage base_small $PY -m fastchat_spec.train.base --size $SMALL --tokenizer "$RUN/tokenizer" \
-  --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$RUN/vicuna-small" \
-  --disable_tqdm True $BASE_STEPS &
-wait
+# 2. Bases. small (reference) is trained here; the bundled nano base is reused as it is
+#    (NANO_BASE), or trained here too when NANO_BASE is empty. SKIP_NANO=1: small only.
+NANO_BASE=${NANO_BASE-fastchat_spec/models/vicuna-nano}
+# distill_sharded NAME BASE OUT CONVERSATIONS SHARDS BATCH: the base answers the first user turn of the
+# first CONVERSATIONS training conversations, in SHARDS processes at once (batched generation is
+# launch-bound, so several processes share the GPU well), merged into OUT.
+distill_sharded() {
+  local name=$1 base=$2 out=$3 n=$4 shards=$5 batch=$6 i rc=0
+  $PY -c "import json,sys; c=json.load(open(sys.argv[1]))[:int(sys.argv[2])]; k=int(sys.argv[3])
+for i in range(k): json.dump(c[i::k], open(f'{sys.argv[4]}.part{i}.in', 'w'))" "$DATA/train.json" $n $shards "$out"
+  for ((i = 0; i < shards; i++)); do
+    stage "distill_${name}_$i" $PY -m fastchat_spec.train.distill --model-path "$base" --data_path "$out.part$i.in" \
+      --output "$out.part$i" --max-new-tokens 256 --batch-size $batch --max-turns 1 &
+  done
+  wait
+  $PY -c "import json,sys; json.dump([x for f in sys.argv[2:] for x in json.load(open(f))], open(sys.argv[1], 'w'))" \
+    "$out" $(for ((i = 0; i < shards; i++)); do echo "$out.part$i"; done) || return 1
+}
+nano_track() {  # nano base (unless bundled) -> self-distilled answers -> Medusa-1 heads
+  local base=$NANO_BASE
+  if [ -z "$base" ]; then
+    base=$RUN/vicuna-nano
+    stage base_nano $PY -m fastchat_spec.train.base --size $NANO --tokenizer "$RUN/tokenizer" \
+      --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$base" \
+      --disable_tqdm True $BASE_STEPS || return
+  fi
+  distill_sharded nano "$base" "$RUN/distilled-nano.json" $NANO_DISTILL 4 256 &&
+  stage medusa_nano $PY -m fastchat_spec.train.medusa --model_name_or_path "$base" \
+    --output_dir "$RUN/medusa-vicuna-nano" --medusa_num_heads 4 --medusa_num_layers 1 \
+    --data_path "$RUN/distilled-nano.json" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size 32 \
+    --max_steps $NANO_HEAD_STEPS --learning_rate 1e-3 --model_max_length 512 --logging_steps 100 \
+    --disable_tqdm True --tree_nodes 31
+}
+small_track() {  # small base -> self-distilled answers -> every method's heads, side by side
+  stage base_small $PY -m fastchat_spec.train.base --size $SMALL --tokenizer "$RUN/tokenizer" \
+    --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$RUN/vicuna-small" \
+    --disable_tqdm True $BASE_STEPS || return
+  # Medusa's self-distillation: heads learn the base's own answers (what verification accepts).
+  distill_sharded small "$RUN/vicuna-small" "$RUN/distilled-small.json" $SMALL_DISTILL 3 128 || return
+  # CLLM after the distillation: both at once do not fit in 80 GB next to the heads.
+  { stage cllm_data_small $PY -m fastchat_spec.train.cllm_data --model "$RUN/vicuna-small" \
+      --data_path "$DATA/train.json" --output "$RUN/cllm_trajectories.json" --max_new_tokens 16 \
+      --max_new_seq_len 256 --max_prompts $CLLM_PROMPTS &&
+    stage cllm_small $PY -m fastchat_spec.train.cllm --model_name_or_path "$RUN/vicuna-small" \
+      --data_path "$RUN/cllm_trajectories.json" --eval_data_path "$DATA/heldout.json" \
+      --output_dir "$RUN/cllm-vicuna-small" --per_device_train_batch_size 16 --max_steps $HEAD_STEPS \
+      --learning_rate 2e-5 --logging_steps 50 --disable_tqdm True; } &
+  local heads="--data_path $RUN/distilled-small.json --eval_data_path $DATA/heldout.json \
+    --per_device_train_batch_size 16 --max_steps $HEAD_STEPS --model_max_length 1024 --logging_steps 50 \
+    --disable_tqdm True --dataloader_num_workers 2"
+  stage medusa1_small $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-small" \
+    --output_dir "$RUN/medusa1-vicuna-small" --medusa_num_heads 4 --medusa_num_layers 1 $heads &
+  stage hydra_small $PY -m fastchat_spec.train.hydra --model_name_or_path "$RUN/vicuna-small" \
+    --output_dir "$RUN/hydra-vicuna-small" --hydra_num_heads 4 --hydra_num_layers 1 --hydra_head_arch mlp \
+    --lm_loss_weight 1.0 --learning_rate 1e-3 $heads &
+  stage hydrapp_small $PY -m fastchat_spec.train.hydra --model_name_or_path "$RUN/vicuna-small" \
+    --output_dir "$RUN/hydra-pp-vicuna-small" --hydra_num_heads 4 --hydra_num_layers 4 \
+    --hydra_head_arch prefix-mlp --teacher_loss_weight 1.0 --lm_loss_weight 0.0 --learning_rate 1e-3 $heads &
+  stage chimera_small $PY -m fastchat_spec.train.chimera --model_name_or_path "$RUN/vicuna-small" \
+    --output_dir "$RUN/chimera-vicuna-small" --chimera_num_heads 4 --chimera_num_layers 1 $heads &
+  stage medusa2_small $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-small" \
+    --output_dir "$RUN/medusa2-vicuna-small" --medusa_num_heads 4 --medusa_num_layers 1 --medusa_stage 2 $heads &
+  wait
+}
 
-# 3. Heads. Same data and step budget for every head-based method on small.
-[ "${SKIP_NANO:-0}" = "1" ] || stage medusa_nano $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-nano" \
-  --output_dir "$RUN/medusa-vicuna-nano" --medusa_num_heads 4 --medusa_num_layers 1 \
-  --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size 32 \
-  --max_steps $NANO_HEAD_STEPS --model_max_length 512 --logging_steps 100 --disable_tqdm True &
-stage medusa1_small $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-small" \
-  --output_dir "$RUN/medusa1-vicuna-small" --medusa_num_heads 4 --medusa_num_layers 1 $COMMON_HEAD &
-stage hydra_small $PY -m fastchat_spec.train.hydra --model_name_or_path "$RUN/vicuna-small" \
-  --output_dir "$RUN/hydra-vicuna-small" --hydra_num_heads 4 --hydra_num_layers 1 --hydra_head_arch mlp \
-  --lm_loss_weight 1.0 --learning_rate 1e-3 $COMMON_HEAD &
-stage hydrapp_small $PY -m fastchat_spec.train.hydra --model_name_or_path "$RUN/vicuna-small" \
-  --output_dir "$RUN/hydra-pp-vicuna-small" --hydra_num_heads 4 --hydra_num_layers 4 \
-  --hydra_head_arch prefix-mlp --teacher_loss_weight 1.0 --lm_loss_weight 0.0 --learning_rate 1e-3 $COMMON_HEAD &
-stage chimera_small $PY -m fastchat_spec.train.chimera --model_name_or_path "$RUN/vicuna-small" \
-  --output_dir "$RUN/chimera-vicuna-small" --chimera_num_heads 4 --chimera_num_layers 1 $COMMON_HEAD &
-stage medusa2_small $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-small" \
-  --output_dir "$RUN/medusa2-vicuna-small" --medusa_num_heads 4 --medusa_num_layers 1 --medusa_stage 2 \
-  $COMMON_HEAD &
-{ stage cllm_data_small $PY -m fastchat_spec.train.cllm_data --model "$RUN/vicuna-small" \
-    --data_path "$DATA/train.json" --output "$RUN/cllm_trajectories.json" --max_new_tokens 16 \
-    --max_new_seq_len 256 --max_prompts $CLLM_PROMPTS &&
-  stage cllm_small $PY -m fastchat_spec.train.cllm --model_name_or_path "$RUN/vicuna-small" \
-    --data_path "$RUN/cllm_trajectories.json" --eval_data_path "$DATA/heldout.json" \
-    --output_dir "$RUN/cllm-vicuna-small" --per_device_train_batch_size 16 --max_steps $HEAD_STEPS \
-    --learning_rate 2e-5 --logging_steps 50 --disable_tqdm True; } &
-wait
+if [ "${PHASE:-all}" != "bench" ]; then
+  [ "${SKIP_NANO:-0}" = "1" ] || nano_track &
+  small_track &
+  wait
+  echo "=== training finished $(date +%T)" >> "$RUN/stages.log"
+fi
+[ "${PHASE:-all}" = "train" ] && exit 0
 
 # The same held-out prompts for every benchmark.
 $PY - "$RUN/prompts.jsonl" ${BENCH_PROMPTS:-20} <<'PYEOF'
@@ -91,13 +130,20 @@ with open(sys.argv[1], "w") as f:
 PYEOF
 BENCH="$BENCH --prompts $RUN/prompts.jsonl"
 
-# 4. Benchmarks, one method at a time (timings must not share the GPU).
+# 4. Benchmarks, one run at a time (timings must not share the GPU). Checkpoints on one base
+#    are timed in one run, prompt by prompt, against the same FastChat and AR baselines.
 # CLLM without consistency training: plain Jacobi on the untuned base ("cllm" in the path).
 [ -d "$RUN/vicuna-small" ] && ln -sfn vicuna-small "$RUN/cllm-untrained-vicuna-small"
-for m in ${BENCH_ONLY:-medusa-vicuna-nano medusa1-vicuna-small medusa2-vicuna-small hydra-vicuna-small \
-         hydra-pp-vicuna-small chimera-vicuna-small cllm-vicuna-small cllm-untrained-vicuna-small}; do
-  [ -d "$RUN/$m" ] || continue
-  stage "bench_$m" $PY -m fastchat_spec.bench --model-path "$RUN/$m" $BENCH \
-    --out "$RUN/bench/$m.json"
-done
+bench_group() {  # bench_group NAME CHECKPOINT... (missing checkpoints are left out)
+  local name=$1 paths=() m; shift
+  for m in "$@"; do [ -d "$RUN/$m" ] && paths+=("$RUN/$m"); done
+  [ ${#paths[@]} -gt 0 ] || return 0
+  stage "bench_$name" $PY -m fastchat_spec.bench --model-path "${paths[@]}" $BENCH ${BENCH_EXTRA:-} \
+    --out "$RUN/bench/$name.json"
+}
+bench_group small medusa1-vicuna-small hydra-vicuna-small hydra-pp-vicuna-small chimera-vicuna-small \
+  cllm-untrained-vicuna-small
+bench_group medusa2 medusa2-vicuna-small
+bench_group cllm cllm-vicuna-small
+bench_group nano medusa-vicuna-nano
 echo "=== pipeline finished $(date +%T)" >> "$RUN/stages.log"

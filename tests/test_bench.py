@@ -30,3 +30,44 @@ def test_bench_reports_speedups_per_category(tmp_path, base_dir):
     assert set(result["summary"]["by_category"]) == {"writing", "code"}
     assert os.path.getsize(os.path.join(tmp_path, "results.png")) > 1000
     assert result["command"].startswith("python -m fastchat_spec.bench")
+
+
+def test_bench_compares_several_checkpoints_of_one_base_side_by_side(tmp_path, base_dir):
+    paths = []
+    for heads in (2, 3):
+        ckpt = os.path.join(tmp_path, f"medusa-{heads}")
+        write_medusa_checkpoint(ckpt, tiny.oracle_medusa_heads(base_dir, heads), base_dir,
+                                tree=chain(heads).to_list())
+        paths.append(ckpt)
+    out = os.path.join(tmp_path, "both.json")
+    bench_main(["--model-path", *paths, "--num-prompts", "2", "--max-new-tokens", "16", "--device", "cpu",
+                "--prompts", _prompt_file(tmp_path), "--profile-prompts", "0", "--baselines", "ar", "--out", out])
+    with open(out, encoding="utf-8") as f:
+        result = json.load(f)
+    assert list(result["methods"]) == ["medusa-2", "medusa-3"]
+    for m in result["methods"].values():
+        assert m["summary"]["all"]["same_text_as_ar_rate"] == 1.0
+    # deeper oracle chains accept more tokens per step
+    assert result["methods"]["medusa-3"]["summary"]["all"]["tau"] > result["methods"]["medusa-2"]["summary"]["all"]["tau"]
+
+
+def test_bench_refuses_checkpoints_of_different_bases(tmp_path, base_dir, tokenizer_dir):
+    import pytest
+
+    other_base_dir = tiny.build_llama(os.path.join(tmp_path, "vicuna-other"), tokenizer_dir, seed=7)
+    paths = []
+    for base in (base_dir, other_base_dir):
+        ckpt = os.path.join(tmp_path, os.path.basename(base) + "-medusa")
+        write_medusa_checkpoint(ckpt, tiny.oracle_medusa_heads(base, 2), base, tree=chain(2).to_list())
+        paths.append(ckpt)
+    with pytest.raises(SystemExit, match="another base"):
+        bench_main(["--model-path", *paths, "--num-prompts", "1", "--max-new-tokens", "4", "--device", "cpu",
+                    "--prompts", _prompt_file(tmp_path), "--baselines", "", "--out", str(tmp_path / "x.json")])
+
+
+def _prompt_file(tmp_path) -> str:
+    path = os.path.join(tmp_path, "p.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(2):
+            f.write(json.dumps({"turns": [" ".join(tiny.corpus(2, seed=i))], "category": "c"}) + "\n")
+    return path

@@ -24,7 +24,9 @@ import torch
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True, help="speculative checkpoint (any layout our adapters load)")
+    p.add_argument("--model-path", required=True, nargs="+",
+                   help="speculative checkpoint(s) (any layout our adapters load); several checkpoints must share "
+                        "one base: they are timed prompt by prompt against the same baselines")
     p.add_argument("--prompts", help="JSONL with 'turns' (list of str) and optional 'category'; "
                                      "default: held-out ShareGPT first turns")
     p.add_argument("--num-prompts", type=int, default=20, help="how many prompts (default 20)")
@@ -35,9 +37,14 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=[None, "float32", "float16", "bfloat16"],
                    help="default: FastChat's choice for the device")
-    p.add_argument("--name", default=None, help="method name in the results (default: the checkpoint's method)")
+    p.add_argument("--name", default=None, nargs="+",
+                   help="method name(s) in the results (default: the checkpoint's method, or the folder name "
+                        "when several checkpoints are compared)")
     p.add_argument("--profile-prompts", type=int, default=3,
                    help="prompts also run with per-phase timing (draft/verify/accept), which syncs the device")
+    p.add_argument("--fp32-reductions", action="store_true",
+                   help="forbid reduced-precision (bf16/fp16) reductions in cuBLAS matmuls for every decoder "
+                        "(fewer near-tie flips between the 1-token and the tree forward)")
     p.add_argument("--out", required=True, help="results JSON; the chart goes to the same name with .png")
     return p.parse_args(argv)
 
@@ -47,76 +54,122 @@ def main(argv=None):
     import fastchat_spec
 
     fastchat_spec.register()
-    from fastchat.model.model_adapter import load_model
     from fastchat.utils import get_context_length
     from tqdm import tqdm
 
     from fastchat_spec.bench.prompts import load_prompts
     from fastchat_spec.bench.run import run_engine, run_fastchat
-    from fastchat_spec.spec_model import is_speculative
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tokenizer = load_model(args.model_path, device=args.device, dtype=dtype)
-    if not is_speculative(model):
-        sys.exit(f"{args.model_path} is not a speculative checkpoint (no Medusa/Hydra/Chimera/CLLM config found)")
-    context_len = get_context_length(model.config)
+    if args.fp32_reductions:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     baselines = [b for b in args.baselines.split(",") if b]
     for b in baselines:
         if b not in ("fastchat", "ar"):
             sys.exit(f"--baselines: unknown baseline {b!r}; use fastchat and/or ar")
-    name = args.name or model.spec.method
-    prompts = load_prompts(args.model_path, args.prompts, args.num_prompts)
+    models, tokenizer = _load_models(args)
+    first = next(iter(models.values()))
+    context_len = get_context_length(first.config)
+    prompts = load_prompts(args.model_path[0], args.prompts, args.num_prompts)
     eos = tokenizer.eos_token_id
 
     # Warm up every path once (graph capture, allocator) outside the timings.
     warm_ids = tokenizer(prompts[0].text).input_ids
-    run_engine(model, warm_ids, 16, args.temperature, eos)
+    for model in models.values():
+        run_engine(model, warm_ids, 16, args.temperature, eos)
     if "ar" in baselines:
-        run_engine(model, warm_ids, 16, args.temperature, eos, method="ar")
+        run_engine(first, warm_ids, 16, args.temperature, eos, method="ar")
     if "fastchat" in baselines:
-        run_fastchat(model.base, tokenizer, prompts[0].text, 8, args.temperature, context_len)
+        run_fastchat(first.base, tokenizer, prompts[0].text, 8, args.temperature, context_len)
 
     rows = []
-    for i, prompt in enumerate(tqdm(prompts, desc=f"bench {name}", unit="prompt")):
+    label = "bench " + ",".join(models)
+    for i, prompt in enumerate(tqdm(prompts, desc=label, unit="prompt")):
         ids = tokenizer(prompt.text).input_ids
-        spec = run_engine(model, ids, args.max_new_tokens, args.temperature, eos)
-        row = {"category": prompt.category, "prompt_tokens": len(ids), name: _run_dict(spec)}
-        if i < args.profile_prompts:
-            row[name]["split_s"] = run_engine(model, ids, args.max_new_tokens, args.temperature, eos,
-                                              profile=True).split
+        row = {"category": prompt.category, "prompt_tokens": len(ids)}
         if "ar" in baselines:
-            ar = run_engine(model, ids, args.max_new_tokens, args.temperature, eos, method="ar")
-            row["ar"] = _run_dict(ar)
-            row["speedup_vs_ar"] = spec.tok_s / ar.tok_s
-            if args.temperature == 0:
-                row["same_text_as_ar"] = ar.text_ids == spec.text_ids
+            row["ar"] = _run_dict(run_engine(first, ids, args.max_new_tokens, args.temperature, eos, method="ar"))
         if "fastchat" in baselines:
-            fc = run_fastchat(model.base, tokenizer, prompt.text, args.max_new_tokens, args.temperature, context_len)
-            row["fastchat"] = _run_dict(fc)
-            row["speedup_vs_fastchat"] = spec.tok_s / fc.tok_s
+            row["fastchat"] = _run_dict(run_fastchat(first.base, tokenizer, prompt.text, args.max_new_tokens,
+                                                     args.temperature, context_len))
+        for name, model in models.items():
+            spec = run_engine(model, ids, args.max_new_tokens, args.temperature, eos)
+            entry = row[name] = _run_dict(spec)
+            if i < args.profile_prompts:
+                entry["split_s"] = run_engine(model, ids, args.max_new_tokens, args.temperature, eos,
+                                              profile=True).split
+            if "ar" in baselines:
+                entry["speedup_vs_ar"] = spec.tok_s / row["ar"]["tok_s"]
+                if args.temperature == 0:
+                    entry["same_text_as_ar"] = row["ar"]["text_ids"] == spec.text_ids
+            if "fastchat" in baselines:
+                entry["speedup_vs_fastchat"] = spec.tok_s / row["fastchat"]["tok_s"]
         rows.append(row)
 
-    summary = _summary(rows, name, baselines)
+    methods = {name: {"model_path": path, "summary": _summary(rows, name, baselines)}
+               for (name, path) in zip(models, args.model_path)}
+    first_name = next(iter(models))
     result = {
         "device": _device_name(args.device),
         "date": datetime.date.today().isoformat(),
         "command": "python -m fastchat_spec.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model_path": args.model_path,
+        "model_path": args.model_path[0],
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
-        "summary": summary,
+        "fp32_reductions": args.fp32_reductions,
+        "summary": methods[first_name]["summary"],  # the first checkpoint's (one-checkpoint runs: the only one)
+        "methods": methods,
         "prompts": rows,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
-    _chart(rows, name, os.path.splitext(args.out)[0] + ".png")
-    _print_summary(name, summary)
+    _chart(rows, list(models), os.path.splitext(args.out)[0] + ".png")
+    for name in models:
+        _print_summary(name, methods[name]["summary"])
     return result
 
 
+def _load_models(args) -> tuple:
+    """{name: SpecModel} in command-line order, and the (shared) tokenizer; several must share one base."""
+    from fastchat.model.model_adapter import load_model
+
+    from fastchat_spec.spec_model import is_speculative
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    names = args.name or []
+    if names and len(names) != len(args.model_path):
+        sys.exit(f"--name: give one name per --model-path ({len(args.model_path)}), got {len(names)}")
+    models, tokenizer, fingerprint = {}, None, None
+    for i, path in enumerate(args.model_path):
+        model, tok = load_model(path, device=args.device, dtype=dtype)
+        if not is_speculative(model):
+            sys.exit(f"{path} is not a speculative checkpoint (no Medusa/Hydra/Chimera/CLLM config found)")
+        name = names[i] if names else (model.spec.method if len(args.model_path) == 1
+                                       else os.path.basename(os.path.normpath(path)))
+        if name in models:
+            sys.exit(f"two checkpoints are both named {name!r}: pass --name")
+        print_ = _base_fingerprint(model.base)
+        if fingerprint is not None and print_ != fingerprint:
+            sys.exit(f"{path} has another base than {args.model_path[0]}: benchmark them in separate runs "
+                     "(the baselines run on the first checkpoint's base)")
+        fingerprint = print_
+        models[name] = model
+        tokenizer = tokenizer or tok
+    return models, tokenizer
+
+
+def _base_fingerprint(base) -> tuple:
+    """Cheap identity of a base's weights (first and last matrices and the config)."""
+    with torch.no_grad():
+        mats = [base.get_input_embeddings().weight, base.get_output_embeddings().weight,
+                next(base.get_decoder().layers[-1].parameters())]
+        return (base.config.to_json_string(), *(float(m.float().sum()) for m in mats))
+
+
 def _run_dict(run) -> dict:
-    return {"tokens": run.tokens, "seconds": run.seconds, "steps": run.steps, "tok_s": run.tok_s, "tau": run.tau}
+    return {"tokens": run.tokens, "seconds": run.seconds, "steps": run.steps, "tok_s": run.tok_s, "tau": run.tau,
+            "text_ids": run.text_ids}
 
 
 def _summary(rows, name, baselines) -> dict:
@@ -127,12 +180,12 @@ def _summary(rows, name, baselines) -> dict:
                "tau": median([r[name]["tau"] for r in sub]),
                "tok_s": median([r[name]["tok_s"] for r in sub])}
         if "fastchat" in baselines:
-            out["speedup_vs_fastchat"] = median([r["speedup_vs_fastchat"] for r in sub])
+            out["speedup_vs_fastchat"] = median([r[name]["speedup_vs_fastchat"] for r in sub])
             out["fastchat_tok_s"] = median([r["fastchat"]["tok_s"] for r in sub])
         if "ar" in baselines:
-            out["speedup_vs_ar"] = median([r["speedup_vs_ar"] for r in sub])
+            out["speedup_vs_ar"] = median([r[name]["speedup_vs_ar"] for r in sub])
             out["ar_tok_s"] = median([r["ar"]["tok_s"] for r in sub])
-            same = [r["same_text_as_ar"] for r in sub if "same_text_as_ar" in r]
+            same = [r[name]["same_text_as_ar"] for r in sub if "same_text_as_ar" in r[name]]
             if same:
                 out["same_text_as_ar_rate"] = sum(same) / len(same)
         splits = [r[name]["split_s"] for r in sub if "split_s" in r[name]]
@@ -148,7 +201,7 @@ def _summary(rows, name, baselines) -> dict:
     return summary
 
 
-def _chart(rows, name, path):
+def _chart(rows, names, path):
     try:
         import matplotlib
 
@@ -160,22 +213,25 @@ def _chart(rows, name, path):
     from fastchat_spec.bench.run import median
 
     categories = sorted({r["category"] for r in rows})
-    keys = [k for k in ("speedup_vs_fastchat", "speedup_vs_ar") if k in rows[0]]
+    keys = [k for k in ("speedup_vs_fastchat", "speedup_vs_ar") if k in rows[0][names[0]]]
     if not keys:
         return
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(categories) + 2), 3.2))
-    width = 0.8 / len(keys)
-    for j, key in enumerate(keys):
-        vals = [median([r[key] for r in rows if r["category"] == c]) for c in categories]
-        xs = [i + j * width for i in range(len(categories))]
-        ax.bar(xs, vals, width, label=key.replace("_", " "))
-        for x, v in zip(xs, vals):
-            ax.text(x, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(categories))], categories)
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_ylabel("median speedup")
-    ax.set_title(f"{name}: speedup per category")
-    ax.legend(fontsize=8)
+    bars = [(name, key) for key in keys for name in names]
+    fig, axes = plt.subplots(1, len(keys), figsize=(len(keys) * max(4, 1.2 * len(categories) * len(names) + 2), 3.4),
+                             squeeze=False)
+    width = 0.8 / len(names)
+    for ax, key in zip(axes[0], keys):
+        for j, name in enumerate(names):
+            vals = [median([r[name][key] for r in rows if r["category"] == c]) for c in categories]
+            xs = [i + j * width for i in range(len(categories))]
+            ax.bar(xs, vals, width, label=name)
+            for x, v in zip(xs, vals):
+                ax.text(x, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(categories))], categories)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_ylabel("median " + key.replace("_", " "))
+        ax.legend(fontsize=7)
+    fig.suptitle(f"speedup per category ({len(bars) // len(keys)} method(s))")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -29,7 +29,7 @@ class Decision:
     tokens: list[int]  # accepted draft tokens then the bonus token
 
 
-def _deepest_valid(tree: Tree, ok: torch.Tensor) -> torch.Tensor:
+def deepest_valid(tree: Tree, ok: torch.Tensor) -> torch.Tensor:
     """Index of the deepest node whose whole path (root excluded) is ok."""
     bad_on_path = (tree.ancestors & ~ok.unsqueeze(0)).any(dim=1)
     score = torch.where(bad_on_path, -1, tree.depth)
@@ -49,7 +49,7 @@ def accept_greedy(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor) -> Dec
     target = scores.argmax(dim=-1)
     ok = tokens == target[tree.parent]
     ok[0] = True
-    node = _deepest_valid(tree, ok)
+    node = deepest_valid(tree, ok)
     return _finish(tree, tokens, node, target[node])
 
 
@@ -64,7 +64,7 @@ def accept_typical(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor, tempe
     p_tok = probs[tree.parent, tokens]
     ok = p_tok > limit[tree.parent]
     ok[0] = True
-    node = _deepest_valid(tree, ok)
+    node = deepest_valid(tree, ok)
     bonus = torch.multinomial(probs[node], 1)[0]
     return _finish(tree, tokens, node, bonus)
 

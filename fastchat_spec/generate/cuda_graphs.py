@@ -17,11 +17,13 @@ from typing import Optional
 
 import torch
 
-from fastchat_spec.generate.kv_cache import commit_path, new_cache
+from fastchat_spec.generate.device_step import DeviceStep, GraphedStep
+from fastchat_spec.generate.kv_cache import bucket, commit_path, new_cache
 from fastchat_spec.generate.verify import ForwardOut, base_forward
 
 GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
 COMPILE_ENV = "FASTCHAT_SPEC_COMPILE"  # set to 1 to torch.compile the decoder inside the graphs
+COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
 _CAPTURE_LOCK = threading.Lock()
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
@@ -40,16 +42,9 @@ def compiled_decoder(base):
         return None
     decoder = _COMPILED.get(base)
     if decoder is None:
-        decoder = _COMPILED[base] = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False)
+        mode = os.environ.get(COMPILE_MODE_ENV) or None
+        decoder = _COMPILED[base] = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False, mode=mode)
     return decoder
-
-
-def bucket(length: int) -> int:
-    """Cache capacities come in powers of two (from 512) so graphs are reused across requests."""
-    size = 512
-    while size < length:
-        size *= 2
-    return size
 
 
 class GraphedForward:
@@ -114,6 +109,7 @@ class Runner:
         self.cache = new_cache(base.config, capacity, device, dtype)
         self._graphs: dict[bytes, GraphedForward] = {}
         self._commits: dict[int, GraphedCommit] = {}
+        self._steps: dict[tuple, GraphedStep] = {}
 
     def forward_for(self, visible: torch.Tensor):
         key = visible.cpu().numpy().tobytes() + bytes(str(visible.shape), "ascii")
@@ -124,6 +120,19 @@ class Runner:
             self._graphs[key] = graph
         return graph
 
+    def step_for(self, key: tuple, proposer) -> GraphedStep:
+        """The whole greedy step captured over this cache, built around ``proposer`` on first use.
+
+        ``key`` names the proposer's weights and tree; a later generation with
+        the same key reuses the graph and its proposer (whose state ``observe``
+        resets in place), since a runner serves one generation at a time.
+        """
+        step = self._steps.get(key)
+        if step is None:
+            with _CAPTURE_LOCK:
+                step = GraphedStep(DeviceStep(self.base, self.cache, proposer, compiled_decoder(self.base)))
+            self._steps[key] = step
+        return step
 
     def commit_for(self, path_len: int):
         graph = self._commits.get(path_len)

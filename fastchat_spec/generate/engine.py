@@ -14,6 +14,7 @@ import torch
 
 from fastchat_spec.generate import accept
 from fastchat_spec.generate.cuda_graphs import borrow_runner, pool_for
+from fastchat_spec.generate.device_step import DeviceStep, supports_device_step
 from fastchat_spec.generate.kv_cache import commit_path, new_cache
 from fastchat_spec.generate.proposers import Commit, proposer_class
 from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
@@ -69,7 +70,8 @@ class Generation:
         opts = {**model.spec.options, **(options or {})}
         # Proposers with their own caches size them from this (the tree adds at most its nodes).
         opts["capacity"] = len(prompt_ids) + max_new_tokens + 1
-        self.proposer = proposer_class(method or model.spec.method).build(model, self.device, opts)
+        method = method or model.spec.method
+        self.proposer = proposer_class(method).build(model, self.device, opts)
         self.tree = self.proposer.tree
         self.sampling = sampling
         self.acceptance = acceptance
@@ -84,8 +86,20 @@ class Generation:
             self.cache = new_cache(self.base.config, needed, self.device, model.dtype)
             self._verify = self._eager_verify
             self._commit = commit_path
+        # Greedy: the whole step runs on the device (one CUDA graph on GPU), one host read per step.
+        self.device_step = None
+        if supports_device_step(self.proposer, sampling):
+            if self.runner is not None:
+                key = (method, model.drafter, self.tree.paths)
+                self.device_step = self.runner.step_for(key, self.proposer)
+                self.proposer = self.device_step.proposer
+            else:
+                self.device_step = DeviceStep(self.base, self.cache, self.proposer)
         self._in_place = [self.tree.in_place(i) for i in range(self.tree.num_nodes)]
-        self.ids = torch.zeros(needed, dtype=torch.long, device=self.device)
+        if self.device_step is not None:
+            self.ids = self.device_step.ids  # the device step appends what it commits
+        else:
+            self.ids = torch.zeros(needed, dtype=torch.long, device=self.device)
         self.ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         self.prompt_len = len(prompt_ids)
         self.cur = 0  # tokens in the KV cache
@@ -112,6 +126,8 @@ class Generation:
         self.cur = p
         self.root = int(first)
         self.proposer.observe(Commit(tokens, out.hidden, 0, self.root, out.logits, positions))
+        if self.device_step is not None:
+            self.device_step.reset(p, self.root)
         self.clock.lap("accept")
         self.stats.steps += 1
         self.stats.tokens += 1
@@ -120,6 +136,8 @@ class Generation:
     # -- one speculative step ---------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[int]:
+        if self.device_step is not None:
+            return self._device_step()
         tree = self.tree
         root = torch.tensor(self.root, device=self.device)
         start = torch.tensor(self.cur, device=self.device)
@@ -145,6 +163,20 @@ class Generation:
         self.stats.tokens += len(decision.tokens)
         self.stats.accepted.append(len(decision.tokens) - 1)
         return decision.tokens
+
+    def _device_step(self) -> list[int]:
+        """Greedy: draft, verify, accept and commit all on the device; profiled as 'verify'."""
+        self.clock.start()
+        self.device_step.run()
+        self.clock.lap("verify")
+        new = self.device_step.read()
+        self.clock.lap("accept")
+        self.cur += len(new)
+        self.root = new[-1]
+        self.stats.steps += 1
+        self.stats.tokens += len(new)
+        self.stats.accepted.append(len(new) - 1)
+        return new
 
     def close(self) -> None:
         """Give the pooled cache back (CUDA); safe to call twice."""

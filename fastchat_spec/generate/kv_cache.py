@@ -31,6 +31,14 @@ def new_cache(config, max_len: int, device, dtype) -> Cache:
     return Cache(layers=layers)
 
 
+def bucket(length: int) -> int:
+    """Cache capacities come in powers of two (from 512) so graphs are reused across requests."""
+    size = 512
+    while size < length:
+        size *= 2
+    return size
+
+
 def capacity(cache: Cache) -> int:
     return cache.layers[0].max_cache_len
 

@@ -1,5 +1,5 @@
 """One proposer per method; ``proposer_class`` maps a method name to its class."""
-from fastchat_spec.generate.proposers.base import Commit, Proposer
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
 
 
 def proposer_class(method: str):
@@ -17,4 +17,4 @@ def proposer_class(method: str):
     return table[method]
 
 
-__all__ = ["Commit", "Proposer", "proposer_class"]
+__all__ = ["Accepted", "Commit", "Proposer", "proposer_class"]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Commit, Proposer
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
 from fastchat_spec.generate.tree import Tree
 
 
 class AutoregressiveProposer(Proposer):
+    device_state = True  # nothing to keep
+
     def __init__(self, device):
         self.tree = Tree.from_paths([]).to(device)
         self.empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -22,6 +24,9 @@ class AutoregressiveProposer(Proposer):
         return cls(device)
 
     def observe(self, commit: Commit) -> None:
+        pass
+
+    def advance(self, accepted: Accepted) -> None:
         pass
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,23 @@ class Commit:
     nodes: torch.Tensor  # (k,) rows of ``logits`` that were committed
 
 
+@dataclass
+class Accepted:
+    """What a device step accepted, as static-shape device tensors (see ``generate/device_step.py``)."""
+
+    hidden: torch.Tensor  # (N, H) base last hidden states at every tree node
+    node: torch.Tensor  # (1,) deepest accepted node
+    path: torch.Tensor  # (D+1,) nodes from the root to ``node``, padded with ``node``
+    tokens: torch.Tensor  # (D+1,) their tokens (the root first); the first depth+1 are now in the cache
+    depth: torch.Tensor  # (1,) accepted drafts; depth + 1 tokens were committed at positions start..
+    start: torch.Tensor  # () position of the root (tokens in the cache before this step)
+
+
 class Proposer(ABC):
     tree: Tree  # on the engine's device
+    # True when the state lives in tensors updated in place by ``observe`` and ``advance``, so the
+    # whole greedy step can run on the device (``generate/device_step.py``).
+    device_state: bool = False
 
     @classmethod
     @abstractmethod
@@ -42,6 +57,21 @@ class Proposer(ABC):
     @abstractmethod
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         """Token ids (N-1,) for tree nodes 1..N-1, given the root token (0-d tensor)."""
+
+    def advance(self, accepted: Accepted) -> None:
+        """Device-step proposers: a step's path was accepted and committed; update the state in place
+        (static shapes, no host reads: this runs inside the step's CUDA graph)."""
+        raise NotImplementedError
+
+
+def state_capacity(options: dict, tree: Tree) -> int:
+    """Positions a proposer's own cache needs: the engine's cache capacity for this request (same bucket).
+
+    Sized once at build, so the cache never moves and a captured device step stays valid.
+    """
+    from fastchat_spec.generate.kv_cache import bucket
+
+    return bucket(options.get("capacity", 0) + tree.num_nodes)
 
 
 def model_tree(model) -> Tree:

@@ -17,8 +17,8 @@ import torch
 
 from fastchat_spec.generate.kv_cache import capacity as cache_capacity
 from fastchat_spec.generate.kv_cache import new_cache
-from fastchat_spec.generate.proposers.base import Commit, Proposer
-from fastchat_spec.generate.proposers.base import model_tree
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
+from fastchat_spec.generate.proposers.base import model_tree, state_capacity
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.generate.verify import attention_mask, causal_visibility
 from fastchat_spec.heads.chimera import PAD_ID
@@ -27,7 +27,9 @@ INITIAL_SPARE = 256  # cache room beyond the prompt; the cache doubles when a ge
 
 
 class ChimeraProposer(Proposer):
-    def __init__(self, drafter, base, tree: Tree, device: torch.device):
+    device_state = True  # every piece of state below is a tensor updated in place
+
+    def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int = 0):
         self.drafter = drafter
         self.embed = base.get_input_embeddings()
         self.rotary = base.get_decoder().rotary_emb
@@ -36,9 +38,15 @@ class ChimeraProposer(Proposer):
         self.dtype = drafter.chimera_head[0][-1].weight.dtype
         self.plan = _DepthPlan(tree, device)
         self.cache = None
-        self.length = 0  # positions in the encoder cache
+        self._reserve(capacity)  # the whole request's room at once (it grows only for host-driven steps)
+        self.length = torch.zeros((), dtype=torch.long, device=device)  # positions in the encoder cache
         self.last_tokens = torch.full((2,), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
-        self.hidden = None  # (1, H) base hidden state at the last committed position
+        # (1, H) base hidden state at the last committed position
+        self.hidden = torch.zeros(1, base.config.hidden_size, dtype=base.get_output_embeddings().weight.dtype,
+                                  device=device)
+        self.path_offsets = torch.arange(tree.max_depth + 1, device=device)
+        self.path_visibility = causal_visibility(tree.max_depth + 1, device)
+        self.last_two = torch.tensor([1, 2], device=device)
 
     @classmethod
     def build(cls, model, device, options):
@@ -46,24 +54,41 @@ class ChimeraProposer(Proposer):
         if tree.max_depth > model.drafter.num_heads:
             raise ValueError(f"the tree is {tree.max_depth} deep but the checkpoint has "
                              f"{model.drafter.num_heads} Chimera heads")
-        return cls(model.drafter, model.base, tree.to(device), device)
+        tree = tree.to(device)
+        return cls(model.drafter, model.base, tree, device, state_capacity(options, tree))
 
     # -- learning from commits -------------------------------------------------
     def observe(self, commit: Commit) -> None:
         k = commit.tokens.numel()
         self._reserve(commit.start + k + self.tree.num_nodes)
         start = torch.tensor(commit.start, device=self.device)
-        mask = attention_mask(start, causal_visibility(k, self.device), cache_capacity(self.cache), self.dtype)
-        positions = commit.start + torch.arange(k, device=self.device)
-        self.drafter.encode(commit.hidden.to(self.dtype).unsqueeze(0), positions.view(1, k), mask, self.rotary,
+        self._encode_committed(commit.hidden, start, torch.arange(k, device=self.device),
+                               causal_visibility(k, self.device))
+        self.last_tokens.copy_(torch.cat([self.last_tokens, commit.tokens.to(self.device)])[-2:])
+        self.hidden.copy_(commit.hidden[-1:])
+        self.length.fill_(commit.start + k)
+
+    def advance(self, accepted: Accepted) -> None:
+        # The whole padded path (static shape): entries past the accepted depth land beyond the new
+        # end of the encoder cache, masked until overwritten, as in the base's cache.
+        self._encode_committed(accepted.hidden.index_select(0, accepted.path), accepted.start, self.path_offsets,
+                               self.path_visibility)
+        recent = torch.cat([self.last_tokens, accepted.tokens])  # the last two of the first depth + 3
+        self.last_tokens.copy_(recent.index_select(0, accepted.depth + self.last_two))
+        self.hidden.copy_(accepted.hidden.index_select(0, accepted.node))
+        self.length.copy_(accepted.start + accepted.depth[0] + 1)
+
+    def _encode_committed(self, hidden, start: torch.Tensor, offsets: torch.Tensor, visible) -> None:
+        """Write the encoder's keys/values for committed hidden states (k, H) at positions start + offsets."""
+        k = hidden.shape[0]
+        mask = attention_mask(start, visible, cache_capacity(self.cache), self.dtype)
+        positions = start + offsets
+        self.drafter.encode(hidden.to(self.dtype).unsqueeze(0), positions.view(1, k), mask, self.rotary,
                             self.cache, positions)  # only the keys/values written to the cache matter
-        self.last_tokens = torch.cat([self.last_tokens, commit.tokens.to(self.device)])[-2:]
-        self.hidden = commit.hidden[-1:]
-        self.length = commit.start + k
 
     def _reserve(self, needed: int) -> None:
         """Make sure the encoder cache has ``needed`` slots, doubling it (with a copy) when short."""
-        if self.cache is not None and cache_capacity(self.cache) >= needed:
+        if self.cache is not None and cache_capacity(self.cache) >= needed or needed <= 0:
             return
         size = max(needed + INITIAL_SPARE, 2 * cache_capacity(self.cache) if self.cache is not None else 0)
         grown = new_cache(self.drafter.encoder_config, size, self.device, self.dtype)
@@ -77,7 +102,7 @@ class ChimeraProposer(Proposer):
     # -- drafting ----------------------------------------------------------------
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         plan, tree = self.plan, self.tree
-        start = torch.tensor(self.length, device=self.device)
+        start = self.length
         mask = attention_mask(start, tree.ancestors, cache_capacity(self.cache), self.dtype)  # (1, 1, N, cap)
         positions = start + tree.depth
         # ids[0:2] are the last committed tokens, ids[2 + i] is tree node i's token.

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from fastchat_spec.generate.kv_cache import capacity, new_cache
-from fastchat_spec.generate.proposers.base import Commit, Proposer
-from fastchat_spec.generate.proposers.base import model_tree
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
+from fastchat_spec.generate.proposers.base import model_tree, state_capacity
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.generate.verify import attention_mask, causal_visibility
 
@@ -60,23 +60,44 @@ def depth_plan(tree: Tree, grounded: bool = True) -> list[DepthStep]:
 
 
 class HydraProposer(Proposer):
-    def __init__(self, heads, base, tree: Tree):
+    device_state = True  # the feature and the prefix cache are updated in place
+
+    def __init__(self, heads, base, tree: Tree, capacity: int = MIN_PREFIX_CAPACITY):
         self.heads = heads
         self.embed = base.get_input_embeddings()
         self.tree = tree
         self.plan = depth_plan(tree, heads.grounded)
-        self.feature = None  # (1, H) the heads' input feature at the last committed position
+        # (1, H) the heads' input feature at the last committed position, updated in place
+        self.feature = torch.zeros(1, base.config.hidden_size, dtype=self.embed.weight.dtype
+                                   if self.embed.weight.dtype.is_floating_point else torch.float16,
+                                   device=tree.parent.device)
         self.prefix_cache = None  # Hydra++ only: the prefix layer's KV cache for this generation
+        if heads.has_prefix:  # sized for the whole request at once, so it never moves
+            self.prefix_cache = new_cache(heads.prefix_embeding_layer.config, capacity, tree.parent.device,
+                                          self._prefix_dtype(base))
+            self.path_offsets = torch.arange(tree.max_depth + 1, device=tree.parent.device)
+            self.path_visibility = causal_visibility(tree.max_depth + 1, tree.parent.device)
 
     @classmethod
     def build(cls, model, device, options):
-        return cls(model.drafter, model.base, model_tree(model).to(device))
+        tree = model_tree(model).to(device)
+        return cls(model.drafter, model.base, tree, state_capacity(options, tree))
 
     def observe(self, commit: Commit) -> None:
         hidden = commit.hidden
         if self.heads.has_prefix:
             hidden = self._advance_prefix(hidden, commit.start)
-        self.feature = hidden[-1:]
+        self.feature.copy_(hidden[-1:])
+
+    def advance(self, accepted: Accepted) -> None:
+        if not self.heads.has_prefix:
+            self.feature.copy_(accepted.hidden.index_select(0, accepted.node))
+            return
+        # The prefix layer over the whole padded path (static shape); entries past the accepted
+        # depth land beyond the new end of its cache, where they stay masked until overwritten.
+        path_hidden = accepted.hidden.index_select(0, accepted.path)
+        out = self._prefix_forward(path_hidden, accepted.start, self.path_offsets, self.path_visibility)
+        self.feature.copy_(out.index_select(0, accepted.depth))
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         tokens = torch.empty(self.tree.num_nodes, dtype=torch.long, device=root.device)
@@ -95,16 +116,24 @@ class HydraProposer(Proposer):
     # -- Hydra++ prefix layer ----------------------------------------------
     def _advance_prefix(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """Run the prefix layer over committed hidden states (k, H) at positions start..start+k-1."""
-        layer = self.heads.prefix_embeding_layer
         k = hidden.shape[0]
         self._ensure_prefix_room(start + k, hidden)
         device = hidden.device
         begin = torch.tensor(start, device=device)
-        positions = begin + torch.arange(k, device=device)
-        mask = attention_mask(begin, causal_visibility(k, device), capacity(self.prefix_cache), hidden.dtype)
-        out = layer(hidden.view(1, k, -1), positions.view(1, k), attention_mask=mask, cache=self.prefix_cache,
-                    cache_position=positions)
+        return self._prefix_forward(hidden, begin, torch.arange(k, device=device), causal_visibility(k, device))
+
+    def _prefix_forward(self, hidden, begin: torch.Tensor, offsets: torch.Tensor, visible) -> torch.Tensor:
+        """The prefix layer over ``hidden`` (k, H) at positions begin + offsets, writing its cache there."""
+        k = hidden.shape[0]
+        positions = begin + offsets
+        mask = attention_mask(begin, visible, capacity(self.prefix_cache), hidden.dtype)
+        out = self.heads.prefix_embeding_layer(hidden.view(1, k, -1), positions.view(1, k), attention_mask=mask,
+                                               cache=self.prefix_cache, cache_position=positions)
         return out[0]
+
+    def _prefix_dtype(self, base) -> torch.dtype:
+        dtype = next(self.heads.prefix_embeding_layer.parameters()).dtype
+        return dtype if dtype.is_floating_point else base.get_output_embeddings().weight.dtype
 
     def _ensure_prefix_room(self, needed: int, like: torch.Tensor) -> None:
         """Allocate the prefix cache, or double it, so that ``needed`` slots fit."""

@@ -1,0 +1,290 @@
+"""Decoding speed as an OpenAI-API user sees it, through FastChat's own servers.
+
+Example (``scripts/worker_bench.sh`` starts the servers and runs this):
+  python -m fastchat_spec.bench.api --api-base http://127.0.0.1:8000/v1 \\
+      --models spec,stock --num-prompts 10 --max-new-tokens 256 --out api.json
+
+Every prompt's first turn goes to ``/v1/chat/completions`` as one user message at
+temperature 0, for each model in turn, never two requests at once (the models
+may share one device). Per prompt and model there are two requests:
+
+- non-streamed: tok/s = completion tokens / wall seconds of the request;
+- streamed: time to the first chunk with text (TTFT) and wall seconds to [DONE].
+
+The summary quotes per-model medians, the median per-prompt tok/s ratio of the
+first model over each other one, and how often their greedy texts are identical
+(expected for a speculative checkpoint and its own base; reported, not checked).
+One warm-up request per model runs first and is not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from urllib.parse import urlparse
+
+import requests
+
+CONTEXT_OVERFLOW = 40303  # FastChat's ErrorCode.CONTEXT_OVERFLOW: the prompt does not fit the model
+
+
+class APIError(RuntimeError):
+    def __init__(self, model: str, code, message: str):
+        super().__init__(f"model {model!r}: error {code}: {message}")
+        self.code = code
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench.api", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--api-base", required=True,
+                   help="the OpenAI API server's base URL, e.g. http://127.0.0.1:8000/v1 "
+                        "(python -m fastchat.serve.openai_api_server)")
+    p.add_argument("--models", required=True,
+                   help="comma list of model names as /v1/models lists them; the first is compared with each "
+                        "other one (e.g. spec,stock)")
+    p.add_argument("--prompts", help="JSONL with 'turns' (list of str) and optional 'category'; "
+                                     "default: held-out ShareGPT first turns")
+    p.add_argument("--num-prompts", type=int, default=10, help="how many prompts (default 10)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="max_tokens per request (default 256)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (default 600)")
+    p.add_argument("--out", required=True, help="results JSON")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models:
+        p.error("--models: give at least one model name")
+    if len(set(args.models)) != len(args.models):
+        p.error(f"--models: a name appears twice in {args.models}")
+    if args.num_prompts < 1 or args.max_new_tokens < 1:
+        p.error("--num-prompts and --max-new-tokens must be at least 1")
+    return args
+
+
+def load_questions(prompts_file: str | None, limit: int) -> list[tuple[str, str]]:
+    """(first turn, category) pairs: raw user text, the server applies the model's template."""
+    if prompts_file:
+        from fastchat_spec.bench.prompts import _read_jsonl
+
+        return [(turns[0], category) for turns, category in _read_jsonl(prompts_file)][:limit]
+    from fastchat_spec.train.data import heldout_first_turns
+
+    return [(turn, "sharegpt-heldout") for turn in heldout_first_turns(limit)]
+
+
+def session_for(api_base: str) -> requests.Session:
+    """A requests session; for a loopback server, one that ignores HTTP(S)_PROXY."""
+    session = requests.Session()
+    if urlparse(api_base).hostname in ("127.0.0.1", "localhost", "::1"):
+        session.trust_env = False
+    return session
+
+
+def check_models(session, api_base: str, models: list[str]) -> None:
+    r = session.get(api_base + "/models", timeout=30)
+    r.raise_for_status()
+    listed = [m["id"] for m in r.json()["data"]]
+    missing = [m for m in models if m not in listed]
+    if missing:
+        sys.exit(f"--models: {missing} not served at {api_base}/models (it lists {listed}); "
+                 "check the workers' --model-names")
+
+
+def _payload(model: str, question: str, max_tokens: int, stream: bool) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": question}],
+            "temperature": 0, "max_tokens": max_tokens, "stream": stream}
+
+
+def _raise_if_error(model: str, body: dict) -> None:
+    # FastChat answers errors as {"object": "error", "code", "message"}, or inside a stream
+    # as {"text", "error_code"}.
+    if body.get("object") == "error":
+        raise APIError(model, body.get("code"), body.get("message", ""))
+    if body.get("error_code"):
+        raise APIError(model, body["error_code"], body.get("text", ""))
+
+
+def _json_or_raise(model: str, r: requests.Response) -> dict:
+    try:
+        body = r.json()
+    except ValueError:
+        r.raise_for_status()
+        raise
+    _raise_if_error(model, body)
+    r.raise_for_status()
+    return body
+
+
+def generated_tokens(usage: dict, finish_reason: str | None, max_tokens: int) -> int:
+    """Tokens the worker generated, from ``usage.completion_tokens``.
+
+    FastChat's own generate_stream reports one fewer (the last loop index) when it
+    stops at the length limit; ours reports the count. Both generated max_tokens then.
+    """
+    n = int(usage.get("completion_tokens") or 0)
+    if finish_reason == "length" and n == max_tokens - 1:
+        return max_tokens
+    return n
+
+
+def timed_request(session, api_base, model, question, max_tokens, timeout) -> dict:
+    """The non-streamed request: text, tokens and tok/s."""
+    t0 = time.perf_counter()
+    r = session.post(api_base + "/chat/completions", json=_payload(model, question, max_tokens, False),
+                     timeout=timeout)
+    seconds = time.perf_counter() - t0
+    body = _json_or_raise(model, r)
+    choice = body["choices"][0]
+    usage = body.get("usage") or {}
+    tokens = generated_tokens(usage, choice.get("finish_reason"), max_tokens)
+    return {"text": choice["message"]["content"], "finish_reason": choice.get("finish_reason"),
+            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+            "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds if seconds > 0 else 0.0}
+
+
+def streamed_request(session, api_base, model, question, max_tokens, timeout) -> dict:
+    """The streamed request: seconds to the first chunk with text, and to [DONE]."""
+    t0 = time.perf_counter()
+    ttft, text, chunks = None, [], 0
+    with session.post(api_base + "/chat/completions", json=_payload(model, question, max_tokens, True),
+                      stream=True, timeout=timeout) as r:
+        if not r.ok:
+            _json_or_raise(model, r)
+        for line in r.iter_lines(chunk_size=None):  # bytes: a UTF-8 character may span two reads
+            if not line.startswith(b"data: "):
+                continue
+            data = line[len(b"data: "):].decode("utf-8")
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            _raise_if_error(model, chunk)
+            chunks += 1
+            delta = chunk["choices"][0]["delta"].get("content") or ""
+            if delta and ttft is None:
+                ttft = time.perf_counter() - t0
+            text.append(delta)
+    seconds = time.perf_counter() - t0
+    return {"ttft_s": ttft if ttft is not None else seconds, "seconds": seconds, "chunks": chunks,
+            "text": "".join(text)}
+
+
+def measure(session, api_base, model, question, max_tokens, timeout) -> dict:
+    out = timed_request(session, api_base, model, question, max_tokens, timeout)
+    stream = streamed_request(session, api_base, model, question, max_tokens, timeout)
+    out["ttft_s"] = stream["ttft_s"]
+    out["stream_seconds"] = stream["seconds"]
+    out["stream_chunks"] = stream["chunks"]
+    # Greedy: the streamed answer is the same generation (FastChat's deltas drop U+FFFD).
+    out["stream_tok_s"] = out["tokens"] / stream["seconds"] if stream["seconds"] > 0 else 0.0
+    out["stream_same_text"] = stream["text"] == out["text"].replace("\ufffd", "")
+    return out
+
+
+def warm_up(session, api_base, model, questions, max_tokens, timeout) -> None:
+    """One untimed streamed request, on the first prompt that fits the model's context."""
+    for question, _ in questions:
+        try:
+            streamed_request(session, api_base, model, question, max_tokens, timeout)
+            return
+        except APIError as e:
+            if e.code != CONTEXT_OVERFLOW:
+                raise
+
+
+def summarize(rows: list[dict], models: list[str]) -> dict:
+    med = statistics.median
+    per_model = {}
+    for m in models:
+        runs = [r[m] for r in rows]
+        per_model[m] = {"prompts": len(runs),
+                        "tok_s": med(x["tok_s"] for x in runs),
+                        "ttft_s": med(x["ttft_s"] for x in runs),
+                        "stream_tok_s": med(x["stream_tok_s"] for x in runs),
+                        "tokens": med(x["tokens"] for x in runs)}
+    first, vs = models[0], {}
+    for other in models[1:]:
+        vs[other] = {"speedup": med(r[first]["tok_s"] / r[other]["tok_s"] for r in rows if r[other]["tok_s"] > 0),
+                     "stream_speedup": med(r[first]["stream_tok_s"] / r[other]["stream_tok_s"]
+                                           for r in rows if r[other]["stream_tok_s"] > 0),
+                     "same_text_rate": sum(r["same_text"][other] for r in rows) / len(rows)}
+    return {"models": per_model, "first": first, "vs": vs}
+
+
+def device_name() -> str:
+    """This machine's accelerator (the benchmark normally runs next to the workers)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def one_line(summary: dict) -> str:
+    parts = [f"{m} {s['tok_s']:.1f} tok/s (TTFT {1000 * s['ttft_s']:.0f} ms)" for m, s in summary["models"].items()]
+    n = next(iter(summary["models"].values()))["prompts"]
+    for other, v in summary["vs"].items():
+        parts.append(f"{summary['first']}/{other} {v['speedup']:.2f}x, same text {v['same_text_rate']:.0%}")
+    return f"API, median of {n} prompts: " + "; ".join(parts)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    api_base = args.api_base.rstrip("/")
+    session = session_for(api_base)
+    check_models(session, api_base, args.models)
+    questions = load_questions(args.prompts, args.num_prompts)
+    if not questions:
+        sys.exit(f"no prompts: {args.prompts or 'held-out ShareGPT'} gave none")
+
+    for model in args.models:  # warm-up: first request per worker (allocator, kernels, caches)
+        warm_up(session, api_base, model, questions, args.max_new_tokens, args.timeout)
+
+    rows, skipped = [], []
+    for i, (question, category) in enumerate(questions, 1):
+        row = {"category": category, "question_chars": len(question)}
+        try:
+            for model in args.models:
+                row[model] = measure(session, api_base, model, question, args.max_new_tokens, args.timeout)
+        except APIError as e:
+            if e.code != CONTEXT_OVERFLOW:
+                raise
+            skipped.append({"prompt": i, "reason": str(e)})
+            print(f"[{i}/{len(questions)}] skipped: {e}", file=sys.stderr)
+            continue
+        row["same_text"] = {m: row[m]["text"] == row[args.models[0]]["text"] for m in args.models[1:]}
+        rows.append(row)
+        print(f"[{i}/{len(questions)}] " + ", ".join(f"{m} {row[m]['tok_s']:.1f} tok/s" for m in args.models),
+              file=sys.stderr, flush=True)
+    if not rows:
+        sys.exit("every prompt was skipped (longer than the model's context); pass shorter --prompts")
+
+    summary = summarize(rows, args.models)
+    result = {
+        "device": device_name(),
+        "date": datetime.date.today().isoformat(),
+        "command": "python -m fastchat_spec.bench.api " + " ".join(sys.argv[1:] if argv is None else argv),
+        "api_base": api_base,
+        "models": args.models,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": 0,
+        "prompts_source": args.prompts or "sharegpt-heldout",
+        "summary": summary,
+        "prompts": rows,
+        "skipped": skipped,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(one_line(summary))
+    return result
+
+
+if __name__ == "__main__":
+    main()
