@@ -238,7 +238,9 @@ def _tokenize_chunk(job: tuple) -> list[dict]:
     convs, tokenizer = job
     part = preprocess([c["conversations"] for c in convs], tokenizer)
     lengths = part["attention_mask"].sum(-1).tolist()
-    return [{"input_ids": ids[: max(int(n), 1)].clone(), "labels": labels[: max(int(n), 1)].clone()}
+    # numpy, not tensors: tensors sent back from a worker process each hold a shared-memory file
+    # descriptor, and tens of thousands of them exhaust the process's descriptor limit
+    return [{"input_ids": ids[: max(int(n), 1)].numpy().copy(), "labels": labels[: max(int(n), 1)].numpy().copy()}
             for ids, labels, n in zip(part["input_ids"], part["labels"], lengths)]
 
 
@@ -267,7 +269,7 @@ def _tokenize(convs: list, tokenizer, workers: int | None = None, chunk: int = 6
                                    initializer=torch.set_num_threads, initargs=(1,))  # OpenMP is not fork-safe
         parts = pool.map(_tokenize_chunk, jobs)
     for part in parts:
-        out.extend(part)
+        out.extend({key: torch.from_numpy(value) for key, value in row.items()} for row in part)
         bar.update(len(part))
     bar.close()
     if workers > 1:
