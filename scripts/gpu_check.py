@@ -34,7 +34,6 @@ for dtype in (torch.float32, torch.bfloat16):
     print(dtype, f"graphed greedy == FastChat greedy on {same}/{len(prompts)} prompts; last spec", a["spec"]["steps"], a["spec"]["tokens"])
 
 # The device step (one graph per greedy step) against the host-driven step, same model and prompts.
-import time  # noqa: E402
 
 from fastchat_spec.bench.run import run_engine  # noqa: E402
 from fastchat_spec.generate import device_step  # noqa: E402

@@ -11,12 +11,18 @@ from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.chimera import write_chimera_checkpoint
+from fastchat_spec.generate.device_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.proposers.base import Commit
 from fastchat_spec.generate.proposers.chimera import ChimeraProposer
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import Tree, chain
-from fastchat_spec.heads.chimera import PAD_ID, ChimeraDrafter, new_drafter_for, trigram_ids
+from fastchat_spec.heads.chimera import (
+    PAD_ID,
+    ChimeraDrafter,
+    new_drafter_for,
+    trigram_ids,
+)
 from tests import tiny
 
 PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "Hello world, how are you?", "A",
@@ -116,12 +122,15 @@ def stock_outputs(base_dir):
     return tiny.stock_greedy_texts(base_dir, PROMPTS, MAX_NEW, CONTEXT)
 
 
-@pytest.mark.parametrize("num_heads,tree", [
-    (3, None),
-    (2, [[0], [1], [0, 0], [1, 0], [0, 1]]),
-    (4, chain(4).to_list()),
+@pytest.mark.parametrize("num_heads,tree,driver", [
+    (3, None, "device"),
+    (2, [[0], [1], [0, 0], [1, 0], [0, 1]], "device"),
+    (4, chain(4).to_list(), "device"),
+    (3, None, "host"),
 ])
-def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_heads, tree):
+def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_heads, tree, driver, monkeypatch):
+    """Token for token FastChat's greedy text, with the whole step on the device or driven from the host."""
+    monkeypatch.setenv(DEVICE_STEP_ENV, "1" if driver == "device" else "0")
     ckpt = write_chimera_checkpoint(str(tmp_path / f"chimera-{num_heads}"),
                                     random_drafter(base, num_heads, seed=num_heads), base_dir, tree=tree)
     model, tok = load_model(ckpt, device="cpu")

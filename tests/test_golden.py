@@ -8,6 +8,7 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
+from fastchat_spec.generate.device_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.tree import chain, default_tree
 from tests import tiny
 
@@ -54,8 +55,11 @@ def test_greedy_matches_fastchat(tmp_path, base_dir, stock_outputs, num_heads, t
         assert ours == stock_outputs[prompt], prompt
 
 
-def test_oracle_heads_accept_several_tokens_and_stay_exact(tmp_path, base_dir, stock_outputs):
-    """Heads that agree with the base often: many tokens per step, same text."""
+@pytest.mark.parametrize("driver", ["device", "host"])
+def test_oracle_heads_accept_several_tokens_and_stay_exact(tmp_path, base_dir, stock_outputs, monkeypatch, driver):
+    """Heads that agree with the base often: many tokens per step, same text, whether the greedy step
+    runs whole on the device (the default) or is driven from the host (FASTCHAT_SPEC_DEVICE_STEP=0)."""
+    monkeypatch.setenv(DEVICE_STEP_ENV, "1" if driver == "device" else "0")
     ckpt = os.path.join(tmp_path, "medusa-oracle")
     write_medusa_checkpoint(ckpt, tiny.oracle_medusa_heads(base_dir, 3), base_dir, tree=chain(3).to_list())
     model, tok = load_model(ckpt, device="cpu")

@@ -16,6 +16,7 @@ from fastchat.model.model_adapter import (
 from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.hydra import HydraAdapter, write_hydra_checkpoint
+from fastchat_spec.generate.device_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import chain
@@ -114,8 +115,13 @@ CONFIGS = [(arch, n, kind, tree) for arch in ARCHS for n, kind, tree in [
     (4, "oracle", None)]]
 
 
-@pytest.mark.parametrize("arch,num_heads,kind,tree", CONFIGS)
-def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, arch, num_heads, kind, tree):
+@pytest.mark.parametrize("arch,num_heads,kind,tree", CONFIGS + [(a, 4, "oracle-host", None) for a in ARCHS])
+def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, arch, num_heads, kind, tree, monkeypatch):
+    """Token for token FastChat's greedy text; "-host": with the step driven from the host
+    (FASTCHAT_SPEC_DEVICE_STEP=0) instead of whole on the device."""
+    if kind.endswith("-host"):
+        monkeypatch.setenv(DEVICE_STEP_ENV, "0")
+        kind = kind[: -len("-host")]
     ckpt = str(tmp_path / f"hydra-{arch}-{num_heads}")
     make = oracle_heads if kind == "oracle" else random_heads
     write_hydra_checkpoint(ckpt, make(base, num_heads, arch), base_dir, tree=tree)

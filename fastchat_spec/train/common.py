@@ -220,7 +220,7 @@ class _Examples(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         if i not in self.cache:
-            self.cache[i] = _tokenize_chunk((self.convs[i:i + 1], self.tokenizer))[0]
+            self.cache[i] = _as_tensors(_tokenize_chunk((self.convs[i:i + 1], self.tokenizer))[0])
         return self.cache[i]
 
     def report_unusable(self) -> None:
@@ -242,6 +242,10 @@ def _tokenize_chunk(job: tuple) -> list[dict]:
     # descriptor, and tens of thousands of them exhaust the process's descriptor limit
     return [{"input_ids": ids[: max(int(n), 1)].numpy().copy(), "labels": labels[: max(int(n), 1)].numpy().copy()}
             for ids, labels, n in zip(part["input_ids"], part["labels"], lengths)]
+
+
+def _as_tensors(row: dict) -> dict:
+    return {key: torch.from_numpy(value) for key, value in row.items()}
 
 
 def default_workers() -> int:
@@ -269,7 +273,7 @@ def _tokenize(convs: list, tokenizer, workers: int | None = None, chunk: int = 6
                                    initializer=torch.set_num_threads, initargs=(1,))  # OpenMP is not fork-safe
         parts = pool.map(_tokenize_chunk, jobs)
     for part in parts:
-        out.extend({key: torch.from_numpy(value) for key, value in row.items()} for row in part)
+        out.extend(_as_tensors(row) for row in part)
         bar.update(len(part))
     bar.close()
     if workers > 1:
