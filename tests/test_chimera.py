@@ -98,7 +98,7 @@ def test_drafts_equal_teacher_forced_heads(base, tree):
     with torch.no_grad():
         hidden = base.get_decoder()(ids.view(1, -1)).last_hidden_state[0]
         for committed in (1, 2, 7, 12):
-            proposer = ChimeraProposer(drafter, base, tree, torch.device("cpu"))
+            proposer = ChimeraProposer(drafter, base, tree, torch.device("cpu"), capacity=64)
             cut = max(1, committed // 2)  # two commits: the cache is advanced twice
             proposer.observe(Commit(ids[:cut], hidden[:cut], 0, int(ids[cut]), None, None))
             if committed > cut:
@@ -137,12 +137,7 @@ def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_he
     assert model.spec.method == "chimera"
     stream = get_generate_stream_function(model, ckpt)
     assert stream.__module__ == "fastchat_spec.generate.stream"
-    tokens = steps = 0
-    for prompt in PROMPTS:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-        last = list(stream(model, tok, params, "cpu", CONTEXT))[-1]
-        assert last["text"] == stock_outputs[prompt], prompt
-        tokens, steps = tokens + last["spec"]["tokens"], steps + last["spec"]["steps"]
+    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, MAX_NEW, CONTEXT)
     assert tokens / steps > 1.0  # drafts were accepted: the comparison covered multi-token steps
 
 

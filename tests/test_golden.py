@@ -49,10 +49,7 @@ def test_greedy_matches_fastchat(tmp_path, base_dir, stock_outputs, num_heads, t
     model, tok = load_model(ckpt, device="cpu")
     stream = get_generate_stream_function(model, ckpt)
     assert stream.__module__ == "fastchat_spec.generate.stream"
-    for prompt in PROMPTS:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": 48, "echo": False}
-        ours = list(stream(model, tok, params, "cpu", CONTEXT))[-1]["text"]
-        assert ours == stock_outputs[prompt], prompt
+    tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, 48, CONTEXT)
 
 
 @pytest.mark.parametrize("driver", ["device", "host"])
@@ -64,13 +61,7 @@ def test_oracle_heads_accept_several_tokens_and_stay_exact(tmp_path, base_dir, s
     write_medusa_checkpoint(ckpt, tiny.oracle_medusa_heads(base_dir, 3), base_dir, tree=chain(3).to_list())
     model, tok = load_model(ckpt, device="cpu")
     stream = get_generate_stream_function(model, ckpt)
-    steps = tokens = 0
-    for prompt in PROMPTS[:8]:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": 48, "echo": False}
-        last = list(stream(model, tok, params, "cpu", CONTEXT))[-1]
-        assert last["text"] == stock_outputs[prompt]
-        steps += last["spec"]["steps"]
-        tokens += last["spec"]["tokens"]
+    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS[:8], stock_outputs, 48, CONTEXT)
     assert tokens / steps > 1.0
 
 

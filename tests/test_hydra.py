@@ -128,12 +128,7 @@ def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, arch, 
     model, tok = load_model(ckpt, device="cpu")
     stream = get_generate_stream_function(model, ckpt)
     assert stream.__module__ == "fastchat_spec.generate.stream"
-    steps = tokens = 0
-    for prompt in PROMPTS:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-        last = list(stream(model, tok, params, "cpu", CONTEXT))[-1]
-        assert last["text"] == stock_outputs[prompt], prompt
-        steps, tokens = steps + last["spec"]["steps"], tokens + last["spec"]["tokens"]
+    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, MAX_NEW, CONTEXT)
     if kind == "oracle":
         assert tokens / steps > 1.2, "oracle heads should get several tokens per step"
 
@@ -279,9 +274,7 @@ def test_published_layout_loads_through_fastchat(tmp_path, base, base_dir, stock
             h = torch.randn(1, 7, hidden)
             assert torch.allclose(drafter.feature(h), reference(inputs_embeds=h).last_hidden_state, atol=1e-5)
     stream = get_generate_stream_function(model, ckpt)
-    for prompt in PROMPTS[:2]:
-        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-        assert list(stream(model, tok, params, "cpu", CONTEXT))[-1]["text"] == stock_outputs[prompt]
+    tiny.stream_greedy(stream, model, tok, PROMPTS[:2], stock_outputs, MAX_NEW, CONTEXT)
 
 
 def test_ungrounded_heads_load_and_stay_exact(tmp_path, base, base_dir, stock_outputs):

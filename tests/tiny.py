@@ -113,6 +113,17 @@ def stock_greedy_texts(base_dir: str, prompts, max_new_tokens: int, context: int
     return outs
 
 
+def stream_greedy(stream, model, tok, prompts, expected: dict, max_new_tokens: int, context: int) -> tuple:
+    """Our greedy answer to every prompt equals ``expected[prompt]`` (FastChat's); (steps, tokens) summed."""
+    steps = tokens = 0
+    for prompt in prompts:
+        params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": max_new_tokens, "echo": False}
+        last = list(stream(model, tok, params, "cpu", context))[-1]
+        assert last["text"] == expected[prompt], prompt
+        steps, tokens = steps + last["spec"]["steps"], tokens + last["spec"]["tokens"]
+    return steps, tokens
+
+
 class RecordingTokenizer:
     """A tokenizer that remembers the ids of its last decode (decoded text is lossy on byte tokens)."""
 

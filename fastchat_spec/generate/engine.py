@@ -77,35 +77,40 @@ class Generation:
         self.acceptance = acceptance
         self.processor = logits_processor(sampling)
         needed = len(prompt_ids) + max_new_tokens + self.tree.num_nodes + 1
-        self.runner = borrow_runner(self.base, needed, self.device, model.dtype)
-        if self.runner is not None:  # CUDA: a pooled static cache with graphed verification
-            self.cache = self.runner.cache
-            self._verify = self.runner.forward_for(self.tree.ancestors)
-            self._commit = self.runner.commit_for(self.tree.path_nodes.shape[1])
-        else:
-            self.cache = new_cache(self.base.config, needed, self.device, model.dtype)
-            self._verify = self._eager_verify
-            self._commit = commit_path
+        self.runner = borrow_runner(self.base, needed, self.device, model.dtype)  # CUDA: pooled, with graphs
+        self.cache = self.runner.cache if self.runner is not None else new_cache(
+            self.base.config, needed, self.device, model.dtype)
         # Greedy: the whole step runs on the device (one CUDA graph on GPU), one host read per step.
-        self.device_step = None
-        if supports_device_step(self.proposer, sampling):
-            if self.runner is not None:
-                key = (method, model.drafter, self.tree.paths)
-                self.device_step = self.runner.step_for(key, self.proposer)
-                self.proposer = self.device_step.proposer
-            else:
-                self.device_step = DeviceStep(self.base, self.cache, self.proposer)
-        self._in_place = [self.tree.in_place(i) for i in range(self.tree.num_nodes)]
+        self.device_step = self._device_step_for(model, method)
         if self.device_step is not None:
+            self.proposer = self.device_step.proposer
             self.ids = self.device_step.ids  # the device step appends what it commits
         else:
-            self.ids = torch.zeros(needed, dtype=torch.long, device=self.device)
+            self._prepare_host_steps(needed)
         self.ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         self.prompt_len = len(prompt_ids)
         self.cur = 0  # tokens in the KV cache
         self.root = None  # next token to feed (chosen, not yet in the cache)
         self.stats = Stats()
         self.clock = _Clock(profile, self.device, self.stats.seconds)
+
+    def _device_step_for(self, model, method: str):
+        if not supports_device_step(self.proposer, self.sampling):
+            return None
+        if self.runner is None:
+            return DeviceStep(self.base, self.cache, self.proposer)
+        return self.runner.step_for((method, model.drafter, self.tree.paths), self.proposer)
+
+    def _prepare_host_steps(self, needed: int) -> None:
+        """Verification and commit (graphed on CUDA), the in-place paths and the committed ids."""
+        if self.runner is not None:
+            self._verify = self.runner.forward_for(self.tree.ancestors)
+            self._commit = self.runner.commit_for(self.tree.path_nodes.shape[1])
+        else:
+            self._verify = self._eager_verify
+            self._commit = commit_path
+        self._in_place = [self.tree.in_place(i) for i in range(self.tree.num_nodes)]
+        self.ids = torch.zeros(needed, dtype=torch.long, device=self.device)
 
     # -- the first token -------------------------------------------------
     @torch.inference_mode()

@@ -35,6 +35,12 @@ def attention_mask(start: torch.Tensor, visible: torch.Tensor, capacity: int, dt
     return mask.view(1, 1, t, capacity)
 
 
+def compute_dtype(base) -> torch.dtype:
+    """The dtype of the base's activations (float16 when its embeddings are quantised)."""
+    dtype = base.get_input_embeddings().weight.dtype
+    return dtype if dtype.is_floating_point else torch.float16
+
+
 def causal_visibility(length: int, device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril_()
 
@@ -46,10 +52,7 @@ def base_forward(base, cache, tokens: torch.Tensor, positions: torch.Tensor, sta
     ``decoder`` replaces ``base.get_decoder()`` (e.g. a ``torch.compile``d one).
     """
     capacity = cache.layers[0].max_cache_len
-    dtype = base.get_input_embeddings().weight.dtype
-    if not dtype.is_floating_point:  # quantised embeddings: use the compute dtype of the output layer
-        dtype = torch.float16
-    mask = attention_mask(start, visible, capacity, dtype)
+    mask = attention_mask(start, visible, capacity, compute_dtype(base))
     t = tokens.shape[0]
     out = (decoder if decoder is not None else base.get_decoder())(
         input_ids=tokens.view(1, t),

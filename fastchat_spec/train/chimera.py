@@ -151,35 +151,25 @@ def train(argv=None) -> dict | None:
     drafter = build_drafter(base, cargs)
     model = ChimeraTraining(base, drafter, cargs.chimera_decay_coefficient, cargs.distill_weight)
     train_set, heldout = common.training_datasets(tokenizer, data_args)
-    collator = common.Collator(tokenizer.pad_token_id)
     trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
-                                 data_collator=collator)
+                                 data_collator=common.Collator(tokenizer.pad_token_id))
     report: dict = {"method": "chimera", "chimera_args": asdict(cargs),
                     "base_model": model_args.model_name_or_path, "train_conversations": len(train_set),
                     "heldout_conversations": len(heldout) if heldout else 0,
                     "drafter_parameters": sum(p.numel() for p in drafter.parameters())}
-    result = trainer.train()
-    report["train_loss"] = result.training_loss
+    report["train_loss"] = trainer.train().training_loss
     if torch.cuda.is_available():
         report["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    accuracy = None
-    if heldout is not None:
-        report["eval"] = trainer.evaluate()
-        accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, chimera_predict,
-                                         collator, batch_size=training_args.per_device_eval_batch_size)
-    tree, expected = common.grown_tree(accuracy, cargs.chimera_num_heads, cargs.tree_nodes)
-    report.update({"heads": accuracy["heads"] if accuracy else None,
-                   "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
-                   "chimera_choices": tree, "expected_tokens_per_step": expected})
+    report.update(common.measure_heads(trainer, heldout, chimera_predict, cargs.chimera_num_heads, cargs.tree_nodes,
+                                       tree_key="chimera_choices"))
+    tree = report["chimera_choices"]
     conv_template = common.checkpoint_conv_template(model_args.model_name_or_path)
 
     def write(state, out_dir):
         write_checkpoint(state, out_dir, cargs, base, model_args.model_name_or_path, tree, conv_template)
 
     final = common.save_and_report(trainer, training_args.output_dir, write, report)
-    if final is not None:
-        print(f"wrote {training_args.output_dir} (expected tokens/step with its tree: {expected:.2f})"
-              if expected else f"wrote {training_args.output_dir}")
+    common.print_written(training_args.output_dir, final)
     return final
 
 

@@ -629,6 +629,31 @@ def base_reference(base_path: str, out_dir: str, style: str) -> str:
     return os.path.relpath(os.path.abspath(base_path), os.path.abspath(out_dir))
 
 
+def measure_heads(trainer: transformers.Trainer, heldout, predict_fn: Callable, num_heads: int, num_nodes: int,
+                  heads_key: str = "heads", tree_key: str = "tree") -> dict:
+    """After training: held-out loss, per-head top-k and the tree grown from them (the default tree
+    without held-out data), as report entries (``eval``, ``heads_key``, ``rank_accuracy``, ``tree_key``,
+    ``expected_tokens_per_step``)."""
+    out, accuracy = {}, None
+    if heldout is not None:
+        out["eval"] = trainer.evaluate()
+        accuracy = evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, predict_fn,
+                                  trainer.data_collator, batch_size=trainer.args.per_device_eval_batch_size)
+    tree, expected = grown_tree(accuracy, num_heads, num_nodes)
+    out.update({heads_key: accuracy["heads"] if accuracy else None,
+                "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
+                tree_key: tree, "expected_tokens_per_step": expected})
+    return out
+
+
+def print_written(out_dir: str, report: dict | None) -> None:
+    """On the main process (``report`` is not None): where the checkpoint went and its tree's expected tau."""
+    if report is None:
+        return
+    expected = report.get("expected_tokens_per_step")
+    print(f"wrote {out_dir}" + (f" (expected tokens/step with its tree: {expected:.2f})" if expected else ""))
+
+
 def grown_tree(accuracy: dict | None, num_heads: int, num_nodes: int):
     """(tree paths, expected tokens per step) grown from held-out rank accuracies; the default tree without them."""
     from fastchat_spec.generate.tree import build_tree, default_tree, expected_length

@@ -229,31 +229,21 @@ def train(argv=None) -> dict | None:
     base, tokenizer = common.load_base(model_args, training_args, max_len=data_args.model_max_length)
     model = HydraTraining(base, build_heads(base, hargs), hargs)
     train_set, heldout = common.training_datasets(tokenizer, data_args)
-    collator = common.Collator(tokenizer.pad_token_id)
     trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
-                                 data_collator=collator)
+                                 data_collator=common.Collator(tokenizer.pad_token_id))
     report: dict = {"method": "hydra", "hydra_args": asdict(hargs), "base_model": model_args.model_name_or_path,
                     "train_conversations": len(train_set), "heldout_conversations": len(heldout) if heldout else 0}
-    result = trainer.train()
-    report["train_loss"] = result.training_loss
-    accuracy = None
-    if heldout is not None:
-        report["eval"] = trainer.evaluate()
-        accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, hydra_predict,
-                                         collator, batch_size=training_args.per_device_eval_batch_size)
-    tree, expected = common.grown_tree(accuracy, hargs.hydra_num_heads, hargs.tree_nodes)
-    report.update({"heads_agreement_with_base": accuracy["heads"] if accuracy else None,
-                   "rank_accuracy": accuracy["rank_accuracy"] if accuracy else None,
-                   "hydra_choices": tree, "expected_tokens_per_step": expected})
+    report["train_loss"] = trainer.train().training_loss
+    report.update(common.measure_heads(trainer, heldout, hydra_predict, hargs.hydra_num_heads, hargs.tree_nodes,
+                                       heads_key="heads_agreement_with_base", tree_key="hydra_choices"))
+    tree = report["hydra_choices"]
     conv_template = common.checkpoint_conv_template(model_args.model_name_or_path)
 
     def write(state, out_dir):
         write_checkpoint(state, out_dir, hargs, base.config, model_args.model_name_or_path, tree, conv_template)
 
     final = common.save_and_report(trainer, training_args.output_dir, write, report)
-    if final is not None:
-        note = f" (expected tokens/step with its tree: {expected:.2f})" if expected else ""
-        print(f"wrote {training_args.output_dir}{note}")
+    common.print_written(training_args.output_dir, final)
     return final
 
 

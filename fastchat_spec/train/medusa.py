@@ -305,19 +305,6 @@ def build_trainer(model_args, data_args, training_args, margs: MedusaArguments):
     return trainer, tokenizer, heldout
 
 
-def measure_tree(trainer, heldout, margs: MedusaArguments) -> dict:
-    """Held-out loss, per-head top-k and the tree grown from them (the default tree without held-out data)."""
-    if heldout is None:
-        tree, expected = common.grown_tree(None, margs.medusa_num_heads, margs.tree_nodes)
-        return {"heads": None, "rank_accuracy": None, "medusa_choices": tree, "expected_tokens_per_step": None}
-    metrics = trainer.evaluate()
-    accuracy = common.evaluate_heads(trainer.accelerator.unwrap_model(trainer.model), heldout, medusa_predict,
-                                     trainer.data_collator, batch_size=trainer.args.per_device_eval_batch_size)
-    tree, expected = common.grown_tree(accuracy, margs.medusa_num_heads, margs.tree_nodes)
-    return {"eval": metrics, "heads": accuracy["heads"], "rank_accuracy": accuracy["rank_accuracy"],
-            "medusa_choices": tree, "expected_tokens_per_step": expected}
-
-
 def train(argv=None) -> dict | None:
     """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
     stage = _stage(argv)
@@ -337,7 +324,8 @@ def train(argv=None) -> dict | None:
         report["before"] = _stage2_snapshot(trainer, tokenizer, conv_template, prompts,
                                             trainer.evaluate() if heldout is not None else None)
     report["train_loss"] = trainer.train().training_loss
-    report.update(measure_tree(trainer, heldout, margs))
+    report.update(common.measure_heads(trainer, heldout, medusa_predict, margs.medusa_num_heads, margs.tree_nodes,
+                                       tree_key="medusa_choices"))
     if stage == 2:
         report["after"] = _stage2_snapshot(trainer, tokenizer, conv_template, prompts, report.get("eval"))
         _print_before_after(report)
@@ -350,10 +338,7 @@ def train(argv=None) -> dict | None:
             write_stage2(state, out_dir, margs, base, tokenizer, tree, conv_template, common.stored_dtype(AutoConfig.from_pretrained(base_path)))
 
     final = common.save_and_report(trainer, training_args.output_dir, write, report)
-    expected = report["expected_tokens_per_step"]
-    if final is not None:
-        print(f"wrote {training_args.output_dir}" + (f" (expected tokens/step with its tree: {expected:.2f})"
-                                                     if expected else ""))
+    common.print_written(training_args.output_dir, final)
     return final
 
 

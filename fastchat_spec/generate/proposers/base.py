@@ -64,6 +64,13 @@ class Proposer(ABC):
         raise NotImplementedError
 
 
+def last_hidden_buffer(base, device) -> torch.Tensor:
+    """(1, H) zeros for the base's last hidden state, which ``observe``/``advance`` overwrite in place."""
+    from fastchat_spec.generate.verify import compute_dtype
+
+    return torch.zeros(1, base.config.hidden_size, dtype=compute_dtype(base), device=device)
+
+
 def state_capacity(options: dict, tree: Tree) -> int:
     """Positions a proposer's own cache needs: the engine's cache capacity for this request (same bucket).
 

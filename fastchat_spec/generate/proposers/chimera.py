@@ -18,18 +18,16 @@ import torch
 from fastchat_spec.generate.kv_cache import capacity as cache_capacity
 from fastchat_spec.generate.kv_cache import new_cache
 from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
-from fastchat_spec.generate.proposers.base import model_tree, state_capacity
+from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree, state_capacity
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.generate.verify import attention_mask, causal_visibility
 from fastchat_spec.heads.chimera import PAD_ID
-
-INITIAL_SPARE = 256  # cache room beyond the prompt; the cache doubles when a generation outgrows it
 
 
 class ChimeraProposer(Proposer):
     device_state = True  # every piece of state below is a tensor updated in place
 
-    def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int = 0):
+    def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int):
         self.drafter = drafter
         self.embed = base.get_input_embeddings()
         self.rotary = base.get_decoder().rotary_emb
@@ -37,13 +35,11 @@ class ChimeraProposer(Proposer):
         self.device = device
         self.dtype = drafter.chimera_head[0][-1].weight.dtype
         self.plan = _DepthPlan(tree, device)
-        self.cache = None
-        self._reserve(capacity)  # the whole request's room at once (it grows only for host-driven steps)
+        self.capacity = capacity  # positions of the encoder cache, for the whole request
+        self._cache = None  # allocated on first use, never moved (a captured step reads it)
         self.length = torch.zeros((), dtype=torch.long, device=device)  # positions in the encoder cache
         self.last_tokens = torch.full((2,), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
-        # (1, H) base hidden state at the last committed position
-        self.hidden = torch.zeros(1, base.config.hidden_size, dtype=base.get_output_embeddings().weight.dtype,
-                                  device=device)
+        self.hidden = last_hidden_buffer(base, device)  # base hidden state at the last committed position
         self.path_offsets = torch.arange(tree.max_depth + 1, device=device)
         self.path_visibility = causal_visibility(tree.max_depth + 1, device)
         self.last_two = torch.tensor([1, 2], device=device)
@@ -60,7 +56,6 @@ class ChimeraProposer(Proposer):
     # -- learning from commits -------------------------------------------------
     def observe(self, commit: Commit) -> None:
         k = commit.tokens.numel()
-        self._reserve(commit.start + k + self.tree.num_nodes)
         start = torch.tensor(commit.start, device=self.device)
         self._encode_committed(commit.hidden, start, torch.arange(k, device=self.device),
                                causal_visibility(k, self.device))
@@ -81,29 +76,24 @@ class ChimeraProposer(Proposer):
     def _encode_committed(self, hidden, start: torch.Tensor, offsets: torch.Tensor, visible) -> None:
         """Write the encoder's keys/values for committed hidden states (k, H) at positions start + offsets."""
         k = hidden.shape[0]
-        mask = attention_mask(start, visible, cache_capacity(self.cache), self.dtype)
+        cache = self.cache()
+        mask = attention_mask(start, visible, cache_capacity(cache), self.dtype)
         positions = start + offsets
         self.drafter.encode(hidden.to(self.dtype).unsqueeze(0), positions.view(1, k), mask, self.rotary,
-                            self.cache, positions)  # only the keys/values written to the cache matter
+                            cache, positions)  # only the keys/values written to the cache matter
 
-    def _reserve(self, needed: int) -> None:
-        """Make sure the encoder cache has ``needed`` slots, doubling it (with a copy) when short."""
-        if self.cache is not None and cache_capacity(self.cache) >= needed or needed <= 0:
-            return
-        size = max(needed + INITIAL_SPARE, 2 * cache_capacity(self.cache) if self.cache is not None else 0)
-        grown = new_cache(self.drafter.encoder_config, size, self.device, self.dtype)
-        if self.cache is not None:
-            for old, new in zip(self.cache.layers, grown.layers):
-                n = old.keys.shape[2]
-                new.keys[:, :, :n].copy_(old.keys)
-                new.values[:, :, :n].copy_(old.values)
-        self.cache = grown
+    def cache(self):
+        """The full-context encoder's KV cache for this generation."""
+        if self._cache is None:
+            self._cache = new_cache(self.drafter.encoder_config, self.capacity, self.device, self.dtype)
+        return self._cache
 
     # -- drafting ----------------------------------------------------------------
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         plan, tree = self.plan, self.tree
         start = self.length
-        mask = attention_mask(start, tree.ancestors, cache_capacity(self.cache), self.dtype)  # (1, 1, N, cap)
+        cache = self.cache()
+        mask = attention_mask(start, tree.ancestors, cache_capacity(cache), self.dtype)  # (1, 1, N, cap)
         positions = start + tree.depth
         # ids[0:2] are the last committed tokens, ids[2 + i] is tree node i's token.
         ids = torch.cat([self.last_tokens, root.view(1).to(self.device), plan.blank])
@@ -112,7 +102,7 @@ class ChimeraProposer(Proposer):
             n = nodes.numel()
             features = self.drafter.trigram(self.embed, ids[plan.trigram[nodes]])  # (n, H)
             encoded = self.drafter.encode(features.view(1, n, -1), positions[nodes].view(1, n), mask[:, :, nodes],
-                                          self.rotary, self.cache, start + nodes)[0]
+                                          self.rotary, cache, start + nodes)[0]
             logits = self.drafter.head(d, self.hidden.expand(n, -1), encoded)  # (n, V)
             top = logits.topk(plan.top_k[d], dim=-1).indices
             ids[2 + plan.nodes[d + 1]] = top[plan.parent_row[d + 1], plan.rank[d + 1]]

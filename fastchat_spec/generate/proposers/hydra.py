@@ -18,11 +18,10 @@ import torch
 
 from fastchat_spec.generate.kv_cache import capacity, new_cache
 from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
-from fastchat_spec.generate.proposers.base import model_tree, state_capacity
+from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree, state_capacity
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.generate.verify import attention_mask, causal_visibility
 
-MIN_PREFIX_CAPACITY = 256  # first size of the Hydra++ prefix cache; it doubles when full
 
 
 @dataclass(frozen=True)
@@ -62,21 +61,16 @@ def depth_plan(tree: Tree, grounded: bool = True) -> list[DepthStep]:
 class HydraProposer(Proposer):
     device_state = True  # the feature and the prefix cache are updated in place
 
-    def __init__(self, heads, base, tree: Tree, capacity: int = MIN_PREFIX_CAPACITY):
+    def __init__(self, heads, base, tree: Tree, capacity: int):
         self.heads = heads
         self.embed = base.get_input_embeddings()
         self.tree = tree
         self.plan = depth_plan(tree, heads.grounded)
-        # (1, H) the heads' input feature at the last committed position, updated in place
-        self.feature = torch.zeros(1, base.config.hidden_size, dtype=self.embed.weight.dtype
-                                   if self.embed.weight.dtype.is_floating_point else torch.float16,
-                                   device=tree.parent.device)
-        self.prefix_cache = None  # Hydra++ only: the prefix layer's KV cache for this generation
-        if heads.has_prefix:  # sized for the whole request at once, so it never moves
-            self.prefix_cache = new_cache(heads.prefix_embeding_layer.config, capacity, tree.parent.device,
-                                          self._prefix_dtype(base))
-            self.path_offsets = torch.arange(tree.max_depth + 1, device=tree.parent.device)
-            self.path_visibility = causal_visibility(tree.max_depth + 1, tree.parent.device)
+        self.feature = last_hidden_buffer(base, tree.parent.device)  # the heads' input at the last position
+        self.capacity = capacity  # positions of the Hydra++ prefix cache, for the whole request
+        self._prefix_cache = None  # allocated on first use, never moved (a captured step reads it)
+        self.path_offsets = torch.arange(tree.max_depth + 1, device=tree.parent.device)
+        self.path_visibility = causal_visibility(tree.max_depth + 1, tree.parent.device)
 
     @classmethod
     def build(cls, model, device, options):
@@ -117,7 +111,6 @@ class HydraProposer(Proposer):
     def _advance_prefix(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """Run the prefix layer over committed hidden states (k, H) at positions start..start+k-1."""
         k = hidden.shape[0]
-        self._ensure_prefix_room(start + k, hidden)
         device = hidden.device
         begin = torch.tensor(start, device=device)
         return self._prefix_forward(hidden, begin, torch.arange(k, device=device), causal_visibility(k, device))
@@ -126,24 +119,15 @@ class HydraProposer(Proposer):
         """The prefix layer over ``hidden`` (k, H) at positions begin + offsets, writing its cache there."""
         k = hidden.shape[0]
         positions = begin + offsets
-        mask = attention_mask(begin, visible, capacity(self.prefix_cache), hidden.dtype)
+        cache = self.prefix_cache()
+        mask = attention_mask(begin, visible, capacity(cache), hidden.dtype)
         out = self.heads.prefix_embeding_layer(hidden.view(1, k, -1), positions.view(1, k), attention_mask=mask,
-                                               cache=self.prefix_cache, cache_position=positions)
+                                               cache=cache, cache_position=positions)
         return out[0]
 
-    def _prefix_dtype(self, base) -> torch.dtype:
-        dtype = next(self.heads.prefix_embeding_layer.parameters()).dtype
-        return dtype if dtype.is_floating_point else base.get_output_embeddings().weight.dtype
-
-    def _ensure_prefix_room(self, needed: int, like: torch.Tensor) -> None:
-        """Allocate the prefix cache, or double it, so that ``needed`` slots fit."""
-        have = capacity(self.prefix_cache) if self.prefix_cache is not None else 0
-        if needed <= have:
-            return
-        size = max(MIN_PREFIX_CAPACITY, 2 * needed)
-        cache = new_cache(self.heads.prefix_embeding_layer.config, size, like.device, like.dtype)
-        if self.prefix_cache is not None:
-            for new, old in zip(cache.layers, self.prefix_cache.layers):
-                new.keys[:, :, :have].copy_(old.keys)
-                new.values[:, :, :have].copy_(old.values)
-        self.prefix_cache = cache
+    def prefix_cache(self):
+        """The prefix layer's KV cache for this generation (Hydra++ only)."""
+        if self._prefix_cache is None:
+            layer = self.heads.prefix_embeding_layer
+            self._prefix_cache = new_cache(layer.config, self.capacity, self.feature.device, self.feature.dtype)
+        return self._prefix_cache

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, model_tree
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, last_hidden_buffer, model_tree
 from fastchat_spec.generate.tree import Tree
 
 
@@ -17,8 +17,7 @@ class MedusaProposer(Proposer):
         self.top_k = max(tree.max_rank(d) for d in range(1, tree.max_depth + 1)) if tree.max_depth else 1
         self.depth_index = (tree.depth[1:] - 1).clamp_min(0)
         self.rank_index = tree.rank[1:]
-        weight = self.lm_head.weight
-        self.hidden = torch.zeros(1, base.config.hidden_size, dtype=_compute_dtype(weight), device=tree.parent.device)
+        self.hidden = last_hidden_buffer(base, tree.parent.device)
 
     @classmethod
     def build(cls, model, device, options):
@@ -35,7 +34,3 @@ class MedusaProposer(Proposer):
         top = logits.topk(self.top_k, dim=-1).indices  # (heads, K)
         return top[self.depth_index, self.rank_index]
 
-
-
-def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    return weight.dtype if weight.dtype.is_floating_point else torch.float16
