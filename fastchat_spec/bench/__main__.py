@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 
 import torch
@@ -58,7 +57,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from fastchat_spec.bench.prompts import load_prompts
-    from fastchat_spec.bench.run import run_engine, run_fastchat
+    from fastchat_spec.bench.run import device_name, run_engine, run_fastchat
 
     if args.fp32_reductions:
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
@@ -110,7 +109,7 @@ def main(argv=None):
                for (name, path) in zip(models, args.model_path)}
     first_name = next(iter(models))
     result = {
-        "device": _device_name(args.device),
+        "device": device_name(args.device),
         "date": datetime.date.today().isoformat(),
         "command": "python -m fastchat_spec.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "model_path": args.model_path[0],
@@ -235,12 +234,6 @@ def _chart(rows, names, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def _print_summary(name, summary):

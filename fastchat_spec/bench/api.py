@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -67,13 +66,9 @@ def parse_args(argv=None):
 
 def load_questions(prompts_file: str | None, limit: int) -> list[tuple[str, str]]:
     """(first turn, category) pairs: raw user text, the server applies the model's template."""
-    if prompts_file:
-        from fastchat_spec.bench.prompts import _read_jsonl
+    from fastchat_spec.bench.prompts import load_turns
 
-        return [(turns[0], category) for turns, category in _read_jsonl(prompts_file)][:limit]
-    from fastchat_spec.train.data import heldout_first_turns
-
-    return [(turn, "sharegpt-heldout") for turn in heldout_first_turns(limit)]
+    return [(turns[0], category) for turns, category in load_turns(prompts_file, limit)]
 
 
 def session_for(api_base: str) -> requests.Session:
@@ -214,18 +209,6 @@ def summarize(rows: list[dict], models: list[str]) -> dict:
     return {"models": per_model, "first": first, "vs": vs}
 
 
-def device_name() -> str:
-    """This machine's accelerator (the benchmark normally runs next to the workers)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def one_line(summary: dict) -> str:
     parts = [f"{m} {s['tok_s']:.1f} tok/s (TTFT {1000 * s['ttft_s']:.0f} ms)" for m, s in summary["models"].items()]
     n = next(iter(summary["models"].values()))["prompts"]
@@ -235,6 +218,8 @@ def one_line(summary: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    from fastchat_spec.bench.run import device_name
+
     args = parse_args(argv)
     api_base = args.api_base.rstrip("/")
     session = session_for(api_base)
@@ -267,7 +252,7 @@ def main(argv=None) -> dict:
 
     summary = summarize(rows, args.models)
     result = {
-        "device": device_name(),
+        "device": device_name("cuda"),
         "date": datetime.date.today().isoformat(),
         "command": "python -m fastchat_spec.bench.api " + " ".join(sys.argv[1:] if argv is None else argv),
         "api_base": api_base,

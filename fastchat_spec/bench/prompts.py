@@ -11,17 +11,21 @@ class Prompt:
     category: str
 
 
+def load_turns(prompts_file: str | None, limit: int) -> list[tuple[list, str]]:
+    """(user turns, category) pairs: from the JSONL file, else the held-out ShareGPT first turns."""
+    if prompts_file:
+        return list(_read_jsonl(prompts_file))[:limit]
+    from fastchat_spec.train.data import heldout_first_turns
+
+    return [([turn], "sharegpt-heldout") for turn in heldout_first_turns(limit)]
+
+
 def load_prompts(model_path: str, prompts_file: str | None, limit: int) -> list[Prompt]:
+    """The first turns in the model's conversation template, ready to tokenize."""
     from fastchat.model.model_adapter import get_conversation_template
 
-    if prompts_file:
-        items = list(_read_jsonl(prompts_file))
-    else:
-        from fastchat_spec.train.data import heldout_first_turns
-
-        items = [([turn], "sharegpt-heldout") for turn in heldout_first_turns(limit)]
     out = []
-    for turns, category in items[:limit]:
+    for turns, category in load_turns(prompts_file, limit):
         conv = get_conversation_template(model_path)
         conv.append_message(conv.roles[0], turns[0])
         conv.append_message(conv.roles[1], None)

@@ -6,6 +6,8 @@ per-prompt ratios.
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -76,6 +78,13 @@ def run_fastchat(base, tokenizer, prompt: str, max_new_tokens: int, temperature:
     seconds = time.perf_counter() - t0
     n = last["usage"]["completion_tokens"] + (1 if last["finish_reason"] == "length" else 0)
     return Run(max(n, 1), seconds, max(n, 1))
+
+
+def device_name(device: str) -> str:
+    """The accelerator's name, or the CPU's, as recorded in every benchmark result."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def median(values):
