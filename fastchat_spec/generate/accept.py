@@ -31,9 +31,21 @@ class Decision:
 
 def deepest_valid(tree: Tree, ok: torch.Tensor) -> torch.Tensor:
     """Index of the deepest node whose whole path (root excluded) is ok."""
-    bad_on_path = (tree.ancestors & ~ok.unsqueeze(0)).any(dim=1)
+    return deepest_valid_rows(tree, ok.unsqueeze(0))[0]
+
+
+def deepest_valid_rows(tree: Tree, ok: torch.Tensor) -> torch.Tensor:
+    """``deepest_valid`` for each row of ``ok`` (b, N): (b,) node indices (ties: the lowest index)."""
+    bad_on_path = (tree.ancestors.unsqueeze(0) & ~ok.unsqueeze(1)).any(dim=2)  # (b, N)
     score = torch.where(bad_on_path, -1, tree.depth)
-    return score.argmax()
+    return score.argmax(dim=1)
+
+
+def greedy_nodes(tree: Tree, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Greedy acceptance of rows of trees: tokens and target argmaxes (b, N) -> deepest accepted node (b,)."""
+    ok = tokens == target[:, tree.parent]
+    ok[:, 0] = True
+    return deepest_valid_rows(tree, ok)
 
 
 def _finish(tree: Tree, tokens: torch.Tensor, node: torch.Tensor, bonus: torch.Tensor) -> Decision:
@@ -47,9 +59,7 @@ def _finish(tree: Tree, tokens: torch.Tensor, node: torch.Tensor, bonus: torch.T
 def accept_greedy(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor) -> Decision:
     """``scores`` (N, V): processed logits at every node."""
     target = scores.argmax(dim=-1)
-    ok = tokens == target[tree.parent]
-    ok[0] = True
-    node = deepest_valid(tree, ok)
+    node = greedy_nodes(tree, tokens.unsqueeze(0), target.unsqueeze(0))[0]
     return _finish(tree, tokens, node, target[node])
 
 

@@ -47,6 +47,26 @@ def compiled_decoder(base):
     return decoder
 
 
+def capture(run, device: torch.device, warmups: int = 3, pool=None):
+    """``run`` (no arguments, static buffers) captured as a CUDA graph; returns its replay.
+
+    The warm-up runs on a side stream (kernels chosen, compiled, allocated)
+    outside the graph. ``thread_local`` capture: work that other threads
+    launch meanwhile (FastChat's stock decoder, say) neither breaks the
+    capture nor is recorded into it.
+    """
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(warmups):
+            run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        run()
+    return graph.replay
+
+
 class GraphedForward:
     """``base_forward`` for one block shape, captured as a CUDA graph."""
 

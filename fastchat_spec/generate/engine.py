@@ -62,7 +62,7 @@ class _Clock:
 class Generation:
     def __init__(self, model: SpecModel, prompt_ids: list[int], max_new_tokens: int,
                  sampling: SamplingParams, acceptance: str = "lossless", profile: bool = False,
-                 options: dict | None = None, method: str | None = None):
+                 options: dict | None = None, method: str | None = None, device_step: bool = True):
         if acceptance not in ACCEPTANCE_RULES:
             raise ValueError(f"unknown acceptance rule {acceptance!r}; use one of {ACCEPTANCE_RULES}")
         self.base = model.base
@@ -81,7 +81,7 @@ class Generation:
         self.cache = self.runner.cache if self.runner is not None else new_cache(
             self.base.config, needed, self.device, model.dtype)
         # Greedy: the whole step runs on the device (one CUDA graph on GPU), one host read per step.
-        self.device_step = self._device_step_for(model, method)
+        self.device_step = self._device_step_for(model, method) if device_step else None
         if self.device_step is not None:
             self.proposer = self.device_step.proposer
             self.ids = self.device_step.ids  # the device step appends what it commits

@@ -5,11 +5,18 @@ It yields dicts with cumulative ``text`` that only grows, ``usage``,
 verification steps and tokens so far, and the draft tokens accepted per step.
 Passing ``"spec_disable": true`` in the request runs FastChat's stock decoder
 on the same base model (used by the side-by-side view).
+
+The request itself is decoded by the model's engine loop (``generate/loop.py``),
+batched with every other request in flight; this function validates it,
+submits it, and turns the loop's tokens into FastChat's chunks in the calling
+thread. Detokenisation is incremental: each step decodes only its new tokens
+and a few before them (``IncrementalText``), so streaming costs O(new tokens).
 """
 from __future__ import annotations
 
-from fastchat_spec.generate.engine import Generation
+from fastchat_spec.generate.loop import Job, engine_for
 from fastchat_spec.generate.request import Request, parse_request
+from fastchat_spec.spec_stats import SpecStats
 
 
 def generate_stream(model, tokenizer, params: dict, device: str, context_len: int,
@@ -18,25 +25,27 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
         yield from _stock_stream(model, tokenizer, params, device, context_len, stream_interval, judge_sent_end)
         return
     request = parse_request(params, tokenizer, context_len)
-    generation = Generation(model, request.prompt_ids, request.max_new_tokens, request.sampling,
-                            acceptance=request.acceptance, options=request.options)
+    loop = engine_for(model, context_len)
+    ticket = loop.submit(Job(request.prompt_ids, request.max_new_tokens, request.sampling,
+                             request.stop_token_ids, request.acceptance, request.options))
     try:
-        yield from _stream(generation, tokenizer, request, max(1, int(stream_interval)))
+        yield from _stream(ticket.steps(loop.alive), tokenizer, request, max(1, int(stream_interval)))
     finally:
-        generation.close()
+        ticket.cancel()  # a finished request is already out; a client gone frees its slot
 
 
-def _stream(generation: Generation, tokenizer, request: Request, stream_interval: int):
+def _stream(steps, tokenizer, request: Request, stream_interval: int):
     prompt_len = len(request.prompt_ids)
-    decoder = _Decoder(tokenizer, request)
+    text = IncrementalText(tokenizer, request)
+    stats = SpecStats()
     generated: list[int] = []
     finish_reason = None
     counted = 0  # tokens that count as completion tokens
     last_yield_at = 0
-    new = generation.prefill()
-    while True:
+    for step in steps:
+        stats.record(len(step.tokens), step.prefill)
         before = len(generated)
-        for token in new:
+        for token in step.tokens:
             generated.append(token)
             if token in request.stop_token_ids:
                 finish_reason = "stop"
@@ -45,45 +54,79 @@ def _stream(generation: Generation, tokenizer, request: Request, stream_interval
             if counted >= request.max_new_tokens:
                 finish_reason = "length"
                 break
-        text, hit_stop, partial = decoder.text(generated)
-        if hit_stop:
+        text.extend(generated[before:])
+        if text.hit_stop:
             finish_reason = "stop"
-            counted = decoder.tokens_before_stop(generated, before)
+            counted = text.tokens_before_stop(generated, before)
         if finish_reason:
             break
-        if counted - last_yield_at >= stream_interval and decoder.can_yield(text, partial):
+        if counted - last_yield_at >= stream_interval and text.can_yield():
             last_yield_at = counted
-            yield _chunk(text, prompt_len, counted, None, generation)
-        new = generation.step()
-    yield _chunk(text, prompt_len, counted, finish_reason, generation)
+            yield _chunk(text.shown, prompt_len, counted, None, stats)
+    if finish_reason is None:  # the loop ended the request first (a stop id it saw, or max_new_tokens)
+        finish_reason = "length" if counted >= request.max_new_tokens else "stop"
+    yield _chunk(text.final(generated), prompt_len, counted, finish_reason, stats)
 
 
-class _Decoder:
-    """Cumulative detokenisation and stop-string handling, as FastChat does it."""
+class IncrementalText:
+    """Cumulative text of the answer and stop-string handling, as FastChat computes them.
+
+    FastChat decodes every id at every step (O(n) per step). Here each step
+    decodes a short window: the ids since ``prefix`` twice, with and without the
+    new ones, and appends the difference (a SentencePiece piece's leading space
+    depends on the piece before it, hence the window). The final text is one full
+    decode, exactly FastChat's.
+    """
+
+    WINDOW = 6  # ids kept before the new ones as decoding context
 
     def __init__(self, tokenizer, request: Request):
         self.tokenizer = tokenizer
         self.request = request
-        self.prefix_ids = request.prompt_ids if request.echo else []
+        self.ids: list[int] = list(request.prompt_ids) if request.echo else []
+        self.text = self._decode(self.ids)
         self.search_from = len(request.prompt) if request.echo else 0
-        self.last_text = ""
+        self.prefix = max(0, len(self.ids) - self.WINDOW)  # window start
+        self.read = len(self.ids)  # ids already turned into ``text``
+        self.hit_stop = False
+        self.partial = False
+        self.shown = ""  # the text as the client has it
+        self.last_yielded = ""
 
-    def text(self, generated: list[int]) -> tuple[str, bool, bool]:
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, spaces_between_special_tokens=False,
+                                     clean_up_tokenization_spaces=True)
+
+    def extend(self, new_ids: list[int]) -> None:
+        self.ids.extend(new_ids)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):  # wait out a split UTF-8 character
+            self.text += after[len(before):]
+            self.prefix = max(self.prefix, len(self.ids) - self.WINDOW)
+            self.read = len(self.ids)
+        self._find_stop()
+
+    def _find_stop(self) -> None:
         from fastchat.utils import is_partial_stop
 
-        text = self.tokenizer.decode(
-            self.prefix_ids + generated,
-            skip_special_tokens=True,
-            spaces_between_special_tokens=False,
-            clean_up_tokenization_spaces=True,
-        )
-        partial = False
+        self.partial = False
+        self.shown = self.text
         for stop in self.request.stop_strings:
-            pos = text.find(stop, self.search_from)
+            pos = self.text.find(stop, self.search_from)
             if pos != -1:
-                return text[:pos], True, False
-            partial = partial or is_partial_stop(text, stop)
-        return text, False, partial
+                self.hit_stop = True
+                self.shown = self.text[:pos]
+                return
+            self.partial = self.partial or is_partial_stop(self.text, stop)
+
+    def can_yield(self) -> bool:
+        """Yield only text that extends what was yielded (clients compute deltas)."""
+        text = self.shown
+        if self.partial or text.endswith("\ufffd") or not text.startswith(self.last_yielded):
+            return False
+        self.last_yielded = text
+        return True
 
     def tokens_before_stop(self, generated: list[int], checked: int) -> int:
         """Tokens before the one that completed a stop string (it is not counted, like a stop id).
@@ -91,19 +134,26 @@ class _Decoder:
         A step can accept several tokens past the stop; usage must not depend on the drafter.
         """
         for k in range(checked + 1, len(generated) + 1):
-            if self.text(generated[:k])[1]:
+            if self._stop_position(self._full(generated[:k])) != -1:
                 return k - 1
         return len(generated)
 
-    def can_yield(self, text: str, partial: bool) -> bool:
-        """Yield only text that extends what was yielded (clients compute deltas)."""
-        if partial or text.endswith("\ufffd") or not text.startswith(self.last_text):
-            return False
-        self.last_text = text
-        return True
+    def final(self, generated: list[int]) -> str:
+        """The last chunk's text: one full decode, cut at the first stop string."""
+        text = self._full(generated)
+        pos = self._stop_position(text)
+        return text if pos == -1 else text[:pos]
+
+    def _full(self, generated: list[int]) -> str:
+        prefix = list(self.request.prompt_ids) if self.request.echo else []
+        return self._decode(prefix + generated)
+
+    def _stop_position(self, text: str) -> int:
+        found = [p for p in (text.find(s, self.search_from) for s in self.request.stop_strings) if p != -1]
+        return min(found) if found else -1
 
 
-def _chunk(text: str, prompt_len: int, completion: int, finish_reason, generation: Generation) -> dict:
+def _chunk(text: str, prompt_len: int, completion: int, finish_reason, stats: SpecStats) -> dict:
     return {
         "text": text,
         "logprobs": None,
@@ -114,7 +164,7 @@ def _chunk(text: str, prompt_len: int, completion: int, finish_reason, generatio
         },
         "finish_reason": finish_reason,
         # Engine counts: a last step may accept tokens past max_new_tokens or a stop (usage excludes them).
-        "spec": generation.stats.as_dict(),
+        "spec": stats.as_dict(),
     }
 
 
@@ -130,5 +180,5 @@ def _stock_stream(model, tokenizer, params, device, context_len, stream_interval
     for out in fastchat_generate_stream(base, tokenizer, stock_params, device, context_len,
                                         stream_interval, judge_sent_end):
         n = out["usage"]["completion_tokens"]
-        out["spec"] = {"steps": n + 1, "tokens": n + 1, "accepted": [0] * n}
+        out["spec"] = SpecStats.one_token_steps(n).as_dict()
         yield out

@@ -54,14 +54,26 @@ def base_forward(base, cache, tokens: torch.Tensor, positions: torch.Tensor, sta
     capacity = cache.layers[0].max_cache_len
     mask = attention_mask(start, visible, capacity, compute_dtype(base))
     t = tokens.shape[0]
+    out = forward_rows(base, cache, tokens.view(1, t), positions.view(1, t), mask,
+                       start + torch.arange(t, device=tokens.device), decoder)
+    return ForwardOut(logits=out.logits[0], hidden=out.hidden[0])
+
+
+def forward_rows(base, cache, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 cache_position: torch.Tensor, decoder=None) -> ForwardOut:
+    """The base over a batch of blocks: tokens and positions (b, T), a 4D mask (b, 1, T, L).
+
+    Returns batched ``ForwardOut`` fields: logits (b, T, V), hidden (b, T, H).
+    ``cache_position`` is what the cache layers are told; slot caches write by
+    their own per-row positions instead (``generate/slots.py``).
+    """
     out = (decoder if decoder is not None else base.get_decoder())(
-        input_ids=tokens.view(1, t),
-        position_ids=positions.view(1, t),
+        input_ids=tokens,
+        position_ids=positions,
         attention_mask=mask,
         past_key_values=cache,
-        cache_position=start + torch.arange(t, device=tokens.device),
+        cache_position=cache_position,
         use_cache=True,
     )
-    hidden = out.last_hidden_state[0]
-    logits = base.get_output_embeddings()(hidden).float()
-    return ForwardOut(logits=logits, hidden=hidden)
+    hidden = out.last_hidden_state
+    return ForwardOut(logits=base.get_output_embeddings()(hidden).float(), hidden=hidden)

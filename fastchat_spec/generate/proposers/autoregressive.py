@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, SlotProposers
 from fastchat_spec.generate.tree import Tree
 
 
@@ -31,3 +31,24 @@ class AutoregressiveProposer(Proposer):
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         return self.empty
+
+    @classmethod
+    def for_slots(cls, model, device, slots, capacity):
+        return NoDrafts(cls(device))
+
+
+class NoDrafts(SlotProposers):
+    """Every slot drafts nothing: each batched step commits one token per row."""
+
+    def __init__(self, proposer: AutoregressiveProposer):
+        self.tree = proposer.tree
+        self.empty = proposer.empty
+
+    def reset(self, slot: int, commit: Commit) -> None:
+        pass
+
+    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+        return self.empty.view(1, 0).expand(roots.shape[0], 0)
+
+    def advance(self, rows: slice, accepted: Accepted) -> None:
+        pass

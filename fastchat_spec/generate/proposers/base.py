@@ -38,6 +38,11 @@ class Accepted:
     depth: torch.Tensor  # (1,) accepted drafts; depth + 1 tokens were committed at positions start..
     start: torch.Tensor  # () position of the root (tokens in the cache before this step)
 
+    def row(self, i: int) -> "Accepted":
+        """Row ``i`` of a batched step's ``Accepted`` (fields with a leading batch dim), as one request's."""
+        return Accepted(self.hidden[i], self.node[i : i + 1], self.path[i], self.tokens[i],
+                        self.depth[i : i + 1], self.start[i])
+
 
 class Proposer(ABC):
     tree: Tree  # on the engine's device
@@ -62,6 +67,58 @@ class Proposer(ABC):
         """Device-step proposers: a step's path was accepted and committed; update the state in place
         (static shapes, no host reads: this runs inside the step's CUDA graph)."""
         raise NotImplementedError
+
+    @classmethod
+    def for_slots(cls, model, device: torch.device, slots: int, capacity: int) -> "SlotProposers":
+        """Proposer state for every KV slot of an engine loop (see ``SlotProposers``).
+
+        The default keeps one single-request proposer per slot; methods whose
+        state is a plain tensor override this with one batched proposer.
+        """
+        return EachSlot([cls.build(model, device, {"capacity": capacity}) for _ in range(slots)])
+
+
+class SlotProposers(ABC):
+    """Device-step proposer state for all slots of an engine loop, drafted and advanced row-batched.
+
+    ``rows`` is the slice of slots a batched step covers; tensors passed in and
+    returned have one leading row per slot of it. Rows that hold no request
+    are drafted and advanced too (static shapes); their state is reset when a
+    request takes the slot.
+    """
+
+    tree: Tree
+
+    @abstractmethod
+    def reset(self, slot: int, commit: Commit) -> None:
+        """A request's prompt was committed in ``slot``."""
+
+    @abstractmethod
+    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+        """(b, N-1) draft tokens for tree nodes 1..N-1 below each row's root (b,)."""
+
+    @abstractmethod
+    def advance(self, rows: slice, accepted: Accepted) -> None:
+        """A batched step accepted ``accepted`` (batched fields) for ``rows``."""
+
+
+class EachSlot(SlotProposers):
+    """One single-request proposer per slot, called row by row (same state handling as alone)."""
+
+    def __init__(self, proposers: list[Proposer]):
+        self.proposers = proposers
+        self.tree = proposers[0].tree
+
+    def reset(self, slot: int, commit: Commit) -> None:
+        self.proposers[slot].observe(commit)
+
+    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.proposers[slot].propose(roots[i])
+                            for i, slot in enumerate(range(rows.start, rows.stop))])
+
+    def advance(self, rows: slice, accepted: Accepted) -> None:
+        for i, slot in enumerate(range(rows.start, rows.stop)):
+            self.proposers[slot].advance(accepted.row(i))
 
 
 def last_hidden_buffer(base, device) -> torch.Tensor:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, last_hidden_buffer, model_tree
+from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, SlotProposers
+from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree
 from fastchat_spec.generate.tree import Tree
 
 
@@ -30,7 +31,35 @@ class MedusaProposer(Proposer):
         self.hidden.copy_(accepted.hidden.index_select(0, accepted.node))
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
-        logits = self.heads(self.hidden, self.lm_head)[:, 0]  # (heads, V)
-        top = logits.topk(self.top_k, dim=-1).indices  # (heads, K)
-        return top[self.depth_index, self.rank_index]
+        return self.draft(self.hidden)[0]
+
+    def draft(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(b, H) last hidden states -> (b, N-1) tree tokens: node i takes its depth's rank-th candidate."""
+        logits = self.heads(hidden, self.lm_head)  # (heads, b, V)
+        top = logits.topk(self.top_k, dim=-1).indices  # (heads, b, K)
+        return top[self.depth_index, :, self.rank_index].transpose(0, 1)
+
+    @classmethod
+    def for_slots(cls, model, device, slots, capacity):
+        return MedusaSlots(cls.build(model, device, {}), slots)
+
+
+class MedusaSlots(SlotProposers):
+    """Every slot's last hidden state in one (slots, H) tensor: the heads draft all rows in one call."""
+
+    def __init__(self, proposer: MedusaProposer, slots: int):
+        self.proposer = proposer
+        self.tree = proposer.tree
+        self.hidden = proposer.hidden.new_zeros(slots, proposer.hidden.shape[1])
+
+    def reset(self, slot: int, commit: Commit) -> None:
+        self.hidden[slot].copy_(commit.hidden[-1])
+
+    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+        return self.proposer.draft(self.hidden[rows])
+
+    def advance(self, rows: slice, accepted: Accepted) -> None:
+        b = accepted.node.shape[0]
+        picked = accepted.hidden[torch.arange(b, device=accepted.node.device), accepted.node]  # (b, H)
+        self.hidden[rows].copy_(picked)
 

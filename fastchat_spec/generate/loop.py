@@ -1,0 +1,445 @@
+"""One engine loop per loaded model: a single thread owns the device and batches every request.
+
+FastChat's worker calls ``generate_stream`` from many threads at once. Each
+call submits a ``Job`` here and reads its own ``Ticket``; the loop thread
+admits jobs (prefill into a free KV slot), then runs one batched speculative
+step over every active greedy request (``batch_step.BatchStep``), and hands
+each ticket the tokens its row emitted. Requests join at prefill and leave at
+any step boundary: finished, stopped, cancelled or abandoned by their client.
+
+Requests whose step needs the host (sampling, repetition penalty, Jacobi
+windows) run through the same loop with their own cache, one host step each
+per iteration, between the batched steps.
+
+Graphs are captured only by this thread, at warm-up or on a shape's first use,
+never while another thread of ours launches work on the device. With
+``FASTCHAT_SPEC_BATCH_INVARIANT=1`` every row runs alone at a fixed shape, so a
+request's numerics do not depend on what else is being served (slower).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from fastchat_spec.generate.batch_step import BatchStep, SlotState
+from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
+from fastchat_spec.generate.device_step import supports_device_step
+from fastchat_spec.generate.engine import Generation
+from fastchat_spec.generate.proposers import Commit, proposer_class
+from fastchat_spec.generate.sampling import SamplingParams
+from fastchat_spec.generate.slots import SlotStore, rows_mask
+from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
+
+log = logging.getLogger("fastchat_spec.loop")
+
+MAX_BATCH_ENV = "FASTCHAT_SPEC_MAX_BATCH"  # slots per loaded model (default: the worker's concurrency limit)
+INVARIANT_ENV = "FASTCHAT_SPEC_BATCH_INVARIANT"  # 1: each row steps alone (numerics independent of load)
+DEFAULT_SLOTS = 16
+IDLE_EXIT_S = 60.0  # an idle loop thread ends; the next request starts it again
+WAIT_FACTOR = 4  # jobs that may wait for a slot, per slot, before new ones are refused
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop_token_ids: list[int] = field(default_factory=list)
+    acceptance: str = "lossless"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Emitted:
+    tokens: list[int]  # tokens of one step (the prefill's first token, or accepted drafts + bonus)
+    prefill: bool = False
+
+
+class Ticket:
+    """One request's side of the loop: the events its steps produce, and its cancellation."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step boundary (safe to call at any time, twice)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def emit(self, tokens: list[int], prefill: bool = False) -> None:
+        self.events.put(Emitted(tokens, prefill))
+
+    def finish(self, error: Optional[BaseException] = None) -> None:
+        self.events.put(error if error is not None else StopIteration())
+
+    def steps(self, alive, poll_s: float = 1.0):
+        """Yield ``Emitted`` until the loop finishes the request; raise what failed it."""
+        while True:
+            try:
+                event = self.events.get(timeout=poll_s)
+            except queue.Empty:
+                if not alive():
+                    raise RuntimeError("fastchat-spec: the engine loop stopped; retry the request") from None
+                continue
+            if isinstance(event, StopIteration):
+                return
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+
+
+@dataclass
+class _Row:
+    """An active request in a KV slot, driven by the batched greedy step."""
+
+    ticket: Ticket
+    slot: int
+    cached: int  # tokens in the slot's cache
+    emitted: int = 0
+
+
+@dataclass
+class _HostRow:
+    """An active request whose step needs the host (its own cache, one step per loop iteration)."""
+
+    ticket: Ticket
+    generation: Generation
+    emitted: int = 0
+
+
+@dataclass
+class LoopStats:
+    """Counters for the benchmark and for tests (slots in use, steps and rows per step)."""
+
+    steps: int = 0
+    rows: int = 0  # sum over batched steps of the rows that held a request
+    max_rows: int = 0  # most requests that shared one batched step
+    seconds: float = 0.0  # wall time of batched steps, one host read each
+    admitted: int = 0
+    refused: int = 0
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "rows": self.rows, "max_rows": self.max_rows, "seconds": self.seconds,
+                "admitted": self.admitted, "refused": self.refused}
+
+
+class EngineLoop:
+    def __init__(self, model, context_len: int, slots: int, method: Optional[str] = None):
+        self.model_ref = weakref.ref(model)
+        self.base = model.base
+        self.device = model.device
+        self.method = method or model.spec.method
+        self.context_len = context_len
+        cls = proposer_class(self.method)
+        self.batched = getattr(cls, "device_state", False)
+        self.slots = max(1, slots)
+        self.invariant = os.environ.get(INVARIANT_ENV, "0") == "1"
+        self.graphs = graphs_enabled(self.device)
+        self.stats = LoopStats()
+        self.inbox: "queue.Queue[Ticket]" = queue.Queue()
+        self.waiting: collections.deque[Ticket] = collections.deque()
+        self.rows: dict[int, _Row] = {}
+        self.host_rows: list[_HostRow] = []
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._steps: dict[tuple[int, int, int], object] = {}
+        self._pool = None
+        if self.batched:
+            tree = cls.build(model, self.device, {}).tree  # proposers allocate their caches on first use
+            # Room for the longest request, its tree, and a padded accepted path written past its end.
+            self.capacity = _round_up(context_len + tree.num_nodes + tree.max_depth + 2, 64)
+            self.proposers = cls.for_slots(model, self.device, self.slots, self.capacity)
+            self.tree = self.proposers.tree
+            self.store = SlotStore(self.base.config, self.slots, self.capacity, self.device, model.dtype)
+            self.state = SlotState(self.slots, self.tree.max_depth, self.device)
+            self.decoder = compiled_decoder(self.base)
+            self.dtype = compute_dtype(self.base)
+
+    # -- the callers' side -------------------------------------------------
+    def submit(self, job: Job) -> Ticket:
+        ticket = Ticket(job)
+        with self._lock:
+            self.inbox.put(ticket)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="fastchat-spec-engine", daemon=True)
+                self._thread.start()
+        return ticket
+
+    def alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def busy_slots(self) -> int:
+        return len(self.rows) + len(self.host_rows)
+
+    def status(self) -> dict:
+        """What the worker reports next to FastChat's queue length."""
+        return {"method": self.method, "slots": self.slots, "busy_slots": self.busy_slots(),
+                "waiting": len(self.waiting) + self.inbox.qsize(), **self.stats.as_dict()}
+
+    def warm_up(self) -> None:
+        """Capture every batched step shape now (at load), so no capture happens while serving."""
+        if not (self.batched and self.graphs):
+            return
+        with torch.inference_mode():
+            for key in self._all_shapes():
+                self._step_for(*key)
+
+    # -- the loop thread ------------------------------------------------------
+    def _serve(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            try:
+                busy = self.busy_slots() or self.waiting
+                block = not busy
+                if not self._take_inbox(block=block, timeout=1.0):
+                    if not busy:
+                        with self._lock:
+                            if self.inbox.empty() and time.monotonic() - idle_since > IDLE_EXIT_S:
+                                self._thread = None
+                                return
+                        continue
+                idle_since = time.monotonic()
+                with torch.inference_mode():
+                    self._drop_cancelled()
+                    self._admit()
+                    self._step_rows()
+                    self._step_host_rows()
+            except Exception as error:  # noqa: BLE001 - every request in flight gets the error; the loop goes on
+                log.exception("engine loop step failed")
+                self._fail_all(error)
+
+    def _take_inbox(self, block: bool, timeout: float) -> bool:
+        try:
+            ticket = self.inbox.get(block=block, timeout=timeout if block else None)
+        except queue.Empty:
+            return False
+        self.waiting.append(ticket)
+        while True:
+            try:
+                self.waiting.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return True
+
+    def _drop_cancelled(self) -> None:
+        for slot, row in list(self.rows.items()):
+            if row.ticket.cancelled:
+                self._free(slot)
+                row.ticket.finish()
+        for row in [r for r in self.host_rows if r.ticket.cancelled]:
+            self._free_host(row)
+            row.ticket.finish()
+        for ticket in [t for t in self.waiting if t.cancelled]:
+            self.waiting.remove(ticket)
+            ticket.finish()
+
+    def _admit(self) -> None:
+        while self.waiting:
+            if self.busy_slots() >= self.slots:
+                self._refuse_overflow()
+                return
+            ticket = self.waiting.popleft()
+            try:
+                self._start(ticket)
+                self.stats.admitted += 1
+            except Exception as error:  # noqa: BLE001 - this request fails, the others go on
+                log.warning("request failed at prefill: %s", error)
+                ticket.finish(error)
+
+    def _refuse_overflow(self) -> None:
+        limit = WAIT_FACTOR * self.slots
+        while len(self.waiting) > limit:
+            ticket = self.waiting.pop()
+            self.stats.refused += 1
+            ticket.finish(RuntimeError(
+                f"fastchat-spec: {len(self.waiting)} requests already wait for one of {self.slots} slots; "
+                f"retry later or raise --limit-worker-concurrency / {MAX_BATCH_ENV}"))
+
+    def _start(self, ticket: Ticket) -> None:
+        job = ticket.job
+        proposer_cls = proposer_class(self.method)
+        if self.batched and supports_device_step(proposer_cls, job.sampling):
+            self._prefill_slot(ticket)
+            return
+        generation = Generation(self.model_ref(), job.prompt_ids, job.max_new_tokens, job.sampling,
+                                acceptance=job.acceptance, options=job.options, method=self.method,
+                                device_step=False)
+        row = _HostRow(ticket, generation)
+        self.host_rows.append(row)
+        self._emit(row, generation.prefill(), prefill=True)
+
+    def _prefill_slot(self, ticket: Ticket) -> None:
+        job = ticket.job
+        p = len(job.prompt_ids)
+        if p + job.max_new_tokens + self.tree.num_nodes + self.tree.max_depth + 2 > self.capacity:
+            raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({job.max_new_tokens}) do not fit "
+                             f"the model's context of {self.context_len} tokens")
+        slot = min(set(range(self.slots)) - set(self.rows))
+        tokens = torch.tensor(job.prompt_ids, dtype=torch.long, device=self.device).view(1, p)
+        positions = torch.arange(p, device=self.device).view(1, p)
+        length = _round_up(p, 64)
+        cache = self.store.rows(slot, 1, length, positions)
+        mask = rows_mask(torch.zeros(1, dtype=torch.long, device=self.device),
+                         causal_visibility(p, self.device), length, self.dtype)
+        out = forward_rows(self.base, cache, tokens, positions, mask, positions[0])
+        first = int(out.logits[0, -1].argmax())
+        self.proposers.reset(slot, Commit(tokens[0], out.hidden[0], 0, first, out.logits[0], positions[0]))
+        self.state.occupy(slot, p, first)
+        row = self.rows[slot] = _Row(ticket, slot, cached=p)
+        self._emit(row, [first], prefill=True)
+
+    def _step_rows(self) -> None:
+        if not self.rows:
+            return
+        t0 = time.perf_counter()
+        if self.invariant:
+            emitted = {}
+            for slot in sorted(self.rows):
+                self._step_for(slot, 1, self.capacity)()
+                emitted[slot] = self.state.read(slice(slot, slot + 1))[0]
+        else:
+            count = self._rows_bucket(max(self.rows) + 1)
+            length = self._length_bucket(max(r.cached for r in self.rows.values()))
+            self._step_for(0, count, length)()
+            reports = self.state.read(slice(0, count))
+            emitted = {slot: reports[slot] for slot in self.rows}
+        self.stats.steps += 1
+        self.stats.rows += len(self.rows)
+        self.stats.max_rows = max(self.stats.max_rows, len(self.rows))
+        self.stats.seconds += time.perf_counter() - t0
+        for slot, tokens in emitted.items():
+            row = self.rows[slot]
+            row.cached += len(tokens)
+            self._emit(row, tokens)
+
+    def _step_host_rows(self) -> None:
+        for row in list(self.host_rows):
+            try:
+                self._emit(row, row.generation.step())
+            except Exception as error:  # noqa: BLE001 - this request fails, the others go on
+                log.warning("host step failed: %s", error)
+                self._free_host(row)
+                row.ticket.finish(error)
+
+    def _emit(self, row, tokens: list[int], prefill: bool = False) -> None:
+        """Hand a step's tokens to the request; end it at max_new_tokens or a stop token id."""
+        job = row.ticket.job
+        row.ticket.emit(tokens, prefill)
+        row.emitted += len(tokens)
+        if row.emitted >= job.max_new_tokens or any(t in job.stop_token_ids for t in tokens):
+            if isinstance(row, _Row):
+                self._free(row.slot)
+            else:
+                self._free_host(row)
+            row.ticket.finish()
+
+    def _free(self, slot: int) -> None:
+        del self.rows[slot]
+        self.state.free(slot)
+
+    def _free_host(self, row: _HostRow) -> None:
+        self.host_rows.remove(row)
+        row.generation.close()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for slot, row in list(self.rows.items()):
+            self._free(slot)
+            row.ticket.finish(error)
+        for row in list(self.host_rows):
+            self._free_host(row)
+            row.ticket.finish(error)
+
+    # -- step shapes ------------------------------------------------------------
+    def _rows_bucket(self, n: int) -> int:
+        """Rows a step covers: powers of two (one graph each), capped at the slot count."""
+        if not self.graphs:
+            return n
+        size = 1
+        while size < n:
+            size *= 2
+        return min(size, self.slots)
+
+    def _length_bucket(self, longest: int) -> int:
+        """Positions a step attends to: past the longest request's tree and padded path."""
+        need = longest + self.tree.num_nodes + self.tree.max_depth + 2
+        if not self.graphs:
+            return min(_round_up(need, 64), self.capacity)
+        size = 256
+        while size < need:
+            size *= 2
+        return min(size, self.capacity)
+
+    def _all_shapes(self):
+        if self.invariant:
+            return [(slot, 1, self.capacity) for slot in range(self.slots)]
+        counts = sorted({self._rows_bucket(n) for n in range(1, self.slots + 1)})
+        lengths = sorted({self._length_bucket(n) for n in range(0, self.capacity + 1, 64)})
+        return [(0, c, length) for c in counts for length in lengths]
+
+    def _step_for(self, first: int, count: int, length: int):
+        key = (first, count, length)
+        step = self._steps.get(key)
+        if step is None:
+            batch = BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder)
+            if self.graphs:
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                step = capture(batch.run, self.device, pool=self._pool)
+            else:
+                step = batch.run
+            self._steps[key] = step
+        return step
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+_LOOPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_LOOPS_LOCK = threading.Lock()
+_SLOTS = {"default": None}
+
+
+def configure(slots: Optional[int]) -> None:
+    """Set the slots of loops created from now on (the worker passes its --limit-worker-concurrency)."""
+    _SLOTS["default"] = slots
+
+
+def default_slots() -> int:
+    env = os.environ.get(MAX_BATCH_ENV)
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"{MAX_BATCH_ENV} must be an integer, got {env!r}") from None
+    return _SLOTS["default"] or DEFAULT_SLOTS
+
+
+def loops_of(model) -> list[EngineLoop]:
+    with _LOOPS_LOCK:
+        return list(_LOOPS.get(model, {}).values())
+
+
+def engine_for(model, context_len: int, method: Optional[str] = None) -> EngineLoop:
+    """The loop serving ``model`` (one per model and method), created on first use."""
+    method = method or model.spec.method
+    with _LOOPS_LOCK:
+        loops = _LOOPS.setdefault(model, {})
+        loop = loops.get(method)
+        if loop is None or loop.context_len != context_len:
+            loop = loops[method] = EngineLoop(model, context_len, default_slots(), method)
+        return loop

@@ -1,0 +1,121 @@
+"""Concurrent requests share batched speculative steps and never change each other's text.
+
+Every request to one model goes through that model's engine loop
+(``fastchat_spec/generate/loop.py``): greedy requests are verified together in
+one forward per step, each in its own KV slot. These tests call our
+``generate_stream`` from many threads at once, as FastChat's worker does, and
+compare every text with the same request run alone.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastchat.model.model_adapter import get_generate_stream_function, load_model
+
+from fastchat_spec.generate.loop import engine_for, loops_of
+
+CONTEXT = 1024
+PROMPTS = [
+    "The cat runs over the house.", "Why is the river fast?", "Write a poem about fire.",
+    "Explain python code.", "What is a token?", "Hello world, how are you?", "List three birds.",
+    "The dog jumps into the water because", "Thank you! Can you explain the model?",
+    "Where is the stone tree?", "One two three", "Please write a story about a computer.",
+    "How could the bird fly under the river?", "Speed token fast answer", "Who was the model?",
+    "Tell me about the house and the tree.",
+]
+LENGTHS = [8, 40, 16, 64, 24, 48, 12, 56, 32, 20, 60, 4, 44, 28, 36, 52]  # mixed max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def medusa(medusa_dir):
+    model, tok = load_model(medusa_dir, device="cpu")
+    return model, tok, get_generate_stream_function(model, medusa_dir)
+
+
+def params(prompt: str, max_new_tokens: int, **extra) -> dict:
+    return {"prompt": prompt, "temperature": 0.0, "max_new_tokens": max_new_tokens, "echo": False, **extra}
+
+
+def run_alone(medusa, prompt, max_new_tokens, **extra) -> dict:
+    model, tok, stream = medusa
+    return list(stream(model, tok, params(prompt, max_new_tokens, **extra), "cpu", CONTEXT))[-1]
+
+
+def run_together(medusa, requests: list[dict]) -> list[dict]:
+    """Each request from its own thread, all started together; the last chunk of each."""
+    model, tok, stream = medusa
+    results: list = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def worker(i):
+        start.wait()
+        results[i] = list(stream(model, tok, dict(requests[i]), "cpu", CONTEXT))[-1]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return results
+
+
+def test_sixteen_concurrent_requests_each_get_their_sequential_text(medusa):
+    alone = [run_alone(medusa, p, n) for p, n in zip(PROMPTS, LENGTHS)]
+    loop = engine_for(medusa[0], CONTEXT)
+    steps_before = loop.stats.steps
+    together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS, LENGTHS)])
+    for a, b, prompt in zip(alone, together, PROMPTS):
+        assert b["text"] == a["text"], prompt
+        assert b["usage"] == a["usage"], prompt
+        assert b["finish_reason"] == a["finish_reason"], prompt
+    # They shared steps: far fewer batched steps than the requests' steps added up.
+    assert loop.stats.max_rows > 1
+    assert loop.stats.steps - steps_before < sum(r["spec"]["steps"] for r in together)
+    assert loop.busy_slots() == 0
+
+
+def test_greedy_text_is_unchanged_next_to_sampled_requests(medusa):
+    """Sampling takes the host step in the same loop; the greedy rows beside it stay exact."""
+    greedy = [run_alone(medusa, p, 32) for p in PROMPTS[:4]]
+    mixed = [params(p, 32) for p in PROMPTS[:4]]
+    mixed += [params(p, 32, temperature=0.9, top_p=0.9) for p in PROMPTS[4:8]]
+    mixed += [params(p, 32, repetition_penalty=1.3) for p in PROMPTS[8:10]]
+    out = run_together(medusa, mixed)
+    assert [o["text"] for o in out[:4]] == [g["text"] for g in greedy]
+    assert all(o["finish_reason"] in ("stop", "length") for o in out)
+
+
+def test_joining_and_cancelled_requests_leave_the_others_unchanged(medusa):
+    model, tok, stream = medusa
+    long_a = run_alone(medusa, PROMPTS[1], 64)
+    long_b = run_alone(medusa, PROMPTS[3], 64)
+    joined = run_alone(medusa, PROMPTS[6], 24)
+
+    a = stream(model, tok, params(PROMPTS[1], 64), "cpu", CONTEXT)
+    b = stream(model, tok, params(PROMPTS[3], 64), "cpu", CONTEXT, 1)
+    cancelled = stream(model, tok, params(PROMPTS[5], 64), "cpu", CONTEXT)
+    a_chunks, b_chunks = [next(a)], [next(b)]
+    next(cancelled)
+    cancelled.close()  # the client went away mid-stream
+    late = stream(model, tok, params(PROMPTS[6], 24), "cpu", CONTEXT)  # joins mid-generation
+    late_chunks = []
+    for gen, chunks in ((a, a_chunks), (b, b_chunks), (late, late_chunks)):
+        chunks.extend(gen)
+    assert a_chunks[-1]["text"] == long_a["text"]
+    assert b_chunks[-1]["text"] == long_b["text"]
+    assert late_chunks[-1]["text"] == joined["text"]
+    loop = engine_for(model, CONTEXT)
+    loop_idle = [lp.busy_slots() for lp in loops_of(model)]
+    assert loop_idle == [0] * len(loop_idle)
+    assert loop.status()["busy_slots"] == 0
+
+
+def test_streamed_text_only_grows_and_ends_as_one_full_decode(medusa):
+    """Incremental detokenisation: every chunk extends the previous one; the last is FastChat's text."""
+    model, tok, stream = medusa
+    for prompt in PROMPTS[:6] + ["Üñïçødé text — with symbols ✓", "Numbers: 12345 and 678."]:
+        chunks = list(stream(model, tok, params(prompt, 48), "cpu", CONTEXT, 1))
+        texts = [c["text"] for c in chunks]
+        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:])), prompt
+        assert texts[-1] == run_alone(medusa, prompt, 48)["text"]
