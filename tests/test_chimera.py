@@ -1,4 +1,10 @@
-"""Chimera: trigram padding, drafting == training's teacher forcing, lossless decoding, layout, training."""
+"""Chimera: trigram padding, drafting == training's teacher forcing, lossless decoding, layouts, training.
+
+Both head architectures: ours (heads read the base's hidden state and the
+encoder output) and the Chimera authors' released one (heads read the encoder
+output alone), the latter from a checkpoint written here with the authors'
+file and key names.
+"""
 from __future__ import annotations
 
 import json
@@ -18,6 +24,7 @@ from fastchat_spec.generate.proposers.chimera import ChimeraProposer
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import Tree, chain
 from fastchat_spec.heads.chimera import (
+    HEAD_ARCHS,
     PAD_ID,
     ChimeraDrafter,
     new_drafter_for,
@@ -37,10 +44,11 @@ def base(base_dir):
     return AutoModelForCausalLM.from_pretrained(base_dir).eval().requires_grad_(False)
 
 
-def random_drafter(base, num_heads: int, seed: int = 0, noise: float = 0.05) -> ChimeraDrafter:
-    """A fresh drafter (heads at [W_lm, W_lm]) with every weight nudged, so nothing is an identity."""
+def random_drafter(base, num_heads: int, seed: int = 0, noise: float = 0.05,
+                   head_arch: str = "residual") -> ChimeraDrafter:
+    """A fresh drafter (heads at the lm_head) with every weight nudged, so nothing is an identity."""
     torch.manual_seed(seed)
-    drafter = new_drafter_for(base, num_heads)
+    drafter = new_drafter_for(base, num_heads, head_arch=head_arch)
     with torch.no_grad():
         for p in drafter.parameters():
             p.add_(torch.randn_like(p) * noise)
@@ -59,6 +67,70 @@ def save_seed_layout(out: str, drafter: ChimeraDrafter, base_dir: str, tree=None
     torch.save(drafter.trimlp.state_dict(), os.path.join(out, "trimlp.pt"))
     torch.save(drafter.fast_layer1.state_dict(), os.path.join(out, "fast_layer1.pt"))
     torch.save(drafter.chimera_head.state_dict(), os.path.join(out, "chimera_head.pt"))
+    return out
+
+
+def authors_tensors(base, num_heads: int, num_layers: int, seed: int, head_in: str = "encoder") -> dict:
+    """{file stem: state dict} of the Chimera authors' released layout, spelled out by their key names.
+
+    ``trimlp`` = Sequential(ResBlock(3H), Linear(3H, H)); ``fast_layer1`` =
+    Sequential(LlamaDecoderLayer), saved by transformers <= 4.30 with its rotary
+    frequencies; ``chimera_head`` = per head ``[ResBlock(H)] * num_layers`` and
+    Linear(H, V) reading the encoder output (``head_in="encoder"``), or, as in
+    the authors' later code, a lone Linear(2H, V) reading ``[h_t; F]``
+    (``head_in="hidden+encoder"``, no blocks) started from ``[W_lm, W_lm]``.
+
+    Random tiny weights, except that encoder-only heads get a shape that makes
+    some drafts land without training: the trigram encoder sums the three
+    embeddings (scaled above the encoder's noise) and the heads score tokens by
+    their embedding, so a head's top 3 are the trigram's own tokens, i.e. the
+    continuations of a loop of period <= 3, which the tiny base falls into.
+    """
+    cfg = base.config
+    h, v, inter = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
+    head_dim = h // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=0.05):
+        return torch.randn(*shape, generator=gen) * std
+
+    embed = base.get_input_embeddings().weight.detach()
+    sum_of_three = torch.cat([torch.eye(h)] * 3, dim=1) / embed.std()
+    trimlp = {"0.linear.weight": rand(3 * h, 3 * h), "0.linear.bias": rand(3 * h),
+              "1.weight": sum_of_three + rand(h, 3 * h) if head_in == "encoder" else rand(h, 3 * h, std=0.1)}
+    layer = {"self_attn.q_proj.weight": rand(q, h), "self_attn.k_proj.weight": rand(kv, h),
+             "self_attn.v_proj.weight": rand(kv, h), "self_attn.o_proj.weight": rand(h, q),
+             "mlp.gate_proj.weight": rand(inter, h), "mlp.up_proj.weight": rand(inter, h),
+             "mlp.down_proj.weight": rand(h, inter), "input_layernorm.weight": 1 + rand(h),
+             "post_attention_layernorm.weight": 1 + rand(h),
+             "self_attn.rotary_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)}
+    fast_layer1 = {f"0.{k}": t for k, t in layer.items()}
+    lm_head = base.get_output_embeddings().weight.detach()
+    chimera_head = {}
+    for k in range(num_heads):
+        if head_in == "encoder":
+            block_w, block_b = rand(h, h), rand(h)  # one ResBlock object repeated: equal tensors per index
+            for b in range(num_layers):
+                chimera_head[f"{k}.{b}.linear.weight"], chimera_head[f"{k}.{b}.linear.bias"] = block_w, block_b
+            chimera_head[f"{k}.{num_layers}.weight"] = embed + rand(v, h, std=0.01)
+        else:
+            chimera_head[f"{k}.0.weight"] = torch.cat([lm_head, lm_head], dim=1) + rand(v, 2 * h)
+    return {"trimlp": trimlp, "fast_layer1": fast_layer1, "chimera_head": chimera_head}
+
+
+def save_authors_layout(out: str, tensors: dict, base_dir: str, num_layers: int = 1, tree=None) -> str:
+    """config.json as the authors' ChimeraConfig.save_pretrained writes it, and their three torch.save'd files."""
+    os.makedirs(out, exist_ok=True)
+    heads = 1 + max(int(key.split(".")[0]) for key in tensors["chimera_head"])
+    config = {"base_model_name_or_path": base_dir, "chimera_num_heads": heads, "chimera_num_layers": num_layers,
+              "transformers_version": "4.31.0"}
+    if tree:
+        config["chimera_choices"] = tree
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f)
+    for name, state in tensors.items():
+        torch.save(state, os.path.join(out, f"{name}.pt"))
     return out
 
 
@@ -84,14 +156,15 @@ def test_trigram_features_use_zero_vectors_for_padding(base):
 @pytest.mark.parametrize("tree", [chain(3), Tree.from_paths([[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0],
                                                              [0, 1, 0], [1, 0, 1]])],
                          ids=["chain", "tree"])
-def test_drafts_equal_teacher_forced_heads(base, tree):
+@pytest.mark.parametrize("head_arch", HEAD_ARCHS)
+def test_drafts_equal_teacher_forced_heads(base, tree, head_arch):
     """Every draft token is the rank-r guess of training's teacher-forced head along the node's path.
 
     This ties the proposer (encoder KV cache written by observe, one encoder
     call per depth, trigrams across the committed/draft boundary) to the
     training formulation, including a prompt of one token (padded trigrams).
     """
-    drafter = random_drafter(base, 3, seed=1)
+    drafter = random_drafter(base, 3, seed=1, head_arch=head_arch)
     embed, rotary = base.get_input_embeddings(), base.get_decoder().rotary_emb
     torch.manual_seed(2)
     ids = torch.randint(3, base.config.vocab_size, (16,))
@@ -265,6 +338,68 @@ def test_hidden_and_vocab_mismatches_are_refused(tmp_path, base, base_dir):
         load_model(ckpt, device="cpu")
 
 
+# --------------------------------------------------------------------------- the authors' released layout
+def test_authors_layout_loads_as_published_heads(tmp_path, base, base_dir):
+    """Their files and key names load as they are; the head architecture comes from the head weights."""
+    from fastchat.model.model_adapter import get_model_adapter
+
+    from fastchat_spec.adapters.chimera import ChimeraAdapter
+
+    tensors = authors_tensors(base, num_heads=3, num_layers=2, seed=3)
+    ckpt = save_authors_layout(str(tmp_path / "chimera-authors"), tensors, base_dir, num_layers=2)
+    assert isinstance(get_model_adapter(ckpt), ChimeraAdapter)
+    model, _ = load_model(ckpt, device="cpu")
+    assert (model.spec.num_heads, model.spec.num_layers) == (3, 2)
+    assert model.spec.options["chimera_head_arch"] == model.drafter.head_arch == "published"
+    for part, state in tensors.items():
+        loaded = getattr(model.drafter, part).state_dict()
+        expected = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+        assert set(loaded) == set(expected), part
+        for key, value in expected.items():
+            torch.testing.assert_close(loaded[key], value)
+
+
+@pytest.mark.parametrize("num_heads,num_layers,head_in,driver", [
+    (3, 1, "encoder", "device"),
+    (3, 1, "encoder", "host"),
+    (2, 2, "encoder", "device"),
+    (3, 0, "hidden+encoder", "device"),
+], ids=["encoder-heads", "encoder-heads-host-step", "encoder-heads-2-blocks", "later-2H-linear-heads"])
+def test_authors_layout_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_heads, num_layers,
+                                                head_in, driver, monkeypatch):
+    """A checkpoint in the authors' layout answers with FastChat's greedy text, token for token."""
+    monkeypatch.setenv(DEVICE_STEP_ENV, "1" if driver == "device" else "0")
+    tensors = authors_tensors(base, num_heads, num_layers, seed=num_heads + num_layers, head_in=head_in)
+    ckpt = save_authors_layout(str(tmp_path / "chimera-authors"), tensors, base_dir, num_layers=max(num_layers, 1))
+    model, tok = load_model(ckpt, device="cpu")
+    assert model.drafter.head_arch == ("published" if head_in == "encoder" else "residual")
+    stream = get_generate_stream_function(model, ckpt)
+    assert stream.__module__ == "fastchat_spec.generate.stream"
+    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, MAX_NEW, CONTEXT)
+    assert tokens / steps > 1.0  # drafts were accepted: the comparison covered multi-token steps
+
+
+def test_authors_layout_contradictions_are_named(tmp_path, base, base_dir):
+    tensors = authors_tensors(base, num_heads=2, num_layers=1, seed=5)
+    ckpt = save_authors_layout(str(tmp_path / "chimera-declared"), tensors, base_dir)
+    config_file = os.path.join(ckpt, "config.json")
+    with open(config_file) as f:
+        config = json.load(f)
+    with open(config_file, "w") as f:
+        json.dump({**config, "chimera_head_arch": "residual"}, f)
+    with pytest.raises(ValueError, match=r"(?s)chimera_head_arch='residual'.*chimera_head.pt.*'published'"):
+        load_model(ckpt, device="cpu")
+    with open(config_file, "w") as f:
+        json.dump({**config, "chimera_head_arch": "mlp"}, f)
+    with pytest.raises(ValueError, match="not one of"):
+        load_model(ckpt, device="cpu")
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    torch.save(tensors["fast_layer1"], os.path.join(ckpt, "fast_layer0.pt"))
+    with pytest.raises(NotImplementedError, match="fast_layer0"):
+        load_model(ckpt, device="cpu")
+
+
 # --------------------------------------------------------------------------- training
 def fastchat_json(path: str, n: int, seed: int) -> str:
     lines = tiny.corpus(2 * n, seed=seed)
@@ -276,7 +411,8 @@ def fastchat_json(path: str, n: int, seed: int) -> str:
     return path
 
 
-def test_training_steps_lower_the_loss(base, base_dir, tmp_path):
+@pytest.mark.parametrize("head_arch", HEAD_ARCHS)
+def test_training_steps_lower_the_loss(base, base_dir, tmp_path, head_arch):
     from transformers import AutoTokenizer
 
     from fastchat_spec.train import common
@@ -287,7 +423,7 @@ def test_training_steps_lower_the_loss(base, base_dir, tmp_path):
     data = common.supervised_dataset(tok, fastchat_json(str(tmp_path / "d.json"), 4, seed=1), 512)
     batch = common.Collator(tok.pad_token_id)([data[i] for i in range(4)])
     torch.manual_seed(0)
-    model = ChimeraTraining(base, new_drafter_for(base, 2))
+    model = ChimeraTraining(base, new_drafter_for(base, 2, head_arch=head_arch))
     optimizer = torch.optim.AdamW(model.drafter.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
@@ -330,3 +466,31 @@ def test_train_cli_writes_a_checkpoint_that_serves_and_evaluates(tmp_path, base_
     printed = capsys.readouterr().out
     assert "head0" in printed and "head1" in printed and "given it, the heads guess" in printed
     assert set(result["data"]["heads"]) == set(result["prompt"]["heads"]) == {"head0", "head1"}
+
+
+def test_train_cli_published_heads_write_the_authors_layout(tmp_path, base, base_dir):
+    """``--chimera_head_arch published`` trains heads that read the encoder output alone, saved under the
+    authors' file and key names, and the checkpoint serves FastChat's greedy text."""
+    from fastchat_spec.train import chimera
+
+    out = tmp_path / "chimera-published-tiny"
+    chimera.train([
+        "--model_name_or_path", base_dir, "--data_path", fastchat_json(str(tmp_path / "train.json"), 8, seed=4),
+        "--output_dir", str(out), "--chimera_num_heads", "2", "--chimera_num_layers", "1",
+        "--chimera_head_arch", "published", "--model_max_length", "512", "--per_device_train_batch_size", "4",
+        "--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "True", "--tree_nodes", "8",
+    ])
+    assert {"trimlp.pt", "fast_layer1.pt", "chimera_head.pt"} <= set(os.listdir(out))
+    assert json.loads((out / "config.json").read_text())["chimera_head_arch"] == "published"
+    h, v = base.config.hidden_size, base.config.vocab_size
+    heads = torch.load(out / "chimera_head.pt", weights_only=True)
+    assert {k: tuple(t.shape) for k, t in heads.items()} == {
+        f"{k}.{name}": shape for k in range(2)
+        for name, shape in [("0.linear.weight", (h, h)), ("0.linear.bias", (h,)), ("1.weight", (v, h))]}
+
+    model, tok = load_model(str(out), device="cpu")
+    assert model.drafter.head_arch == "published"
+    params = {"prompt": PROMPTS[1], "temperature": 0.0, "max_new_tokens": 16, "echo": False}
+    ours = list(get_generate_stream_function(model, str(out))(model, tok, dict(params), "cpu", CONTEXT))[-1]
+    base_model, base_tok = load_model(base_dir, device="cpu")
+    assert ours["text"] == list(fastchat_generate_stream(base_model, base_tok, params, "cpu", CONTEXT))[-1]["text"]

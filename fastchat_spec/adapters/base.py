@@ -10,15 +10,19 @@ then the method's drafter, and ``get_default_conv_template`` is the base's.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import pickle
+from typing import Callable, Optional
 
 import torch
 from fastchat.conversation import get_conv_template
+from safetensors import SafetensorError
 
-from fastchat_spec.adapters.checkpoint import read_config, resolve_base_path
+from fastchat_spec.adapters.checkpoint import check_base_path, explain_load_failure, read_config, resolve_base_path
 from fastchat_spec.spec_model import SpecConfig, SpecModel
 
 QUANTIZE_ENV = "FASTCHAT_SPEC_QUANTIZE"  # "4bit" or "8bit": load the base with bitsandbytes
+# What Hugging Face raises for a model folder it cannot read (missing, broken or mismatched files).
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError)
 
 
 def fastchat_adapter_for(path: str):
@@ -69,7 +73,8 @@ class SpecAdapter:
         base_path = self.base_path(model_path, config)
         kwargs = dict(from_pretrained_kwargs)
         _add_quantization(kwargs)
-        base, tokenizer = fastchat_adapter_for(base_path).load_model(base_path, kwargs)
+        base, tokenizer = load_base(model_path, base_path,
+                                    lambda: fastchat_adapter_for(base_path).load_model(base_path, kwargs))
         drafter = self.load_drafter(model_path, config, spec, base)
         if drafter is not None:
             lm_head = base.get_output_embeddings().weight
@@ -84,7 +89,8 @@ class SpecAdapter:
         config = read_config(model_path) or {}
         spec = self.spec_config(config, model_path)
         base_path = self.base_path(model_path, config)
-        base, tokenizer = load_compress_model(base_path, device, torch_dtype, use_fast=use_fast, revision=revision)
+        base, tokenizer = load_base(model_path, base_path, lambda: load_compress_model(
+            base_path, device, torch_dtype, use_fast=use_fast, revision=revision))
         drafter = self.load_drafter(model_path, config, spec, base)
         if drafter is not None:
             drafter.to(device=device, dtype=torch_dtype).eval()
@@ -106,6 +112,24 @@ class SpecAdapter:
                 name = name[len(prefix):]
                 break
         return fastchat_adapter_for(name).get_default_conv_template(name)
+
+
+def load_base(model_path: str, base_path: str, load: Callable[[], tuple]):
+    """``load()`` the base of checkpoint ``model_path``; when it fails, the error names the file at fault.
+
+    Hugging Face's own errors often name no file (a truncated safetensors, a
+    config that does not fit the weights, a missing tokenizer), so on failure
+    the base's folder is examined; when nothing there explains it, the original
+    error is raised unchanged.
+    """
+    check_base_path(model_path, base_path)
+    try:
+        return load()
+    except LOAD_ERRORS as error:
+        explained = explain_load_failure(base_path, model_path, error)
+        if explained is None:
+            raise
+        raise explained from error
 
 
 def _add_quantization(kwargs: dict) -> None:

@@ -22,6 +22,7 @@ from fastchat_spec.adapters.base import SpecAdapter
 from fastchat_spec.adapters.checkpoint import (
     write_drafter_checkpoint,
     check_drafter_fits,
+    config_int,
     first_existing,
     load_tensors,
 )
@@ -45,8 +46,8 @@ class HydraAdapter(SpecAdapter):
         _check_supported(config, path, arch)
         return SpecConfig(
             method="hydra",
-            num_heads=int(config.get("hydra_num_heads", 0)),
-            num_layers=int(config.get("hydra_num_layers", 1)),
+            num_heads=config_int(config, "hydra_num_heads", path),
+            num_layers=config_int(config, "hydra_num_layers", path, default=1),
             tree=config.get("hydra_choices") or config.get("spec_tree"),
             base_model_name_or_path=config.get("base_model_name_or_path"),
             conv_template=config.get("fastchat_conv_template"),
@@ -73,7 +74,7 @@ def _check_supported(config: dict, path: str, arch: str) -> None:
     if arch not in ARCHS:
         raise NotImplementedError(f"{where}: hydra_head_arch={arch!r} is not supported; "
                                   f"fastchat-spec runs {ARCHS}")
-    if int(config.get("hidden_state_offset", 0) or 0) != 0:
+    if config_int(config, "hidden_state_offset", path, default=0, minimum=0) != 0:
         raise NotImplementedError(
             f"{where}: hidden_state_offset={config['hidden_state_offset']} (heads fed from an earlier layer) "
             "is not supported; fastchat-spec feeds the heads the last hidden state (hidden_state_offset=0)")
@@ -94,6 +95,9 @@ def _shape_from_keys(state: dict, file: str, arch: str):
     layers = len(blocks[0])
     first = min(blocks[0])
     grounded = f"hydra_mlp.0.{first}.res_connection.weight" in state
+    if f"hydra_mlp.0.{first}.linear.weight" not in state:
+        raise ValueError(f"Hydra head file {file} has no hydra_mlp.0.{first}.linear.weight; it is incomplete: "
+                         "download or train it again")
     hidden = state[f"hydra_mlp.0.{first}.linear.weight"].shape[0]
     lm_key = "hydra_lm_head.0.1.weight" if arch == "prefix-mlp" else "hydra_lm_head.0.weight"
     if lm_key not in state:
@@ -105,7 +109,11 @@ def _shape_from_keys(state: dict, file: str, arch: str):
 
 
 def _load_strict(drafter: HydraHeads, state: dict, file: str) -> None:
-    result = drafter.load_state_dict(state, strict=False)
+    try:
+        result = drafter.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise ValueError(f"Hydra head file {file} does not match the architecture in config.json: {e}; "
+                         "check hydra_head_arch and grounded_heads, or download or train it again") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"Hydra head file {file} does not match the architecture in config.json: "
                          f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from fastchat_spec.adapters.base import SpecAdapter
-from fastchat_spec.adapters.checkpoint import (check_drafter_fits, first_existing, load_tensors,
+from fastchat_spec.adapters.checkpoint import (check_drafter_fits, config_int, first_existing, load_tensors,
                                                prefixed_tensors, write_drafter_checkpoint)
 from fastchat_spec.heads.medusa import MedusaHeads
 from fastchat_spec.spec_model import SpecConfig
@@ -43,8 +43,8 @@ class MedusaAdapter(SpecAdapter):
     def spec_config(self, config, path):
         return SpecConfig(
             method="medusa",
-            num_heads=int(config.get("medusa_num_heads", 0)),
-            num_layers=int(config.get("medusa_num_layers", 1)),
+            num_heads=config_int(config, "medusa_num_heads", path),
+            num_layers=config_int(config, "medusa_num_layers", path, default=1),
             tree=config.get("medusa_choices") or config.get("spec_tree"),
             base_model_name_or_path=config.get("base_model_name_or_path"),
             conv_template=config.get("fastchat_conv_template"),
@@ -58,7 +58,7 @@ class MedusaAdapter(SpecAdapter):
         spec.num_layers = layers
         check_drafter_fits("Medusa heads", hidden, vocab, base.config, file)
         drafter = MedusaHeads(hidden, base.config.vocab_size, heads, layers, own_lm_head=own_lm_head)
-        drafter.medusa_head.load_state_dict(state, strict=True)
+        _load_strict(drafter, state, file)
         return drafter
 
 
@@ -92,6 +92,14 @@ def _shape_from_keys(state: dict, file: str):
     if heads != set(range(len(heads))):
         raise ValueError(f"Medusa head file {file} has gaps in its head indices: {sorted(heads)}")
     return len(heads), len(layers), own, hidden, vocab if own else None
+
+
+def _load_strict(drafter: MedusaHeads, state: dict, file: str) -> None:
+    try:
+        drafter.medusa_head.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # heads of different shapes, or blocks without their bias
+        raise ValueError(f"Medusa head file {file} does not hold {drafter.num_heads} heads of one shape: {e}; "
+                         "download or train it again") from None
 
 
 def write_medusa_checkpoint(out_dir: str, heads: MedusaHeads, base_model_name_or_path: str,

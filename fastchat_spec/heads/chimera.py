@@ -20,13 +20,21 @@ Three parts, named as in the published checkpoints:
   of the base's hidden state there. We put the two in one sequence rather than
   summing them per position because at the positions the drafter must fill
   there is no base hidden state to add to.
-* ``chimera_head``, the residual decoding heads: head k reads
-  ``[h_t; F_{t+k}]``, the base's last hidden state at the last position it ran
-  (the residual path to the original LLM) and the encoder output at the
-  position whose next token it guesses, through ``num_layers`` residual blocks
-  on 2H and a Linear(2H -> V) initialised as ``[W_lm, W_lm]``. Head k guesses
-  token t+k+1. Its input depends on the token chosen by head k-1 through that
-  position's trigram, so the heads run one after the other along a tree path.
+* ``chimera_head``, the decoding heads. Head k guesses token t+k+1 from
+  ``F_{t+k}``, the encoder output at the position whose next token it guesses;
+  its input depends on the token chosen by head k-1 through that position's
+  trigram, so the heads run one after the other along a tree path. Two head
+  architectures (``HEAD_ARCHS``, the checkpoint's ``chimera_head_arch``):
+
+  - ``"residual"`` (ours, the default; the paper's residual decoding heads):
+    head k reads ``[h_t; F_{t+k}]``, the base's last hidden state at the last
+    position it ran (the residual path to the original LLM) and the encoder
+    output, through ``num_layers`` residual blocks on 2H and a
+    Linear(2H -> V) initialised as ``[W_lm, W_lm]``.
+  - ``"published"`` (the architecture of the Chimera authors' released
+    weights): head k reads only ``F_{t+k}``, through ``num_layers`` residual
+    blocks on H and a Linear(H -> V) initialised as ``W_lm``, i.e. the
+    encoder output is treated as the base's hidden state and decoded like it.
 
 No generation state lives here: the encoder's KV cache belongs to the proposer
 (``fastchat_spec/generate/proposers/chimera.py``), one per generation.
@@ -41,6 +49,7 @@ from torch import nn
 from fastchat_spec.heads.medusa import ResBlock
 
 PAD_ID = -1  # a token id meaning "before the start": its embedding is the zero vector
+HEAD_ARCHS = ("residual", "published")  # what a head reads: [h_t; F] (ours) or F alone (the authors' weights)
 
 
 def trigram_ids(ids: torch.Tensor) -> torch.Tensor:
@@ -81,10 +90,13 @@ def decoder_layer_class(base) -> type:
 
 class ChimeraDrafter(nn.Module):
     def __init__(self, base_config, num_heads: int, num_layers: int = 1, encoder_layers: int = 1,
-                 layer_class: type | None = None):
+                 layer_class: type | None = None, head_arch: str = "residual"):
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"chimera_num_heads must be >= 1, got {num_heads}")
+        if head_arch not in HEAD_ARCHS:
+            raise ValueError(f"chimera_head_arch={head_arch!r} is not a Chimera head architecture; use one of "
+                             f"{HEAD_ARCHS}")
         if encoder_layers < 1:
             raise ValueError(f"the full-context encoder needs >= 1 layer, got {encoder_layers}")
         if layer_class is None:
@@ -93,17 +105,23 @@ class ChimeraDrafter(nn.Module):
             layer_class = LlamaDecoderLayer
         self.encoder_config = encoder_config(base_config, encoder_layers)
         h, vocab = self.encoder_config.hidden_size, self.encoder_config.vocab_size
-        self.hidden_size, self.vocab_size, self.num_layers = h, vocab, num_layers
+        self.hidden_size, self.vocab_size, self.num_layers, self.head_arch = h, vocab, num_layers, head_arch
         self.trimlp = nn.Sequential(ResBlock(3 * h), nn.Linear(3 * h, h, bias=False))
         self.fast_layer1 = nn.ModuleList(layer_class(self.encoder_config, layer_idx=i) for i in range(encoder_layers))
         self._init_encoder()
+        width = self.head_width
         self.chimera_head = nn.ModuleList(
-            nn.Sequential(*[ResBlock(2 * h) for _ in range(num_layers)], nn.Linear(2 * h, vocab, bias=False))
+            nn.Sequential(*[ResBlock(width) for _ in range(num_layers)], nn.Linear(width, vocab, bias=False))
             for _ in range(num_heads))
 
     @property
     def num_heads(self) -> int:
         return len(self.chimera_head)
+
+    @property
+    def head_width(self) -> int:
+        """Width of a head's input: 2H for ``[h_t; F]``, H for ``F`` alone."""
+        return 2 * self.hidden_size if self.head_arch == "residual" else self.hidden_size
 
     def _init_encoder(self) -> None:
         """A fresh layer, initialised the way Hugging Face initialises the base's own."""
@@ -115,10 +133,11 @@ class ChimeraDrafter(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def init_heads_from(self, lm_head: nn.Module) -> None:
-        """The paper's start: every head's output layer is ``[W_lm, W_lm]``."""
+        """Every head starts as the base's lm_head: ``[W_lm, W_lm]`` on ``[h_t; F]``, ``W_lm`` on ``F``."""
         weight = lm_head.weight.data
+        start = torch.cat([weight, weight], dim=1) if self.head_arch == "residual" else weight
         for head in self.chimera_head:
-            head[-1].weight.data.copy_(torch.cat([weight, weight], dim=1))
+            head[-1].weight.data.copy_(start)
 
     # -- the three parts ---------------------------------------------------
     def trigram(self, embed: nn.Module, tri_ids: torch.Tensor) -> torch.Tensor:
@@ -143,7 +162,13 @@ class ChimeraDrafter(nn.Module):
         return x
 
     def head(self, k: int, base_hidden: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
-        """Logits of head ``k`` (0-based) from ``[h_t; F]`` (both (..., H)) -> (..., V)."""
+        """Logits of head ``k`` (0-based) from ``h_t`` and ``F`` (both (..., H)) -> (..., V).
+
+        Published heads ignore ``base_hidden``; both variants take it so that
+        the proposer and the trainer call every head the same way.
+        """
+        if self.head_arch == "published":
+            return self.chimera_head[k](encoded)
         return self.chimera_head[k](torch.cat([base_hidden.to(encoded.dtype), encoded], dim=-1))
 
     # -- training: every position at once --------------------------------------
@@ -194,8 +219,10 @@ def two_stream_mask(length: int, offset: int, device) -> torch.Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
-def new_drafter_for(base, num_heads: int, num_layers: int = 1, encoder_layers: int = 1) -> ChimeraDrafter:
+def new_drafter_for(base, num_heads: int, num_layers: int = 1, encoder_layers: int = 1,
+                    head_arch: str = "residual") -> ChimeraDrafter:
     """A freshly initialised drafter for ``base``: its layer class, heads started from its lm_head."""
-    drafter = ChimeraDrafter(base.config, num_heads, num_layers, encoder_layers, decoder_layer_class(base))
+    drafter = ChimeraDrafter(base.config, num_heads, num_layers, encoder_layers, decoder_layer_class(base),
+                             head_arch)
     drafter.init_heads_from(base.get_output_embeddings())
     return drafter

@@ -16,17 +16,23 @@ KL(base || head) against the base's own next-token distribution at t+k+1 (what
 verification will compare the draft with); heads are weighted
 ``decay^k`` (``--chimera_decay_coefficient``).
 
+``--chimera_head_arch`` picks what the heads read: ``residual`` (ours, the
+default) reads ``[h_t; F]``, the base's last hidden state and the encoder
+output; ``published`` reads the encoder output alone, the architecture of the
+Chimera authors' released weights. Both learn with the same objective.
+
 Writes the published layout: config.json (``chimera_num_heads``,
-``chimera_num_layers``, ``base_model_name_or_path``, ``chimera_choices`` grown
-from held-out accuracy) with ``trimlp.pt``, ``fast_layer1.pt`` and
-``chimera_head.pt`` (or ``.safetensors`` with ``--chimera_safetensors``).
+``chimera_num_layers``, ``chimera_head_arch``, ``base_model_name_or_path``,
+``chimera_choices`` grown from held-out accuracy) with ``trimlp.pt``,
+``fast_layer1.pt`` and ``chimera_head.pt`` (or ``.safetensors`` with
+``--chimera_safetensors``).
 
 Flag names follow the Chimera authors' script; every HF TrainingArguments flag
 works too. Example (one GPU)::
 
     torchrun --nproc_per_node=1 -m fastchat_spec.train.chimera --model_name_or_path BASE \\
         --data_path train.json --eval_data_path heldout.json --output_dir chimera-BASE \\
-        --chimera_num_heads 4 --chimera_num_layers 1 --num_train_epochs 1
+        --chimera_num_heads 4 --chimera_num_layers 1 --num_train_epochs 1 [--chimera_head_arch published]
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from fastchat_spec.heads.chimera import PARTS, ChimeraDrafter, decoder_layer_class, new_drafter_for
+from fastchat_spec.heads.chimera import HEAD_ARCHS, ChimeraDrafter, decoder_layer_class, new_drafter_for
 from fastchat_spec.train import common
 from fastchat_spec.train.common import IGNORE_TOKEN_ID, base_hidden_states, head_logs, head_loss
 
@@ -46,6 +52,10 @@ DEFAULTS = {"learning_rate": "1e-3"}
 class ChimeraArguments:
     chimera_num_heads: int = field(default=4, metadata={"help": "Number of residual decoding heads (draft depth)."})
     chimera_num_layers: int = field(default=1, metadata={"help": "Residual blocks per head."})
+    chimera_head_arch: str = field(default="residual", metadata={
+        "help": "What the heads read: residual ([base hidden state; encoder output], ours) or published (the "
+                "encoder output alone, the architecture of the Chimera authors' released weights).",
+        "choices": list(HEAD_ARCHS)})
     chimera_decay_coefficient: float = field(default=0.8, metadata={
         "help": "Head k's loss weight is decay^k: later heads are less accurate and matter less."})
     distill_weight: float = field(default=1.0, metadata={
@@ -105,26 +115,22 @@ def chimera_predict(model: ChimeraTraining, batch: dict):
 
 # --------------------------------------------------------------------------- building and writing
 def build_drafter(base, args: ChimeraArguments) -> ChimeraDrafter:
-    drafter = new_drafter_for(base, args.chimera_num_heads, args.chimera_num_layers)
+    drafter = new_drafter_for(base, args.chimera_num_heads, args.chimera_num_layers,
+                              head_arch=args.chimera_head_arch)
     if args.chimera_init:
         _load_checkpoint_parts(drafter, args.chimera_init)
     return drafter.to(next(base.parameters()).device)
 
 
 def _load_checkpoint_parts(drafter: ChimeraDrafter, path: str) -> None:
-    from fastchat_spec.adapters.checkpoint import first_existing, load_tensors
-    from fastchat_spec.adapters.chimera import part_files
+    from fastchat_spec.adapters.chimera import read_parts
 
-    for name in PARTS:
-        file = first_existing(path, part_files(name))
-        if file is None:
-            raise FileNotFoundError(f"--chimera_init {path}: no {name} weights there (expected one of "
-                                    f"{part_files(name)}); pass a Chimera checkpoint folder")
+    for name, (state, file) in read_parts(path).items():
         try:
-            getattr(drafter, name).load_state_dict(load_tensors(file), strict=True)
+            getattr(drafter, name).load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ValueError(f"--chimera_init {file} does not fit --chimera_num_heads/--chimera_num_layers "
-                             f"and this base: {e}") from None
+            raise ValueError(f"--chimera_init {file} does not fit --chimera_num_heads/--chimera_num_layers/"
+                             f"--chimera_head_arch and this base: {e}") from None
 
 
 def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, base_path: str, tree,
@@ -132,7 +138,7 @@ def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, ba
     from fastchat_spec.adapters.chimera import write_chimera_checkpoint
 
     drafter = ChimeraDrafter(base.config, args.chimera_num_heads, args.chimera_num_layers,
-                             layer_class=decoder_layer_class(base))
+                             layer_class=decoder_layer_class(base), head_arch=args.chimera_head_arch)
     prefix = "drafter."
     drafter.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
     drafter.to(common.stored_dtype(base.config))

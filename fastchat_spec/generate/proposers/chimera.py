@@ -1,4 +1,8 @@
-"""Chimera proposer: trigram encoder -> full-context encoder -> residual heads, depth by depth.
+"""Chimera proposer: trigram encoder -> full-context encoder -> decoding heads, depth by depth.
+
+Both head architectures run through the same calls (``drafter.head(d, hidden,
+encoded)``); the authors' released heads ignore the base hidden state, which
+is still kept so that the state and the captured step are the same for both.
 
 Per generation it keeps the full-context encoder's own KV cache, the last two
 committed tokens (for the root's trigram) and the base's last hidden state.
