@@ -20,7 +20,8 @@ _PATCHES = {
     "fastchat.model.model_adapter": "patch_model_adapter",
     "fastchat.serve.model_worker": "patch_model_worker",
     # ``python -m fastchat.serve.model_worker`` runs that module as __main__, so
-    # its ModelWorker is patched as the class is created (see fastchat_patches).
+    # its ModelWorker is patched as the class is created (see fastchat_patches);
+    # the worker app and its endpoints live here, imported by name in every case.
     "fastchat.serve.base_model_worker": "patch_base_model_worker",
 }
 

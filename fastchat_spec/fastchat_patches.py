@@ -4,6 +4,7 @@ Each function receives the freshly executed module and is idempotent.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -36,11 +37,21 @@ def patch_utils(utils) -> None:
 
 
 def patch_openai_protocol(protocol) -> None:
-    """Under pydantic v2, ``chunk.json(exclude_unset=True, ensure_ascii=False)`` raises TypeError."""
+    """Streaming under pydantic v2, and requests FastChat's API server would answer with a 500 or ignore.
+
+    ``chunk.json(exclude_unset=True, ensure_ascii=False)`` raises TypeError
+    under pydantic v2. The request checks live in the request models because
+    ``python -m fastchat.serve.openai_api_server`` runs the server as
+    ``__main__``, where no import hook sees its functions; a failed check is
+    answered by FastChat's own handler: HTTP 400, ``ErrorCode.VALIDATION_TYPE_ERROR``.
+    """
     import pydantic
 
     if int(pydantic.VERSION.split(".")[0]) < 2:
         return
+    if not getattr(protocol.ChatCompletionRequest, _WRAPPED, False):
+        protocol.ChatCompletionRequest = _checked_chat_request(protocol.ChatCompletionRequest)
+        protocol.CompletionRequest = _checked_completion_request(protocol.CompletionRequest)
 
     def json(self, **kwargs):
         kwargs.pop("ensure_ascii", None)  # model_dump_json already writes UTF-8 as is
@@ -49,6 +60,83 @@ def patch_openai_protocol(protocol) -> None:
     for value in vars(protocol).values():
         if isinstance(value, type) and issubclass(value, pydantic.BaseModel) and value.__module__ == protocol.__name__:
             value.json = json
+
+
+CHAT_ROLES = ("system", "user", "assistant")  # the roles FastChat's get_gen_params knows
+
+
+def _checked_chat_request(base):
+    """``ChatCompletionRequest`` that refuses empty conversations, unknown roles, lone surrogates and logprobs."""
+    import pydantic
+
+    class ChatCompletionRequest(base):
+        # OpenAI's chat logprobs; FastChat 0.2.36 would drop them silently.
+        logprobs: bool | None = None
+        top_logprobs: int | None = None
+
+        @pydantic.field_validator("messages")
+        @classmethod
+        def _a_conversation(cls, messages):
+            if isinstance(messages, list):
+                _check_messages(messages)
+            else:
+                _check_texts("messages", messages)
+            return messages
+
+        @pydantic.field_validator("logprobs", "top_logprobs")
+        @classmethod
+        def _no_chat_logprobs(cls, value, info):
+            if value:
+                raise ValueError(f"{info.field_name} is not served by FastChat 0.2.36's /v1/chat/completions; "
+                                 "/v1/completions takes logprobs")
+            return value
+
+    return _as_protocol_class(ChatCompletionRequest, base)
+
+
+def _checked_completion_request(base):
+    """``CompletionRequest`` that refuses an empty prompt list and lone surrogates."""
+    import pydantic
+
+    class CompletionRequest(base):
+        @pydantic.field_validator("prompt")
+        @classmethod
+        def _a_prompt(cls, prompt):
+            if isinstance(prompt, list) and not prompt:
+                raise ValueError("prompt is an empty list; send a string or a list of strings")
+            _check_texts("prompt", prompt)
+            return prompt
+
+    return _as_protocol_class(CompletionRequest, base)
+
+
+def _as_protocol_class(cls, base):
+    cls.__module__, cls.__qualname__, cls.__doc__ = base.__module__, base.__qualname__, base.__doc__
+    setattr(cls, _WRAPPED, True)
+    return cls
+
+
+def _check_messages(messages: list) -> None:
+    if not messages:
+        raise ValueError("messages is empty; send at least one message")
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}].role is {role!r}; use one of {', '.join(CHAT_ROLES)}")
+        if "content" not in message:
+            raise ValueError(f"messages[{i}] has no content")
+        _check_texts(f"messages[{i}].content", message["content"])
+
+
+def _check_texts(name: str, value) -> None:
+    """Lone surrogates (half an emoji's UTF-16 pair) would make the worker's tokenizer raise."""
+    from fastchat_spec.generate.request import check_text
+
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    for item in texts:
+        text = item.get("text") if isinstance(item, dict) else item  # multimodal content parts carry "text"
+        if isinstance(text, str):
+            check_text(name, text)
 
 
 def patch_model_adapter(model_adapter) -> None:
@@ -119,7 +207,9 @@ def patch_model_worker(model_worker) -> None:
 
 
 def patch_base_model_worker(base_model_worker) -> None:
-    """Patch ``ModelWorker`` when its class statement runs, wherever its module lives (also __main__)."""
+    """The worker app's endpoints, and ``ModelWorker`` when its class statement runs, wherever its module
+    lives (``python -m fastchat.serve.model_worker`` runs it as __main__; this module is always imported)."""
+    _patch_worker_endpoints(base_model_worker)
     base = base_model_worker.BaseModelWorker
     if getattr(base, _WRAPPED, False):
         return
@@ -134,17 +224,27 @@ def patch_base_model_worker(base_model_worker) -> None:
 
 
 def _patch_worker_class(worker_cls, model_worker) -> None:
-    """Forward our ``spec`` statistics through the worker's stream.
+    """Forward our ``spec`` statistics through the worker's stream, and answer every failure.
 
-    FastChat's ``generate_stream_gate`` copies only the keys it knows. This
-    version keeps its behaviour (seed, error codes and messages) and also
-    passes ``spec`` along; FastChat's own clients ignore the extra key.
+    FastChat's ``generate_stream_gate`` copies only the keys it knows and
+    catches only ValueError and RuntimeError. This version keeps its
+    behaviour (seed, error codes and messages) and also passes ``spec``
+    along (FastChat's own clients ignore it); a request we refuse gets its
+    own error code and reason, and any other exception an error chunk too.
     """
     if getattr(worker_cls.generate_stream_gate, _WRAPPED, False):
         return
     import json
+    import logging
 
     import torch
+
+    from fastchat_spec.generate.request import RequestError
+
+    logger = logging.getLogger("model_worker")  # FastChat's worker logger (build_logger)
+
+    def error_chunk(text: str, error_code: int) -> bytes:
+        return json.dumps({"text": text, "error_code": int(error_code)}).encode() + b"\0"
 
     def generate_stream_gate(self, params):
         self.call_ct += 1
@@ -159,17 +259,158 @@ def _patch_worker_class(worker_cls, model_worker) -> None:
                         ret[key] = output[key]
                 yield json.dumps(ret).encode() + b"\0"
         except torch.cuda.OutOfMemoryError as e:
-            ret = {"text": f"{model_worker.SERVER_ERROR_MSG}\n\n({e})",
-                   "error_code": model_worker.ErrorCode.CUDA_OUT_OF_MEMORY}
-            yield json.dumps(ret).encode() + b"\0"
-        except (ValueError, RuntimeError, FileNotFoundError) as e:
-            ret = {"text": f"{model_worker.SERVER_ERROR_MSG}\n\n({e})",
-                   "error_code": model_worker.ErrorCode.INTERNAL_ERROR}
-            yield json.dumps(ret).encode() + b"\0"
+            yield error_chunk(f"{model_worker.SERVER_ERROR_MSG}\n\n({e})", model_worker.ErrorCode.CUDA_OUT_OF_MEMORY)
+        except RequestError as e:  # the client's to fix: no "network error, regenerate" banner
+            yield error_chunk(str(e), e.error_code)
+        except Exception as e:  # whatever one request does, the worker answers it and keeps serving
+            logger.exception("generate_stream failed")
+            yield error_chunk(f"{model_worker.SERVER_ERROR_MSG}\n\n({type(e).__name__}: {e})",
+                              model_worker.ErrorCode.INTERNAL_ERROR)
 
     generate_stream_gate.__doc__ = worker_cls.generate_stream_gate.__doc__
     setattr(generate_stream_gate, _WRAPPED, True)
     worker_cls.generate_stream_gate = generate_stream_gate
+
+
+# -- the worker app's endpoints ----------------------------------------------------------
+
+
+def _patch_worker_endpoints(base_model_worker) -> None:
+    """Every request gives its concurrency slot back; a body that is no request gets HTTP 400.
+
+    FastChat 0.2.36 gives the slot back in a BackgroundTask that runs only
+    when a stream ends cleanly (and after ``generate_gate`` only if it
+    returns): a request that raises, e.g. the body ``[]``, keeps its slot,
+    and after ``--limit-worker-concurrency`` of them the worker never answers
+    again. Here one ``async with`` holds the slot around the whole response,
+    and the body is checked before the slot is taken.
+    """
+    from starlette.routing import Route
+
+    if getattr(base_model_worker.api_generate_stream, _WRAPPED, False):
+        return
+    endpoints = _worker_endpoints(base_model_worker)
+    routes = base_model_worker.app.router.routes
+    for i, route in enumerate(routes):
+        endpoint = endpoints.get(getattr(route, "path", None))
+        if endpoint is not None:
+            routes[i] = Route(route.path, endpoint, methods=["POST"], name=route.name)
+            setattr(base_model_worker, route.name, endpoint)
+
+
+def _worker_endpoints(bmw) -> dict:
+    """Starlette endpoints (they take the request) for FastChat's worker paths, by path."""
+    import anyio
+    from starlette.responses import JSONResponse
+
+    from fastchat_spec.generate.request import check_body
+
+    async def api_generate_stream(request):
+        params = await _read_body(request, check_body)
+        return _SlotStream(bmw, lambda: bmw.worker.generate_stream_gate(params))
+
+    async def api_generate(request):
+        params = await _read_body(request, check_body)
+        async with _worker_slot(bmw):
+            # anyio's thread keeps the slot until the thread is done, even if this task is cancelled
+            output = await anyio.to_thread.run_sync(bmw.worker.generate_gate, params)
+        return JSONResponse(output)
+
+    async def api_get_embeddings(request):
+        params = await _read_body(request, _check_embedding_body)
+        async with _worker_slot(bmw):
+            embedding = await anyio.to_thread.run_sync(bmw.worker.get_embeddings, params)
+        return JSONResponse(embedding)
+
+    async def api_count_token(request):
+        # FastChat's API server counts every prompt here first; a megabyte takes a second to
+        # tokenize, which must not stall the worker's event loop.
+        params = await _read_body(request, check_body)
+        return JSONResponse(await anyio.to_thread.run_sync(bmw.worker.count_token, params))
+
+    endpoints = {"/worker_generate_stream": api_generate_stream, "/worker_generate": api_generate,
+                 "/worker_get_embeddings": api_get_embeddings, "/count_token": api_count_token}
+    for endpoint in endpoints.values():
+        setattr(endpoint, _WRAPPED, True)
+    return endpoints
+
+
+async def _read_body(request, check):
+    """The JSON body, or HTTP 400 with the reason: not UTF-8, not JSON, or not what ``check`` wants."""
+    import json
+
+    from starlette.exceptions import HTTPException
+
+    body = await request.body()
+    try:
+        params = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise HTTPException(400, f"the request body is not UTF-8 (byte {body[e.start]:#04x} at offset {e.start}); "
+                                 "send JSON encoded as UTF-8") from None
+    except RecursionError:
+        raise HTTPException(400, "the request body is JSON nested too deeply to read") from None
+    except ValueError as e:  # JSONDecodeError, and integers longer than Python reads
+        raise HTTPException(400, f"the request body is not valid JSON: {e}") from None
+    try:
+        check(params)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    return params
+
+
+def _check_embedding_body(params) -> None:
+    from fastchat_spec.generate.request import RequestError, check_text, json_kind
+
+    if not isinstance(params, dict):
+        raise RequestError(f"an embedding request is a JSON object with an 'input', got {json_kind(params)}")
+    texts = params.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(f"input must be a string or a non-empty list of strings, got {json_kind(texts)}")
+    for i, text in enumerate(texts):
+        check_text(f"input[{i}]", text)
+
+
+@contextlib.asynccontextmanager
+async def _worker_slot(bmw):
+    """One of the worker's ``--limit-worker-concurrency`` slots, given back however the body ends."""
+    await bmw.acquire_worker_semaphore()
+    try:
+        yield
+    finally:
+        bmw.release_worker_semaphore()
+
+
+class _SlotStream:
+    """An ASGI response: FastChat's chunk stream, inside one worker slot from first to last byte.
+
+    The slot is taken when the response starts (as FastChat does, before the
+    headers) and given back when it ends: finished, failed, cancelled, or its
+    client gone. The generator is then closed, so a generation nobody reads
+    stops (closing runs its ``finally`` blocks, off the event loop).
+    """
+
+    def __init__(self, bmw, open_stream):
+        self.bmw = bmw
+        self.open_stream = open_stream  # called in the stream's thread once the slot is ours
+
+    async def __call__(self, scope, receive, send):
+        import anyio
+        from starlette.responses import StreamingResponse
+
+        async with _worker_slot(self.bmw):
+            chunks = _opened_lazily(self.open_stream)
+            try:
+                await StreamingResponse(chunks)(scope, receive, send)
+            finally:
+                if chunks.gi_frame is not None:  # not run to its end: cancelled, failed, or its client gone
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(chunks.close)
+
+
+def _opened_lazily(open_stream):
+    yield from open_stream()
 
 
 def _rebind(name: str, old, new) -> None:

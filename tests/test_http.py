@@ -244,19 +244,19 @@ def assert_still_serving(servers):
     servers.check_alive()
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"stop": 5}, "stop must be a string or a list of strings"),
-    ({"max_new_tokens": 5000}, "does not fit the model's context of 1024 tokens"),
-    ({"temperature": -1}, "temperature must be >= 0"),
+@pytest.mark.parametrize("params,message,code", [
+    ({"stop": 5}, "stop must be a string or a list of strings", 40302),  # ErrorCode.PARAM_OUT_OF_RANGE
+    ({"max_new_tokens": 5000}, "does not fit the model's context of 1024 tokens", 40303),  # CONTEXT_OVERFLOW
+    ({"temperature": -1}, "temperature must be >= 0", 40302),
 ])
-def test_worker_level_errors_use_fastchats_error_code(servers, params, message):
+def test_worker_level_errors_use_fastchats_error_code(servers, params, message, code):
     base = {"prompt": "Hello", "temperature": 0, "max_new_tokens": 8}
     chunks = servers.worker_stream({**base, **params})
     assert len(chunks) == 1
-    assert chunks[0]["error_code"] == 50001  # ErrorCode.INTERNAL_ERROR, as FastChat's worker reports
+    assert chunks[0]["error_code"] == code  # FastChat's ErrorCode for the reason, as its API server uses them
     assert message in chunks[0]["text"]
     r = http.post(servers.worker_url + "/worker_generate", json={"model": MODEL, **base, **params}, timeout=60)
-    assert r.json()["error_code"] == 50001 and message in r.json()["text"]
+    assert r.json()["error_code"] == code and message in r.json()["text"]
     assert_still_serving(servers)
 
 

@@ -6,10 +6,12 @@ top-p and top-k as stock ``generate_stream`` would use at that position.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # request validation (this module, request.py) runs in the API server, which has no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -32,21 +34,25 @@ class SamplingParams:
         repetition_penalty = _number(params, "repetition_penalty", 1.0, float)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if not 0 <= top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1] (0 means greedy, as in FastChat), got {top_p}")
         if repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
         return SamplingParams(temperature, top_p, top_k, repetition_penalty)
 
 
 def _number(params: dict, key: str, default, kind):
+    """``kind(value)`` as FastChat converts it, refusing what no decoder can use (NaN, infinity)."""
     value = params.get(key, default)
     if value is None:
         return default
     try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a number, got {value!r}") from None
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
+        raise ValueError(f"{key} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):  # JSON bodies may carry NaN and Infinity (Python's json reads them)
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return number
 
 
 def logits_processor(sp: SamplingParams):
