@@ -19,17 +19,24 @@ def test_bench_reports_speedups_per_category(tmp_path, base_dir):
             f.write(json.dumps({"turns": [" ".join(tiny.corpus(2, seed=i))], "category": category}) + "\n")
     out = os.path.join(tmp_path, "results.json")
     bench_main(["--model-path", ckpt, "--prompts", prompts, "--num-prompts", "4", "--max-new-tokens", "24",
-                "--device", "cpu", "--profile-prompts", "1", "--out", out])
+                "--device", "cpu", "--profile-prompts", "1", "--concurrency", "1,4", "--out", out])
     with open(out, encoding="utf-8") as f:
         result = json.load(f)
     overall = result["summary"]["all"]
     assert overall["prompts"] == 4 and overall["tau"] > 1.0
     assert overall["speedup_vs_fastchat"] > 0 and overall["speedup_vs_ar"] > 0
     assert overall["same_text_as_ar_rate"] == 1.0  # float32: the speculative text is the AR text
-    assert set(overall["ms_per_step"]) == {"draft", "verify", "accept"}
+    assert set(overall["ms_per_step"]) == {"step", "other"}
     assert set(result["summary"]["by_category"]) == {"writing", "code"}
     assert os.path.getsize(os.path.join(tmp_path, "results.png")) > 1000
     assert result["command"].startswith("python -m fastchat_spec.bench")
+    # --concurrency: the same prompts from 1 and 4 clients through one engine loop, same texts
+    for name in ("medusa", "ar"):
+        levels = result["serving"][name]
+        assert set(levels) == {"1", "4"}
+        assert levels["4"]["requests"] == 4 and levels["4"]["aggregate_tok_s"] > 0
+        assert levels["4"]["rows_per_step"] > 1.0  # requests shared batched steps
+        assert levels["4"]["same_text_as_first_level"] == 1.0  # float32: load does not change the text
 
 
 def test_bench_compares_several_checkpoints_of_one_base_side_by_side(tmp_path, base_dir):

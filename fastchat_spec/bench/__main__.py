@@ -44,6 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--fp32-reductions", action="store_true",
                    help="forbid reduced-precision (bf16/fp16) reductions in cuBLAS matmuls for every decoder "
                         "(fewer near-tie flips between the 1-token and the tree forward)")
+    p.add_argument("--concurrency", default="",
+                   help="comma list of client counts, e.g. 1,4,16,32: the prompts are also decoded by that many "
+                        "concurrent clients through one engine loop (continuous batching); aggregate tok/s, "
+                        "latency, tau and agreement with the 1-client texts go under 'serving'")
     p.add_argument("--out", required=True, help="results JSON; the chart goes to the same name with .png")
     return p.parse_args(argv)
 
@@ -105,6 +109,8 @@ def main(argv=None):
                 entry["speedup_vs_fastchat"] = spec.tok_s / row["fastchat"]["tok_s"]
         rows.append(row)
 
+    serving = _serving(args, models, tokenizer, prompts, eos) if args.concurrency else None
+
     methods = {name: {"model_path": path, "summary": _summary(rows, name, baselines)}
                for (name, path) in zip(models, args.model_path)}
     first_name = next(iter(models))
@@ -120,6 +126,8 @@ def main(argv=None):
         "methods": methods,
         "prompts": rows,
     }
+    if serving is not None:
+        result["serving"] = serving
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
@@ -127,6 +135,40 @@ def main(argv=None):
     for name in models:
         _print_summary(name, methods[name]["summary"])
     return result
+
+
+def _serving(args, models, tokenizer, prompts, eos) -> dict:
+    """Every checkpoint (and our AR decoder) at each concurrency level, over the same prompts."""
+    from fastchat_spec.bench.run import run_concurrent
+
+    try:
+        levels = [int(c) for c in args.concurrency.split(",") if c]
+    except ValueError:
+        sys.exit(f"--concurrency: give a comma list of client counts, e.g. 1,4,16,32; got {args.concurrency!r}")
+    if not levels or min(levels) < 1:
+        sys.exit(f"--concurrency: client counts must be >= 1, got {args.concurrency!r}")
+    ids = [tokenizer(p.text).input_ids for p in prompts]
+    first = next(iter(models.values()))
+    runners = dict(models)
+    if "ar" in args.baselines.split(","):
+        runners["ar"] = first
+    out = {}
+    for name, model in runners.items():
+        method = "ar" if name == "ar" and model is first and name not in models else None
+        reference = None
+        out[name] = {}
+        for level in levels:
+            result = run_concurrent(model, ids, args.max_new_tokens, args.temperature, eos, level, method)
+            texts = result.pop("text_ids")
+            if reference is None:
+                reference = texts
+            elif args.temperature == 0:
+                result["same_text_as_first_level"] = sum(a == b for a, b in zip(texts, reference)) / len(texts)
+            out[name][str(level)] = result
+            print(f"serving {name} x{level}: {result['aggregate_tok_s']:.1f} tok/s aggregate, "
+                  f"p50 latency {result['latency_p50_s']:.3f} s, tau {result['tau']:.2f}, "
+                  f"{result['rows_per_step']:.1f} rows/step, {result['ms_per_batched_step']:.2f} ms/step")
+    return out
 
 
 def _load_models(args) -> tuple:

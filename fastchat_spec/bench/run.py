@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from fastchat_spec.generate.engine import Generation
+from fastchat_spec.generate.loop import Job, engine_for
 from fastchat_spec.generate.sampling import SamplingParams
 
 
@@ -43,23 +44,95 @@ def _sync(device):
 
 def run_engine(model, prompt_ids: list[int], max_new_tokens: int, temperature: float, eos: int,
                method: str | None = None, profile: bool = False) -> Run:
-    """Decode with our engine until max_new_tokens or eos; ``method="ar"`` is our AR decoder."""
+    """Decode with our engine loop until max_new_tokens or eos; ``method="ar"`` is our AR decoder.
+
+    ``profile``: also report the seconds spent in the loop's batched steps
+    (draft, verify, accept and commit on the device, one host read each) and
+    the rest (prefill, host bookkeeping, hand-over to this thread).
+    """
+    loop = engine_for(model, _context_len(model), method)
+    steps_s = loop.stats.seconds
+    _sync(model.device)
+    t0 = time.perf_counter()
+    out, steps = _decode(loop, prompt_ids, max_new_tokens, temperature, eos)
+    _sync(model.device)
+    seconds = time.perf_counter() - t0
+    split = {}
+    if profile:
+        in_steps = loop.stats.seconds - steps_s
+        split = {"step": in_steps, "other": seconds - in_steps}
+    return Run(len(out), seconds, steps, out, split)
+
+
+def _decode(loop, prompt_ids, max_new_tokens, temperature, eos) -> tuple[list[int], int]:
     sampling = SamplingParams(temperature, 1.0, -1, 1.0)
-    gen = Generation(model, prompt_ids, max_new_tokens, sampling, profile=profile, method=method)
-    try:
-        _sync(model.device)
-        t0 = time.perf_counter()
-        out = gen.prefill()
-        while len(out) < max_new_tokens and eos not in out:
-            out += gen.step()
-        _sync(model.device)
-        seconds = time.perf_counter() - t0
-    finally:
-        gen.close()
+    ticket = loop.submit(Job(list(prompt_ids), max_new_tokens, sampling, [eos]))
+    out, steps = [], 0
+    for emitted in ticket.steps(loop.alive):
+        out += emitted.tokens
+        steps += 1
     out = out[:max_new_tokens]
     if eos in out:
         out = out[: out.index(eos) + 1]
-    return Run(len(out), seconds, gen.stats.steps, out, dict(gen.stats.seconds) if profile else {})
+    return out, steps
+
+
+def run_concurrent(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos: int,
+                   clients: int, method: str | None = None) -> dict:
+    """``clients`` threads decode ``prompts`` through one engine loop, each taking the next prompt when done.
+
+    Returns aggregate tok/s, per-request latency and tokens per step, the
+    loop's rows per batched step, and every request's token ids.
+    """
+    loop = engine_for(model, _context_len(model), method)
+    todo = list(enumerate(prompts))
+    lock = threading.Lock()
+    results: dict[int, dict] = {}
+    before = dict(loop.stats.as_dict())
+
+    def client():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, ids = todo.pop(0)
+            t0 = time.perf_counter()
+            out, steps = _decode(loop, ids, max_new_tokens, temperature, eos)
+            results[i] = {"tokens": len(out), "steps": steps, "latency_s": time.perf_counter() - t0,
+                          "text_ids": out}
+
+    _sync(model.device)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _sync(model.device)
+    wall = time.perf_counter() - t0
+    runs = [results[i] for i in range(len(prompts))]
+    after = loop.stats.as_dict()
+    steps = after["steps"] - before["steps"]
+    latencies = sorted(r["latency_s"] for r in runs)
+    return {
+        "clients": clients,
+        "requests": len(runs),
+        "tokens": sum(r["tokens"] for r in runs),
+        "wall_s": wall,
+        "aggregate_tok_s": sum(r["tokens"] for r in runs) / wall,
+        "latency_p50_s": statistics.median(latencies),
+        "latency_p90_s": latencies[int(0.9 * (len(latencies) - 1))],
+        "tau": statistics.median([(r["tokens"] - 1) / (r["steps"] - 1) for r in runs if r["steps"] > 1] or [1.0]),
+        "rows_per_step": (after["rows"] - before["rows"]) / steps if steps else 0.0,
+        "ms_per_batched_step": 1000 * (after["seconds"] - before["seconds"]) / steps if steps else 0.0,
+        "text_ids": [r["text_ids"] for r in runs],
+    }
+
+
+def _context_len(model) -> int:
+    from fastchat.utils import get_context_length
+
+    return get_context_length(model.config)
 
 
 def run_fastchat(base, tokenizer, prompt: str, max_new_tokens: int, temperature: float,
