@@ -270,6 +270,38 @@ def _patch_worker_class(worker_cls, model_worker) -> None:
     generate_stream_gate.__doc__ = worker_cls.generate_stream_gate.__doc__
     setattr(generate_stream_gate, _WRAPPED, True)
     worker_cls.generate_stream_gate = generate_stream_gate
+    _patch_worker_engine(worker_cls)
+
+
+def _patch_worker_engine(worker_cls) -> None:
+    """Size the engine loop's batch by ``--limit-worker-concurrency``, capture its graphs at load,
+    and report its slots in ``/worker_get_status`` (next to FastChat's queue_length)."""
+    import inspect
+
+    from fastchat_spec.generate import loop
+    from fastchat_spec.spec_model import is_speculative
+
+    original_init, original_status = worker_cls.__init__, worker_cls.get_status
+    signature = inspect.signature(original_init)
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        limit = signature.bind(self, *args, **kwargs).arguments.get("limit_worker_concurrency")
+        loop.configure(slots=limit)
+        original_init(self, *args, **kwargs)
+        if is_speculative(self.model):
+            loop.engine_for(self.model, self.context_len).warm_up()
+
+    @functools.wraps(original_status)
+    def get_status(self):
+        status = original_status(self)
+        engines = loop.loops_of(self.model) if is_speculative(getattr(self, "model", None)) else []
+        if engines:
+            status["spec_engine"] = [engine.status() for engine in engines]
+        return status
+
+    worker_cls.__init__ = __init__
+    worker_cls.get_status = get_status
 
 
 # -- the worker app's endpoints ----------------------------------------------------------

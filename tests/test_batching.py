@@ -119,3 +119,42 @@ def test_streamed_text_only_grows_and_ends_as_one_full_decode(medusa):
         texts = [c["text"] for c in chunks]
         assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:])), prompt
         assert texts[-1] == run_alone(medusa, prompt, 48)["text"]
+
+
+# -- through the unchanged FastChat servers -------------------------------------------------------
+
+SERVED = "medusa-vicuna-tiny"
+
+
+@pytest.fixture(scope="module")
+def servers(medusa_dir, tmp_path_factory):
+    from tests.servers import FastChatServers
+
+    log_dir = str(tmp_path_factory.mktemp("batching_logs"))
+    with FastChatServers(medusa_dir, None, log_dir, model_name=SERVED, limit_worker_concurrency=16) as stack:
+        yield stack
+
+
+def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(servers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.servers import local_session
+
+    http = local_session()
+
+    def ask(i: int) -> str:
+        r = http.post(servers.api_url + "/v1/chat/completions", timeout=300, json={
+            "model": SERVED, "messages": [{"role": "user", "content": PROMPTS[i]}], "temperature": 0,
+            "max_tokens": LENGTHS[i]})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    alone = [ask(i) for i in range(len(PROMPTS))]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(ask, range(len(PROMPTS))))
+    assert together == alone
+    status = http.post(servers.worker_url + "/worker_get_status", timeout=30).json()
+    engine = status["spec_engine"][0]
+    assert engine["slots"] == 16  # --limit-worker-concurrency sets the batch ceiling
+    assert engine["max_rows"] > 1  # the concurrent requests shared batched steps
+    assert engine["busy_slots"] == 0 and status["queue_length"] == 0
