@@ -5,19 +5,28 @@ and model worker (subprocesses on 127.0.0.1) for a tiny Medusa checkpoint whose
 heads copy the base's lm_head, so drafts are often accepted. Playwright drives
 Debian's ``/usr/bin/chromium`` (``.ci/install_browser.sh`` installs both; no
 ``playwright install``). Screenshots go to ``artifacts/`` at the repo root.
+At the end, Ctrl-C (SIGINT) must stop the launcher and every process it started.
+
+A model cannot honestly be made to write ``<script>``, so the last test
+registers a stand-in worker (``MarkupWorker``, FastChat's worker protocol in a
+few lines) whose answer is markup, and checks that the page shows it as text.
 
 Skipped only when Chromium or Playwright is missing and ``CI`` is not set.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psutil
 import pytest
 import requests
 
@@ -30,6 +39,7 @@ MODEL_NAME = "medusa-vicuna-tiny"
 PROMPT = "Tell me about the house and the tree."
 MAX_NEW_TOKENS = "48"
 START_TIMEOUT = 150  # seconds for launch to print its URL on 2 busy cores
+STOP_TIMEOUT = 120  # generous: the launcher itself stops everything within seconds
 
 
 def _missing() -> str:
@@ -81,21 +91,40 @@ def ui(tmp_path_factory, base_dir):
         proc = subprocess.Popen(argv, env=env, cwd=str(work), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{ports['--port']}"
+    started = []
     try:
         _wait_ready(proc, log_path, url)
-        yield url
+        started = psutil.Process(proc.pid).children(recursive=True)  # the controller and the worker
+        yield {"url": url, "controller": f"http://127.0.0.1:{ports['--controller-port']}", "proc": proc,
+               "started": started}
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(60)
+            proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.kill()  # the kernel then kills its servers too (launch.die_with_parent)
             proc.wait()
     log_text = log_path.read_text(errors="replace")
     assert proc.returncode == 0, log_text[-3000:]
     assert "stopped the web UI, the model worker and the controller" in log_text
+    assert len(started) >= 2, f"the launcher's servers were not found: {started}"
+    assert not still_running(started, STOP_TIMEOUT), "a server outlived the launcher's Ctrl-C"
     for flag in ("--controller-port", "--worker-port", "--port"):
         assert not listening(ports[flag]), f"{flag} {ports[flag]} still listening after Ctrl-C"
+
+
+def still_running(procs: list, timeout: float) -> list:
+    """Those of ``procs`` still running (zombies have exited) after up to ``timeout`` seconds."""
+    def running(p):
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while [p for p in procs if running(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in procs if running(p)]
 
 
 def _wait_ready(proc, log_path, url) -> None:
@@ -112,13 +141,14 @@ def _wait_ready(proc, log_path, url) -> None:
 
 @pytest.fixture(scope="module")
 def page(ui):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=90_000)  # as generous as every other wait here: 2 busy cores
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(90_000)
-        page.goto(ui)
+        page.goto(ui["url"])
         yield page
         browser.close()
 
@@ -190,3 +220,121 @@ def test_side_by_side_gives_identical_greedy_texts_and_a_speedup(page):
     assert stat(page, "#sbs-spec-stats", "tokens_per_step") > 1.0
     assert stat(page, "#sbs-stock-stats", "tokens_per_step") == 1.0
     screenshot(page, "web_side_by_side.png")
+
+
+# -- model output is text, never markup ------------------------------------------------------
+MARKUP_MODEL = "stub-markup-worker"
+MARKUP = ('Sure: <script>alert("script ran")</script><img src="/no-such-image.png" '
+          'onerror="alert(\'img ran\')"><b>not bold</b> & <i>not italic</i> done.')
+
+
+class MarkupWorker:
+    """A stand-in FastChat model worker whose every answer is ``MARKUP``, streamed in three chunks.
+
+    It speaks the worker protocol the UI uses (``/worker_get_status``,
+    ``/worker_generate_stream`` with \\0-delimited JSON and ``spec`` statistics)
+    and registers with the launcher's controller without heartbeats.
+    """
+
+    def __init__(self, controller_url: str):
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        session = requests.Session()
+        session.trust_env = False
+        session.post(controller_url + "/register_worker", timeout=30, json={
+            "worker_name": self.url, "check_heart_beat": False, "worker_status": self.status()}).raise_for_status()
+
+    @staticmethod
+    def status() -> dict:
+        return {"model_names": [MARKUP_MODEL], "speed": 1, "queue_length": 0}
+
+    @staticmethod
+    def chunks() -> list:
+        cuts = [len(MARKUP) // 3, 2 * len(MARKUP) // 3, len(MARKUP)]
+        return [{"text": MARKUP[:cut], "error_code": 0, "finish_reason": "stop" if i == 2 else None,
+                 "usage": {"prompt_tokens": 5, "completion_tokens": 4 * (i + 1), "total_tokens": 9 + 4 * i},
+                 "spec": {"steps": 2 * (i + 1), "tokens": 4 * (i + 1), "accepted": [1] * (2 * i + 1)}}
+                for i, cut in enumerate(cuts)]
+
+    def _handler(self):
+        worker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/worker_get_status":
+                    body = json.dumps(worker.status()).encode()
+                elif self.path == "/worker_generate_stream":
+                    body = b"".join(json.dumps(c).encode() + b"\0" for c in worker.chunks())
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # quiet: the test reports what matters
+                pass
+
+        return Handler
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_model_output_with_markup_is_shown_as_text_and_never_runs(page, ui):
+    from playwright.sync_api import expect
+
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    worker = MarkupWorker(ui["controller"])
+    try:
+        page.reload()  # a fresh page lists the models the controller has now, stub included
+        expect(page.locator("#model-select input")).to_have_value(MODEL_NAME)  # the list has loaded
+        page.click("#model-select input")
+        page.click(f'[role="option"]:has-text("{MARKUP_MODEL}")')
+        expect(page.locator("#model-select input")).to_have_value(MARKUP_MODEL)
+        page.fill("#chat-input textarea", "Answer with some HTML.")
+        page.click("#chat-send")
+        page.wait_for_selector('#chat-stats .spec-stats[data-state="done"]')
+        shaded = page.locator('#chat-provenance .answer-text[data-state="done"]')
+        expect(shaded).to_have_text(MARKUP)  # every character as the worker sent it
+        bubble = page.locator('#chatbot [data-testid="bot"]').last
+        expect(bubble).to_contain_text('<script>alert("script ran")</script>')
+        expect(bubble).to_contain_text("<b>not bold</b> & <i>not italic</i>")
+        for panel in ("#chat-provenance", "#chatbot"):
+            assert page.locator(f"{panel} script, {panel} img, {panel} b, {panel} i").count() == 0, (
+                f"markup from the model became elements in {panel}")
+        screenshot(page, "web_markup_as_text.png")
+
+        page.click("#tab-sbs-button")
+        page.fill("#sbs-input textarea", "Answer with some HTML.")
+        page.click("#sbs-run")
+        page.locator('#sbs-verdict .verdict[data-state="done"]').wait_for()
+        for panel in ("#sbs-spec-text", "#sbs-stock-text"):
+            expect(page.locator(f"{panel} .answer-text")).to_have_text(MARKUP)
+            assert page.locator(f"{panel} script, {panel} img").count() == 0
+        assert dialogs == [], f"model output ran as script in the page: {dialogs}"
+    finally:
+        worker.stop()
+
+
+def test_ctrl_c_while_the_page_streams_stops_the_launcher_and_its_servers(page, ui):
+    """Last: the launch fixture's teardown then checks the exit code, the log and the ports."""
+    from playwright.sync_api import expect
+
+    page.reload()  # back to the tiny model (the stub worker is gone)
+    expect(page.locator("#model-select input")).to_have_value(MODEL_NAME)
+    page.click("#tab-sbs-button")
+    page.fill("#max-new-tokens input", "900")
+    page.fill("#sbs-input textarea", "Tell me a long story about the house and the tree.")
+    page.click("#sbs-run")
+    page.locator('#sbs-verdict .verdict[data-state="streaming"]').wait_for()
+    page.locator('#sbs-spec-text .answer-text[data-state="streaming"]').wait_for()
+    ui["proc"].send_signal(signal.SIGINT)
+    ui["proc"].wait(STOP_TIMEOUT)
+    assert ui["proc"].returncode == 0
+    assert not still_running(ui["started"], STOP_TIMEOUT), "a server outlived the launcher's Ctrl-C"

@@ -246,11 +246,33 @@ def test_worker_error_becomes_a_message():
 
 
 # -- HTML and handlers -------------------------------------------------------------------
+# The UI's modules are imported by fixtures: importing Gradio is slow, and the tests above do without it.
+@pytest.fixture(scope="module")
+def rendering():
+    from fastchat_spec.web import rendering
+
+    return rendering
+
+
+@pytest.fixture(scope="module")
+def client():
+    from fastchat_spec.web import client
+
+    return client
+
+
+@pytest.fixture(scope="module")
+def handlers():
+    from fastchat_spec.web import handlers
+
+    return handlers
+
+
 @pytest.fixture(scope="module")
 def app():
-    from fastchat_spec.web import app as app_module
+    from fastchat_spec.web import app
 
-    return app_module
+    return app
 
 
 def finished_answer(pieces, accepted, tokenizer=None, seconds=1.0) -> Answer:
@@ -261,31 +283,43 @@ def finished_answer(pieces, accepted, tokenizer=None, seconds=1.0) -> Answer:
     return answer
 
 
-def test_answer_html_escapes_model_text_and_has_a_legend(app):
+def test_answer_html_escapes_model_text_and_has_a_legend(rendering):
     answer = finished_answer(["<script>", "alert(1)", "</script>"], [2])  # one step-level chunk
-    page = app.answer_html(answer)
+    page = rendering.answer_html(answer)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'class="seg seg-step depth-2"' in page
-    page = app.answer_html(finished_answer(list(TEXT), ACCEPTED, CharTokenizer()))
+    page = rendering.answer_html(finished_answer(list(TEXT), ACCEPTED, CharTokenizer()))
     assert "draft depth 3" in page and "base model" in page
     assert 'class="seg seg-token depth-3"' in page
 
 
-def test_legend_caps_deep_drafts_at_the_last_colour(app):
+def test_chat_shows_markup_from_the_model_as_text_and_keeps_markdown_and_code(rendering):
+    md = rendering.markdown_without_html
+    assert md('<script>alert(1)</script> & <img src=x onerror="f()">') == (
+        '&lt;script>alert(1)&lt;/script> &amp; &lt;img src=x onerror="f()">')
+    assert md("use `a<b` and **bold** <i>") == "use `a<b` and **bold** &lt;i>"  # code spans are literal anyway
+    assert md("Code:\n```html\n<b>x</b>\n```\nthen <i>") == "Code:\n```html\n<b>x</b>\n```\nthen &lt;i>"
+    assert md("```\n<b>a fence still streaming") == "```\n<b>a fence still streaming"
+    assert md("`` a ` <b> ``, ` lone <i>") == "`` a ` <b> ``, ` lone &lt;i>"
+    assert rendering.chat_messages([("<b>hi</b>", "<script>x</script>")]) == [
+        {"role": "user", "content": "&lt;b>hi&lt;/b>"}, {"role": "assistant", "content": "&lt;script>x&lt;/script>"}]
+
+
+def test_legend_caps_deep_drafts_at_the_last_colour(rendering):
     answer = finished_answer(list("x" * 25), [12, 10], CharTokenizer())  # Jacobi-like long acceptances
-    legend = app.legend_html(answer)
-    assert f"draft depth {len(app.DEPTH_COLOURS) - 1}+" in legend
-    assert legend.count('class="swatch"') == len(app.DEPTH_COLOURS)
+    legend = rendering.legend_html(answer)
+    assert f"draft depth {len(rendering.DEPTH_COLOURS) - 1}+" in legend
+    assert legend.count('class="swatch"') == len(rendering.DEPTH_COLOURS)
 
 
-def test_unreachable_controller_is_a_clear_message(app):
+def test_unreachable_controller_is_a_clear_message(client, handlers):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again below: nothing listens there
-    backend = app.Backend(f"http://127.0.0.1:{port}")
-    with pytest.raises(app.WebError, match="Cannot reach the FastChat controller .*fastchat.serve.controller"):
+    backend = client.Backend(f"http://127.0.0.1:{port}")
+    with pytest.raises(client.WebError, match="Cannot reach the FastChat controller .*fastchat.serve.controller"):
         backend.models()
-    refresh_models, *_ = app.make_handlers(backend)
+    refresh_models, *_ = handlers.make_handlers(backend)
     dropdown, error = refresh_models()
     assert dropdown["choices"] == [] and "Cannot reach the FastChat controller" in error
     assert backend.tokenizer("some-model") is None
@@ -298,35 +332,35 @@ def test_tokenizer_option_needs_name_and_path(app):
         app.parse_tokenizer_args(["/a/b"])
 
 
-def test_stats_html_shows_numbers(app):
+def test_stats_html_shows_numbers(rendering):
     answer = finished_answer(list(TEXT), ACCEPTED, seconds=2.0)
-    page = app.stats_html(answer)
+    page = rendering.stats_html(answer)
     assert 'data-state="done"' in page
     assert f'data-stat="tokens_per_step">{answer.stats.tokens_per_step:.2f}<' in page
     assert 'data-stat="tok_per_s">13.0<' in page
 
 
-def test_verdict_identical_and_different(app):
+def test_verdict_identical_and_different(rendering):
     spec = finished_answer(list(TEXT), ACCEPTED, seconds=1.0)
     stock = finished_answer(list(TEXT), [0] * 30, seconds=2.5)
-    page = app.verdict_html(spec, stock, 0.0)
+    page = rendering.verdict_html(spec, stock, 0.0)
     assert 'data-identical="true"' in page and 'data-speedup="2.5000"' in page
     other = finished_answer(list(TEXT.upper()), [0] * 30, seconds=2.0)
-    assert "please report this as a bug" in app.verdict_html(spec, other, 0.0)
-    assert "expected when sampling" in app.verdict_html(spec, other, 0.7)
+    assert "please report this as a bug" in rendering.verdict_html(spec, other, 0.0)
+    assert "expected when sampling" in rendering.verdict_html(spec, other, 0.7)
 
 
-def test_race_runs_streams_concurrently_or_in_order(app):
+def test_race_runs_streams_concurrently_or_in_order(client):
     def stream(name, n, fail=False):
         for i in range(n):
             yield {"name": name, "i": i}, 0.0
         if fail:
-            raise app.WebError(f"{name} broke")
+            raise client.WebError(f"{name} broke")
 
-    items = list(app.race({"a": stream("a", 3), "b": stream("b", 2, fail=True)}, concurrent=False))
+    items = list(client.race({"a": stream("a", 3), "b": stream("b", 2, fail=True)}, concurrent=False))
     assert [n for n, _ in items] == ["a"] * 4 + ["b"] * 4
-    assert isinstance(items[-2][1], app.WebError) and items[-1][1] is None
-    items = list(app.race({"a": stream("a", 5), "b": stream("b", 5)}, concurrent=True))
+    assert isinstance(items[-2][1], client.WebError) and items[-1][1] is None
+    items = list(client.race({"a": stream("a", 5), "b": stream("b", 5)}, concurrent=True))
     assert sum(item is None for _, item in items) == 2 and len(items) == 12
 
 
@@ -359,9 +393,9 @@ class FakeBackend:
             yield chunk, 0.01 * (i + 1)
 
 
-def test_chat_handler_streams_an_answer_with_statistics(app):
+def test_chat_handler_streams_an_answer_with_statistics(handlers):
     backend = FakeBackend()
-    _, chat, _, _ = app.make_handlers(backend)
+    _, chat, _, _ = handlers.make_handlers(backend)
     outputs = list(chat("Hi", [], "medusa-vicuna-tiny", 0.0, 1.0, 64))
     messages, turns, _, stats_page, chart, _, error = outputs[-1]
     assert turns == [("Hi", TEXT)] and messages[-1] == {"role": "assistant", "content": TEXT}
@@ -370,9 +404,9 @@ def test_chat_handler_streams_an_answer_with_statistics(app):
     assert backend.requests[0]["max_new_tokens"] == 64 and "spec_disable" not in backend.requests[0]
 
 
-def test_chat_handler_rejects_bad_controls_with_the_api_message(app):
+def test_chat_handler_rejects_bad_controls_with_the_api_message(handlers):
     backend = FakeBackend()
-    _, chat, _, _ = app.make_handlers(backend)
+    _, chat, _, _ = handlers.make_handlers(backend)
     *_, error = list(chat("Hi", [], "medusa-vicuna-tiny", 0.0, 1.0, 0))[-1]
     assert "0 is less than the minimum of 1 - &#x27;max_tokens&#x27;" in error
     *_, error = list(chat("Hi", [], "medusa-vicuna-tiny", 2.5, 1.0, 10))[-1]
@@ -380,17 +414,17 @@ def test_chat_handler_rejects_bad_controls_with_the_api_message(app):
     assert backend.requests == []
 
 
-def test_chat_handler_shows_worker_errors(app):
+def test_chat_handler_shows_worker_errors(handlers):
     backend = FakeBackend(error_chunk={"text": "bad request (max_new_tokens too large)", "error_code": 50001})
-    _, chat, _, _ = app.make_handlers(backend)
+    _, chat, _, _ = handlers.make_handlers(backend)
     messages, turns, *_, error = list(chat("Hi", [], "medusa-vicuna-tiny", 0.0, 1.0, 64))[-1]
     assert turns == [] and "error 50001" in error and "too large" in messages[-1]["content"]
 
 
 @pytest.mark.parametrize("sequential", [False, True])
-def test_side_by_side_handler_compares_spec_and_stock(app, sequential):
+def test_side_by_side_handler_compares_spec_and_stock(handlers, sequential):
     backend = FakeBackend()
-    *_, side_by_side = app.make_handlers(backend)
+    *_, side_by_side = handlers.make_handlers(backend)
     *_, verdict, error = list(side_by_side("Hi", "medusa-vicuna-tiny", 0.0, 1.0, 64, sequential))[-1]
     assert 'data-identical="true"' in verdict and error == ""
     assert sorted(bool(p.get("spec_disable")) for p in backend.requests) == [False, True]

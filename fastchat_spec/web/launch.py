@@ -5,11 +5,18 @@
 The controller and the worker are the unchanged FastChat commands
 (``python -m fastchat.serve.controller`` / ``model_worker``), run as child
 processes on 127.0.0.1 with their output in a log folder; the UI runs in this
-process. Ctrl-C (or SIGTERM) stops the UI and then the children.
+process, on 127.0.0.1 unless ``--host`` says otherwise.
+
+Ctrl-C, SIGTERM or SIGHUP, at any moment, stops everything within seconds,
+answers in flight included: each server's process group gets SIGTERM, the UI
+closes meanwhile, and a group still there after ``STOP_GRACE_S`` is killed.
+Each stop is logged. If the launcher itself is killed, the kernel kills its
+servers (``die_with_parent``).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shlex
 import signal
@@ -17,14 +24,22 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Optional
 
 import requests
 
 import fastchat_spec
+from fastchat_spec.web.app import build_parser as ui_parser
+from fastchat_spec.web.app import close_ui, start_ui, ui_url
+from fastchat_spec.web.stopping import (
+    StopRequested, exit_after, ignore_stop_signals, stop_on_signals, wait_for_stop,
+)
 
 INTERNAL_HOST = "127.0.0.1"  # the controller and the worker never listen beyond this machine
+STOP_GRACE_S = 5.0  # after SIGTERM, then SIGKILL
+FORCE_AFTER_S = 1.0  # after SIGTERM, a server still waiting for an answer in flight gets SIGINT (force quit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +88,6 @@ def fastchat_commands(args, model_name: str, device: str, python: str = sys.exec
 
 
 def ui_args(args, model_name: str) -> argparse.Namespace:
-    from fastchat_spec.web.app import build_parser as ui_parser
-
     argv = ["--controller-address", f"http://{INTERNAL_HOST}:{args.controller_port}",
             "--host", args.host, "--port", str(args.port)]
     if os.path.isdir(args.model_path):
@@ -92,31 +105,128 @@ def check_port_free(host: str, port: int, flag: str) -> None:
 
 
 class Child:
-    """A FastChat server in its own process group, its output in ``log_dir/name.log``."""
+    """A FastChat server in its own process group, its output in ``log_dir/name.log``.
+
+    The group holds the server and anything it starts, so one signal reaches
+    all of them. The leader is reaped only after the group has been killed:
+    until then its pid, which is the group's id, cannot be reused by a process
+    we did not start.
+    """
 
     def __init__(self, name: str, argv: list, env: dict, log_dir: str):
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, env=env, cwd=log_dir, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent(os.getpid()))
+        self.terminated_at: Optional[float] = None
+        self.exited_at: Optional[float] = None
+        self.forced = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.exit_status() is None
+
+    def exit_status(self) -> Optional[int]:
+        """The leader's exit code (negative: the signal that ended it), or None while it runs; never reaps it."""
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere: nothing left to wait for
+            return self.proc.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def tail(self, chars: int = 3000) -> str:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")[-chars:]
 
-    def stop(self, grace: float = 10.0) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    def terminate(self) -> None:
+        """Ask the whole group to stop (FastChat's uvicorn servers shut down on SIGTERM)."""
+        if self.terminated_at is None and not self.has_exited():
+            self.terminated_at = time.monotonic()
+            _signal_group(self.pid, signal.SIGTERM)
+
+    def force(self) -> None:
+        """uvicorn's force quit (what a second Ctrl-C does): stop waiting for answers still streaming."""
+        if not self.forced:
+            self.forced = True
+            _signal_group(self.pid, signal.SIGINT)
+
+    def has_exited(self) -> bool:
+        """Whether the leader has exited; records when that was first seen."""
+        if self.exited_at is None and self.exit_status() is not None:
+            self.exited_at = time.monotonic()
+        return self.exited_at is not None
+
+    def finish(self) -> str:
+        """Kill what is left of the group (the server if it hung, anything it started), reap it; how it ended."""
+        self.has_exited()  # records when, if it has
+        status = self.exit_status()
+        if self.proc.returncode is None:
+            _signal_group(self.pid, signal.SIGKILL)
+            self.proc.wait()
         self._log.close()
+        if self.terminated_at is None:
+            return f"had already stopped (exit code {status})"
+        if status is None:
+            return f"did not exit within {time.monotonic() - self.terminated_at:.0f} s of SIGTERM: killed"
+        how = f"exit code {status}" if status >= 0 else signal.Signals(-status).name
+        forced = " and SIGINT" if self.forced else ""
+        return f"exited ({how}) {self.exited_at - self.terminated_at:.1f} s after SIGTERM{forced}"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the whole group is gone already
+        pass
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> Optional[Callable[[], None]]:
+    """For ``preexec_fn``: the kernel kills the child if the launcher dies without cleaning up (SIGKILL,
+    a crash), so even then no server is left running. Linux only; elsewhere the clean-up in ``main`` is all."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
+def stop_everything(ui, children: list, log: Callable[[str], None], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM every server group at once and close the UI meanwhile; then kill what is left, and log each."""
+    for child in children:
+        child.terminate()
+    closing = threading.Thread(target=close_ui, args=(ui,), name="close-ui", daemon=True)
+    closing.start()
+    start = time.monotonic()
+    running = list(children)
+    while running and time.monotonic() < start + grace:
+        running = [child for child in running if not child.has_exited()]
+        if time.monotonic() >= start + FORCE_AFTER_S:
+            for child in running:
+                child.force()
+        time.sleep(0.05)
+    closing.join(max(0.0, start + grace - time.monotonic()))
+    if ui is not None:
+        log("fastchat-spec: closed the web UI" if not closing.is_alive() else
+            f"fastchat-spec: the web UI did not close within {grace:.0f} s; exiting anyway")
+    for child in reversed(children):
+        log(f"fastchat-spec: {child.name} (pid {child.pid}) {child.finish()}; its log: {child.log_path}")
 
 
 def wait_until(ready: Callable[[], bool], child: Child, what: str, timeout: float) -> None:
@@ -128,7 +238,7 @@ def wait_until(ready: Callable[[], bool], child: Child, what: str, timeout: floa
         while time.monotonic() - start < timeout:
             if not child.alive():
                 bar.close()
-                raise SystemExit(f"{child.name} stopped (exit code {child.proc.returncode}) before {what}. "
+                raise SystemExit(f"{child.name} stopped (exit code {child.exit_status()}) before {what}. "
                                  f"Its log, {child.log_path}, ends with:\n{child.tail()}")
             try:
                 if ready():
@@ -177,10 +287,11 @@ def main(argv=None) -> None:
     commands = fastchat_commands(args, name, device)
     controller_url = f"http://{INTERNAL_HOST}:{args.controller_port}"
     worker_url = f"http://{INTERNAL_HOST}:{args.worker_port}"
-    print(f"fastchat-spec: logs in {log_dir}", flush=True)
+    log(f"fastchat-spec: logs in {log_dir}")
 
     children: list[Child] = []
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    ui = None
+    stop_on_signals()  # before the first child: a stop at any moment from here on stops what was started
     try:
         children.append(Child("controller", commands["controller"], env, log_dir))
         wait_until(lambda: requests.get(controller_url + "/test_connection", timeout=2).ok, children[-1],
@@ -190,25 +301,22 @@ def main(argv=None) -> None:
                    children[-1], f"model worker loading {name} on {device}", args.startup_timeout)
         problem = warm_up(worker_url)
         if problem:
-            print(f"warning: {problem}; see {children[-1].log_path}", flush=True)
-        from fastchat_spec.web.app import serve
-
-        serve(ui_args(args, name), on_ready=_announce)
-    except KeyboardInterrupt:
-        pass
+            log(f"warning: {problem}; see {children[-1].log_path}")
+        ui_options = ui_args(args, name)
+        ui = start_ui(ui_options)
+        log(f"\nfastchat-spec is ready: open {ui_url(ui_options)} in a browser (Ctrl-C stops everything)\n")
+        wait_for_stop()
+    except StopRequested as stop:
+        log(f"fastchat-spec: {stop.signal_name} received: stopping the web UI, the model worker and the controller")
     finally:
-        for child in reversed(children):
-            child.stop()
-        print("fastchat-spec: stopped the web UI, the model worker and the controller", flush=True)
+        ignore_stop_signals()  # from here on a Ctrl-C must not cut the clean-up short
+        stop_everything(ui, children, log)
+        log("fastchat-spec: stopped the web UI, the model worker and the controller")
 
 
-def _announce(url: str) -> None:
-    print(f"\nfastchat-spec is ready: open {url} in a browser (Ctrl-C stops everything)\n", flush=True)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def log(line: str) -> None:
+    print(line, flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    exit_after(main)
