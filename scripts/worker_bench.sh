@@ -17,17 +17,21 @@
 #   DEVICE       worker device (default: cuda when torch sees a GPU, else cpu)
 #   WORKER_ARGS  extra flags for both workers (e.g. "--dtype float16")
 #   BENCH_ARGS   extra flags for fastchat_spec.bench.api (e.g. "--num-prompts 2 --max-new-tokens 64")
+#   CONCURRENCY  also measure under that many concurrent clients per level, spec and stock side by side
+#                (e.g. 1,4,16,32: bench.api --concurrency; default: one request at a time only)
+#   LIMIT_WORKER_CONCURRENCY  both workers' --limit-worker-concurrency (default 32)
 #   START_TIMEOUT seconds a server may take to come up (default 900)
 # Server logs: OUT_JSON's name with .controller.log, .worker_spec.log, .worker_stock.log, .api.log.
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 CKPT=$1 BASE=$2 OUT_JSON=$3
 PYTHON=${PYTHON:-python3}
 START_TIMEOUT=${START_TIMEOUT:-900}
+LIMIT_WORKER_CONCURRENCY=${LIMIT_WORKER_CONCURRENCY:-32}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 for path in "$CKPT" "$BASE"; do
     [ -e "$path" ] || { echo "worker_bench.sh: no checkpoint at $path" >&2; exit 2; }
@@ -123,11 +127,12 @@ wait_for controller "s.get('$CONTROLLER/test_connection', timeout=2).ok"
 # shellcheck disable=SC2086  # WORKER_ARGS is a list of flags
 start worker_spec "$PYTHON" -m fastchat.serve.model_worker --model-path "$CKPT" --model-names spec \
     --device "$DEVICE" --host 127.0.0.1 --port "$SPEC_PORT" --worker-address "http://127.0.0.1:$SPEC_PORT" \
-    --controller-address "$CONTROLLER" ${WORKER_ARGS:-}
+    --controller-address "$CONTROLLER" --limit-worker-concurrency "$LIMIT_WORKER_CONCURRENCY" ${WORKER_ARGS:-}
 # shellcheck disable=SC2086
 start worker_stock env FASTCHAT_SPEC_DISABLE=1 "$PYTHON" -m fastchat.serve.model_worker --model-path "$BASE" \
     --model-names stock --device "$DEVICE" --host 127.0.0.1 --port "$STOCK_PORT" \
-    --worker-address "http://127.0.0.1:$STOCK_PORT" --controller-address "$CONTROLLER" ${WORKER_ARGS:-}
+    --worker-address "http://127.0.0.1:$STOCK_PORT" --controller-address "$CONTROLLER" \
+    --limit-worker-concurrency "$LIMIT_WORKER_CONCURRENCY" ${WORKER_ARGS:-}
 wait_for worker_spec "$(listed spec)"
 wait_for worker_stock "$(listed stock)"
 
@@ -155,4 +160,5 @@ print("worker_bench.sh: 'spec' runs fastchat-spec's generate_stream, 'stock' Fas
 EOF
 
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-"$PYTHON" -m fastchat_spec.bench.api --api-base "$API/v1" --models spec,stock --out "$OUT_JSON" ${BENCH_ARGS:-}
+"$PYTHON" -m fastchat_spec.bench.api --api-base "$API/v1" --models spec,stock --out "$OUT_JSON" \
+    ${CONCURRENCY:+--concurrency "$CONCURRENCY"} ${BENCH_ARGS:-}

@@ -12,6 +12,9 @@ Typical use, in a module-scoped fixture::
         local_session().post(servers.api_url + "/v1/chat/completions", json=...)
 
 ``ManagedProcess`` runs any other server the same way (the Gradio web server).
+Fault tests start more workers behind one controller (``num_workers``,
+``add_worker``), crash one (``ManagedProcess.kill``), stop one as a service
+manager would (``ManagedProcess.terminate``) and restart it (``restart_worker``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import requests
 
@@ -44,6 +48,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing accepts connections on 127.0.0.1:``port`` and a new server could bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def checkout_env() -> dict:
@@ -85,8 +104,34 @@ class ManagedProcess:
         )
         atexit.register(self.stop)  # a safety net if a fixture's teardown never runs
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (from /proc; Linux)."""
+        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "(name)", which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash: no cleanup runs) and reap the leader."""
+        if self.proc.returncode is None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float) -> int | None:
+        """SIGTERM the leader only, as ``kill PID`` or a service manager does; its exit code,
+        or None if it is still running after ``timeout`` seconds (``stop`` then ends it)."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def log(self, tail: int = 6000) -> str:
         try:
@@ -147,6 +192,11 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def worker_status(worker_url: str, timeout: float = 5.0) -> dict:
+    """A worker's /worker_get_status: model_names, speed, queue_length (requests running + waiting)."""
+    return _post_json(worker_url + "/worker_get_status", timeout=timeout)
+
+
 def fastchat_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"fastchat.serve.{module}", *[str(a) for a in args]]
 
@@ -157,16 +207,30 @@ def _post_json(url: str, payload: dict | None = None, timeout: float = 5.0) -> d
     return r.json()
 
 
+@dataclass
+class Worker:
+    """One model worker: its process, its address and the arguments that restart it."""
+
+    proc: ManagedProcess
+    url: str
+    port: int
+    model_path: str
+    env: dict
+
+
 class FastChatServers:
-    """Controller + model worker (+ OpenAI API server) for one model path.
+    """Controller + model worker(s) (+ OpenAI API server) for one model path.
 
     ``model_name`` defaults to the folder name, as FastChat's worker does.
-    Attributes after ``start``: ``controller_url``, ``worker_url``, ``api_url``
-    (None without ``api``), ``model_name``.
+    ``num_workers`` workers serve it under the same name (FastChat's controller
+    dispatches between them). Attributes after ``start``: ``controller_url``,
+    ``worker_url`` (the first worker), ``workers``, ``api_url`` (None without
+    ``api``), ``model_name``.
     """
 
     def __init__(self, model_path: str, env: dict | None, log_dir: str, model_name: str | None = None,
-                 api: bool = True, limit_worker_concurrency: int = 5, worker_args: Sequence[str] = ()):
+                 api: bool = True, limit_worker_concurrency: int = 5, worker_args: Sequence[str] = (),
+                 num_workers: int = 1):
         self.model_path = model_path
         self.env = server_env(env, log_dir)
         self.log_dir = log_dir
@@ -174,14 +238,20 @@ class FastChatServers:
         self.with_api = api
         self.limit_worker_concurrency = limit_worker_concurrency
         self.worker_args = list(worker_args)
+        self.num_workers = num_workers
         self.processes: list[ManagedProcess] = []
+        self.workers: list[Worker] = []
+        self._workers_started = 0  # names each worker's log file once
         self.controller_url = self.worker_url = self.api_url = None
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> FastChatServers:
         try:
             self._start_controller()
-            self._start_worker()
+            started = [self.add_worker(wait=False) for _ in range(self.num_workers)]  # they load at once
+            for worker in started:
+                self.wait_registered(worker)
+            self.worker_url = self.workers[0].url
             if self.with_api:
                 self._start_api()
         except BaseException:
@@ -228,15 +298,49 @@ class FastChatServers:
         proc.wait_until(lambda: _LOCAL.get(self.controller_url + "/test_connection", timeout=2).ok,
                         "answering /test_connection")
 
-    def _start_worker(self) -> None:
-        port = free_port()
-        self.worker_url = f"http://127.0.0.1:{port}"
-        args = ["--model-path", self.model_path, "--device", "cpu", "--host", "127.0.0.1", "--port", port,
-                "--worker-address", self.worker_url, "--controller-address", self.controller_url,
+    def add_worker(self, model_path: str | None = None, extra_env: dict | None = None, port: int | None = None,
+                   wait: bool = True) -> Worker:
+        """One more worker for ``model_name`` (default: the stack's model path), registered with the
+        controller; ``extra_env`` is added to its environment only."""
+        port = port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        model_path = model_path or self.model_path
+        env = {**self.env, **(extra_env or {})}
+        args = ["--model-path", model_path, "--device", "cpu", "--host", "127.0.0.1", "--port", port,
+                "--worker-address", url, "--controller-address", self.controller_url,
                 "--model-names", self.model_name,
                 "--limit-worker-concurrency", self.limit_worker_concurrency, *self.worker_args]
-        proc = self._spawn("model_worker", fastchat_module("model_worker", *args))
-        proc.wait_until(self._controller_lists_model, f"model {self.model_name} registered with the controller")
+        name = "model_worker" if not self._workers_started else f"model_worker_{self._workers_started}"
+        self._workers_started += 1
+        proc = ManagedProcess(name, fastchat_module("model_worker", *args), env, self.log_dir)
+        # workers stay before the API server in ``processes`` (stopped after it, in reverse)
+        self.processes.insert(len(self.processes) - (1 if self.api_url else 0), proc)
+        worker = Worker(proc, url, port, model_path, env)
+        self.workers.append(worker)
+        if wait:
+            self.wait_registered(worker)
+        return worker
+
+    def wait_registered(self, worker: Worker, timeout: float = START_TIMEOUT) -> None:
+        # FastChat's worker registers with the controller before its HTTP server starts, so a
+        # worker that answers /worker_get_status is registered (also the second one of a model).
+        worker.proc.wait_until(lambda: worker_status(worker.url)["model_names"] == [self.model_name]
+                               and self.controller_lists_model(),
+                               f"model {self.model_name} registered with the controller", timeout)
+
+    def restart_worker(self, worker: Worker) -> Worker:
+        """A fresh process on the same address as ``worker`` (which must have exited), as a
+        service manager restarts a crashed worker; it replaces ``worker`` in ``workers``."""
+        if worker.proc.alive():
+            raise RuntimeError(f"{worker.proc.name} (pid {worker.proc.pid}) is still running; kill it first")
+        worker.proc.stop()
+        index = self.workers.index(worker)
+        self.workers.remove(worker)
+        fresh = self.add_worker(worker.model_path, worker.env, worker.port, wait=False)
+        self.workers.remove(fresh)
+        self.workers.insert(index, fresh)
+        self.wait_registered(fresh)
+        return fresh
 
     def _start_api(self) -> None:
         port = free_port()
@@ -246,7 +350,9 @@ class FastChatServers:
             "--controller-address", self.controller_url))
         proc.wait_until(self._api_lists_model, f"model {self.model_name} listed at /v1/models")
 
-    def _controller_lists_model(self) -> bool:
+    def controller_lists_model(self) -> bool:
+        """Whether the controller has a worker for ``model_name`` (without refreshing it:
+        the API server's /v1/models makes the controller drop unreachable workers)."""
         return self.model_name in _post_json(self.controller_url + "/list_models")["models"]
 
     def _api_lists_model(self) -> bool:
@@ -254,6 +360,9 @@ class FastChatServers:
         return r.ok and self.model_name in [m["id"] for m in r.json()["data"]]
 
     # -- talking to them ------------------------------------------------------
+    def worker_pid(self, index: int = 0) -> int:
+        return self.workers[index].proc.pid
+
     def worker_stream(self, params: dict, timeout: float = 120.0) -> list[dict]:
         """Every JSON chunk the worker's /worker_generate_stream sends for ``params``."""
         import json

@@ -2,7 +2,8 @@
 
 Controller, a worker on a Medusa checkpoint (our decoder), a worker on its base
 with ``FASTCHAT_SPEC_DISABLE=1`` (FastChat's own) and the OpenAI API server,
-as ``scripts/worker_bench.sh`` starts them; then ``fastchat_spec.bench.api``.
+as ``scripts/worker_bench.sh`` starts them; then ``fastchat_spec.bench.api``,
+one request at a time and then from concurrent clients (``--concurrency``).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_bench_api_measures_spec_and_stock_through_the_servers(api_url, tmp_path
             f.write(json.dumps({"turns": [" ".join(tiny.corpus(2, seed=i))], "category": category}) + "\n")
     out = os.path.join(tmp_path, "api.json")
     bench_api_main(["--api-base", api_url + "/v1", "--models", "spec,stock", "--prompts", prompts,
-                    "--num-prompts", "2", "--max-new-tokens", "16", "--out", out])
+                    "--num-prompts", "2", "--max-new-tokens", "16", "--concurrency", "1,2", "--out", out])
     with open(out, encoding="utf-8") as f:
         result = json.load(f)
 
@@ -81,3 +82,13 @@ def test_bench_api_measures_spec_and_stock_through_the_servers(api_url, tmp_path
     assert summary["vs"]["stock"]["same_text_rate"] == 1.0 and summary["vs"]["stock"]["speedup"] > 0
     assert result["command"].startswith("python -m fastchat_spec.bench.api --api-base")
     assert result["device"] and result["date"]
+
+    # Under concurrency: both models, each level, every answer its one-at-a-time answer.
+    assert [level["concurrency"] for level in result["concurrency"]] == [1, 2]
+    for level in result["concurrency"]:
+        for model in ("spec", "stock"):
+            s = level["models"][model]
+            assert s["ok"] == s["requests"] == level["requests"] >= 4, s["errors"]
+            assert s["failed"] == s["empty"] == s["garbled"] == s["mismatched"] == 0, s["requests_detail"]
+            assert s["tok_s"] > 0 and s["latency_s"]["p50"] > 0
+        assert level["tok_s_ratio"]["stock"] > 0

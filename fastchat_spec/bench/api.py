@@ -15,6 +15,12 @@ The summary quotes per-model medians, the median per-prompt tok/s ratio of the
 first model over each other one, and how often their greedy texts are identical
 (expected for a speculative checkpoint and its own base; reported, not checked).
 One warm-up request per model runs first and is not timed.
+
+With --concurrency 1,4,16,32 the same prompts then go out from that many
+concurrent clients per level, model after model, through the load tool's client
+(``fastchat_spec.bench.load``): aggregate completion tok/s and latency per level
+and model side by side, every answer checked against the model's one-at-a-time
+answer (failed, empty, garbled, mismatched counts).
 """
 from __future__ import annotations
 
@@ -24,17 +30,23 @@ import json
 import os
 import statistics
 import sys
-import time
-from urllib.parse import urlparse
 
-import requests
-
-CONTEXT_OVERFLOW = 40303  # FastChat's ErrorCode.CONTEXT_OVERFLOW: the prompt does not fit the model
+from fastchat_spec.bench.load import (
+    CONTEXT_OVERFLOW,
+    Reference,
+    Reply,
+    build_plan,
+    generated_tokens,
+    parse_int_list,
+    run_level,
+    send_chat,
+    session_for,
+)
 
 
 class APIError(RuntimeError):
     def __init__(self, model: str, code, message: str):
-        super().__init__(f"model {model!r}: error {code}: {message}")
+        super().__init__(f"model {model!r}: {message}")
         self.code = code
 
 
@@ -51,6 +63,14 @@ def parse_args(argv=None):
                                      "default: held-out ShareGPT first turns")
     p.add_argument("--num-prompts", type=int, default=10, help="how many prompts (default 10)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="max_tokens per request (default 256)")
+    p.add_argument("--concurrency", type=lambda s: parse_int_list(s, "--concurrency"), default=[],
+                   help="then, per level of this comma list (e.g. 1,4,16,32), the same prompts from that many "
+                        "concurrent clients, model after model (fastchat_spec.bench.load): aggregate tok/s and "
+                        "latency side by side; every answer is checked against its one-at-a-time answer. The "
+                        "workers need --limit-worker-concurrency at least the largest level")
+    p.add_argument("--requests-per-level", type=int, default=0,
+                   help="requests per model and concurrency level (default: 4 x the level, at least the number "
+                        "of prompts)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (default 600)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
@@ -61,6 +81,8 @@ def parse_args(argv=None):
         p.error(f"--models: a name appears twice in {args.models}")
     if args.num_prompts < 1 or args.max_new_tokens < 1:
         p.error("--num-prompts and --max-new-tokens must be at least 1")
+    if args.requests_per_level < 0:
+        p.error("--requests-per-level must be at least 1 (or 0 for the default)")
     return args
 
 
@@ -69,14 +91,6 @@ def load_questions(prompts_file: str | None, limit: int) -> list[tuple[str, str]
     from fastchat_spec.bench.prompts import load_turns
 
     return [(turns[0], category) for turns, category in load_turns(prompts_file, limit)]
-
-
-def session_for(api_base: str) -> requests.Session:
-    """A requests session; for a loopback server, one that ignores HTTP(S)_PROXY."""
-    session = requests.Session()
-    if urlparse(api_base).hostname in ("127.0.0.1", "localhost", "::1"):
-        session.trust_env = False
-    return session
 
 
 def check_models(session, api_base: str, models: list[str]) -> None:
@@ -89,82 +103,26 @@ def check_models(session, api_base: str, models: list[str]) -> None:
                  "check the workers' --model-names")
 
 
-def _payload(model: str, question: str, max_tokens: int, stream: bool) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": question}],
-            "temperature": 0, "max_tokens": max_tokens, "stream": stream}
-
-
-def _raise_if_error(model: str, body: dict) -> None:
-    # FastChat answers errors as {"object": "error", "code", "message"}, or inside a stream
-    # as {"text", "error_code"}.
-    if body.get("object") == "error":
-        raise APIError(model, body.get("code"), body.get("message", ""))
-    if body.get("error_code"):
-        raise APIError(model, body["error_code"], body.get("text", ""))
-
-
-def _json_or_raise(model: str, r: requests.Response) -> dict:
-    try:
-        body = r.json()
-    except ValueError:
-        r.raise_for_status()
-        raise
-    _raise_if_error(model, body)
-    r.raise_for_status()
-    return body
-
-
-def generated_tokens(usage: dict, finish_reason: str | None, max_tokens: int) -> int:
-    """Tokens the worker generated, from ``usage.completion_tokens``.
-
-    FastChat's own generate_stream reports one fewer (the last loop index) when it
-    stops at the length limit; ours reports the count. Both generated max_tokens then.
-    """
-    n = int(usage.get("completion_tokens") or 0)
-    if finish_reason == "length" and n == max_tokens - 1:
-        return max_tokens
-    return n
+def _answered(model: str, reply: Reply) -> Reply:
+    if not reply.ok:
+        raise APIError(model, reply.error_code, reply.error)
+    return reply
 
 
 def timed_request(session, api_base, model, question, max_tokens, timeout) -> dict:
     """The non-streamed request: text, tokens and tok/s."""
-    t0 = time.perf_counter()
-    r = session.post(api_base + "/chat/completions", json=_payload(model, question, max_tokens, False),
-                     timeout=timeout)
-    seconds = time.perf_counter() - t0
-    body = _json_or_raise(model, r)
-    choice = body["choices"][0]
-    usage = body.get("usage") or {}
-    tokens = generated_tokens(usage, choice.get("finish_reason"), max_tokens)
-    return {"text": choice["message"]["content"], "finish_reason": choice.get("finish_reason"),
-            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
-            "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds if seconds > 0 else 0.0}
+    reply = _answered(model, send_chat(session, api_base, model, question, max_tokens, False, timeout))
+    tokens = generated_tokens(reply.usage_tokens, reply.finish_reason, max_tokens)
+    return {"text": reply.text, "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.usage_tokens, "tokens": tokens, "seconds": reply.seconds,
+            "tok_s": tokens / reply.seconds if reply.seconds > 0 else 0.0}
 
 
 def streamed_request(session, api_base, model, question, max_tokens, timeout) -> dict:
     """The streamed request: seconds to the first chunk with text, and to [DONE]."""
-    t0 = time.perf_counter()
-    ttft, text, chunks = None, [], 0
-    with session.post(api_base + "/chat/completions", json=_payload(model, question, max_tokens, True),
-                      stream=True, timeout=timeout) as r:
-        if not r.ok:
-            _json_or_raise(model, r)
-        for line in r.iter_lines(chunk_size=None):  # bytes: a UTF-8 character may span two reads
-            if not line.startswith(b"data: "):
-                continue
-            data = line[len(b"data: "):].decode("utf-8")
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            _raise_if_error(model, chunk)
-            chunks += 1
-            delta = chunk["choices"][0]["delta"].get("content") or ""
-            if delta and ttft is None:
-                ttft = time.perf_counter() - t0
-            text.append(delta)
-    seconds = time.perf_counter() - t0
-    return {"ttft_s": ttft if ttft is not None else seconds, "seconds": seconds, "chunks": chunks,
-            "text": "".join(text)}
+    reply = _answered(model, send_chat(session, api_base, model, question, max_tokens, True, timeout))
+    return {"ttft_s": reply.ttft_s if reply.ttft_s is not None else reply.seconds, "seconds": reply.seconds,
+            "chunks": reply.chunks, "text": reply.text}
 
 
 def measure(session, api_base, model, question, max_tokens, timeout) -> dict:
@@ -173,6 +131,7 @@ def measure(session, api_base, model, question, max_tokens, timeout) -> dict:
     out["ttft_s"] = stream["ttft_s"]
     out["stream_seconds"] = stream["seconds"]
     out["stream_chunks"] = stream["chunks"]
+    out["stream_text"] = stream["text"]
     # Greedy: the streamed answer is the same generation (FastChat's deltas drop U+FFFD).
     out["stream_tok_s"] = out["tokens"] / stream["seconds"] if stream["seconds"] > 0 else 0.0
     out["stream_same_text"] = stream["text"] == out["text"].replace("\ufffd", "")
@@ -217,6 +176,46 @@ def one_line(summary: dict) -> str:
     return f"API, median of {n} prompts: " + "; ".join(parts)
 
 
+def under_concurrency(session, api_base: str, args, questions: list[str], rows: list[dict]) -> list[dict]:
+    """Per level, the same planned requests (half streamed) from that many clients, one model
+    after the other; each answer is checked against that model's one-at-a-time answer."""
+    levels = []
+    for level in args.concurrency:
+        n = args.requests_per_level or max(len(questions), 4 * level)
+        plan = build_plan(len(questions), n, [args.max_new_tokens], stream_fraction=0.5)
+        entry = {"concurrency": level, "requests": n, "models": {}}
+        for model in args.models:
+            references = {(i, args.max_new_tokens): Reference(row[model]["text"], row[model]["stream_text"],
+                                                              row[model]["tokens"])
+                          for i, row in enumerate(rows)}
+
+            def send(question, max_tokens, stream, model=model):
+                return send_chat(session, api_base, model, question, max_tokens, stream, args.timeout)
+
+            level_summary = run_level(send, questions, plan, references, level, progress=True)
+            # per-request records only where something went wrong (the summary has the rest)
+            level_summary["requests_detail"] = [r for r in level_summary["requests_detail"] if r["problems"]]
+            entry["models"][model] = level_summary
+        first = entry["models"][args.models[0]]["tok_s"]
+        entry["tok_s_ratio"] = {m: round(first / s["tok_s"], 3) if s["tok_s"] > 0 else None
+                                for m, s in entry["models"].items() if m != args.models[0]}
+        print(level_line(entry), file=sys.stderr, flush=True)
+        levels.append(entry)
+    return levels
+
+
+def level_line(entry: dict) -> str:
+    parts = []
+    for model, s in entry["models"].items():
+        p50 = s["latency_s"]["p50"]
+        bad = sum(s[k] for k in ("failed", "empty", "garbled", "mismatched"))
+        parts.append(f"{model} {s['tok_s']:.1f} tok/s, latency p50 {'-' if p50 is None else f'{p50:.2f}s'}"
+                     + (f", {bad} request(s) with a problem" if bad else ""))
+    first = next(iter(entry["models"]))
+    ratios = ", ".join(f"{first}/{m} {r:.2f}x" for m, r in entry["tok_s_ratio"].items() if r)
+    return f"{entry['concurrency']} concurrent clients: " + "; ".join(parts) + (f"; {ratios}" if ratios else "")
+
+
 def main(argv=None) -> dict:
     from fastchat_spec.bench.run import device_name
 
@@ -231,7 +230,7 @@ def main(argv=None) -> dict:
     for model in args.models:  # warm-up: first request per worker (allocator, kernels, caches)
         warm_up(session, api_base, model, questions, args.max_new_tokens, args.timeout)
 
-    rows, skipped = [], []
+    rows, skipped, kept = [], [], []
     for i, (question, category) in enumerate(questions, 1):
         row = {"category": category, "question_chars": len(question)}
         try:
@@ -245,6 +244,7 @@ def main(argv=None) -> dict:
             continue
         row["same_text"] = {m: row[m]["text"] == row[args.models[0]]["text"] for m in args.models[1:]}
         rows.append(row)
+        kept.append(question)
         print(f"[{i}/{len(questions)}] " + ", ".join(f"{m} {row[m]['tok_s']:.1f} tok/s" for m in args.models),
               file=sys.stderr, flush=True)
     if not rows:
@@ -264,10 +264,14 @@ def main(argv=None) -> dict:
         "prompts": rows,
         "skipped": skipped,
     }
+    if args.concurrency:
+        result["concurrency"] = under_concurrency(session, api_base, args, kept, rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print(one_line(summary))
+    for level in result.get("concurrency", []):
+        print(level_line(level))
     return result
 
 

@@ -1,0 +1,603 @@
+"""Many concurrent chat requests through FastChat's OpenAI API: does every answer come back right?
+
+Example (controller, model worker and ``openai_api_server`` already running;
+``scripts/serving_bench.sh`` starts them and runs this):
+  python -m fastchat_spec.bench.load --api-base http://127.0.0.1:8000/v1 --model spec \\
+      --num-requests 128 --concurrency 1,4,16,32 --worker-pid 12345 --out load.json
+
+What it does:
+1. Plan: --num-requests requests, each a prompt (--num-prompts first turns, mixed
+   lengths), a max_tokens (cycled from --max-tokens) and streamed or not
+   (--stream-fraction), all at temperature 0. The plan is fixed by --seed and is
+   the same at every concurrency level.
+2. Reference: every (prompt, max_tokens) of the plan once non-streamed and once
+   streamed, one request at a time (1 client). A prompt the model's context
+   cannot hold is dropped from the plan and reported.
+3. For each --concurrency level: the planned requests from that many client
+   threads to /v1/chat/completions.
+
+Each request is recorded as ok or failed (with the error text), and checked:
+  empty       answered without text;
+  garbled     characters a clean decode does not give (U+FFFD, control characters,
+              lone surrogates) beyond those in the sequential answer, a stream that
+              breaks the OpenAI chunk format, or streamed deltas that do not add up to
+              the final (non-streamed) text of the same prompt and max_tokens;
+  mismatched  not the sequential answer of the same prompt, max_tokens and mode.
+Per level it reports these counts, aggregate completion tok/s, latency p50/p90/p99
+and, with --worker-pid, the worker's resident memory (from /proc) at the start, the
+end and its maximum. Exit status 1 when any request failed or was empty, garbled
+or mismatched, or a sequential streamed answer differs from its final text.
+
+Servers must be on this machine's loopback (127.0.0.1): the tool sends no
+traffic elsewhere and ignores HTTP(S)_PROXY.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import sys
+import threading
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlparse
+
+import requests
+
+CONTEXT_OVERFLOW = 40303  # FastChat's ErrorCode.CONTEXT_OVERFLOW: the prompt does not fit the model
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROBLEMS = ("failed", "empty", "garbled", "mismatched")
+KEPT_ERRORS = 10  # distinct error texts kept per level in the summary
+
+
+# ----------------------------------------------------------------------------- one request
+
+
+@dataclass
+class Reply:
+    """One /v1/chat/completions request as the client saw it."""
+
+    ok: bool
+    text: str = ""
+    error: str | None = None
+    error_code: int | None = None
+    finish_reason: str | None = None
+    usage_tokens: int | None = None  # usage.completion_tokens (non-streamed only: FastChat's stream has none)
+    prompt_tokens: int | None = None  # usage.prompt_tokens (non-streamed only)
+    seconds: float = 0.0  # wall time to the whole answer (non-streamed) or to [DONE]
+    ttft_s: float | None = None  # streamed: time to the first chunk with text
+    chunks: int = 0
+    malformed: str | None = None  # a stream that breaks the OpenAI chunk format (the text may still be right)
+
+
+def session_for(api_base: str) -> requests.Session:
+    """A requests session; for a loopback server, one that ignores HTTP(S)_PROXY."""
+    session = requests.Session()
+    if urlparse(api_base).hostname in LOOPBACK:
+        session.trust_env = False
+    return session
+
+
+def chat_payload(model: str, question: str, max_tokens: int, stream: bool) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": question}],
+            "temperature": 0, "max_tokens": max_tokens, "stream": stream}
+
+
+def error_in(body: dict) -> tuple[int, str] | None:
+    """FastChat's error, if ``body`` is one: {"object": "error", "code", "message"} from the API
+    server, or {"text", "error_code"} from the worker relayed inside a stream."""
+    if body.get("object") == "error":
+        return body.get("code"), body.get("message", "")
+    if body.get("error_code"):
+        return body["error_code"], body.get("text", "")
+    return None
+
+
+def generated_tokens(usage_tokens: int | None, finish_reason: str | None, max_tokens: int) -> int:
+    """Tokens the worker generated, from ``usage.completion_tokens``.
+
+    FastChat's own generate_stream reports one fewer (the last loop index) when it
+    stops at the length limit; ours reports the count. Both generated max_tokens then.
+    """
+    n = int(usage_tokens or 0)
+    if finish_reason == "length" and n == max_tokens - 1:
+        return max_tokens
+    return n
+
+
+def send_chat(session, api_base: str, model: str, question: str, max_tokens: int, stream: bool,
+              timeout: float) -> Reply:
+    """One chat request; never raises for what a server or the connection does wrong.
+
+    ``timeout`` bounds the connection and every wait for bytes (a stalled stream ends
+    with an error instead of hanging the client).
+    """
+    t0 = time.perf_counter()
+    try:
+        with session.post(api_base + "/chat/completions", json=chat_payload(model, question, max_tokens, stream),
+                          stream=stream, timeout=(min(timeout, 10.0), timeout)) as r:
+            reply = _read_stream(r, t0) if stream and r.ok else _read_body(r)
+    except requests.RequestException as e:  # refused, reset, cut mid-stream, timed out
+        reply = Reply(ok=False, error=f"{type(e).__name__}: {e}")
+    reply.seconds = time.perf_counter() - t0
+    return reply
+
+
+def _read_body(r: requests.Response) -> Reply:
+    try:
+        body = r.json()
+    except ValueError:
+        return Reply(ok=False, error=f"HTTP {r.status_code}: {r.text[:500]!r} (not JSON)")
+    err = error_in(body) if isinstance(body, dict) else None
+    if err:
+        return Reply(ok=False, error_code=err[0], error=f"error {err[0]}: {err[1]}")
+    if not r.ok:
+        return Reply(ok=False, error=f"HTTP {r.status_code}: {str(body)[:500]}")
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        return Reply(ok=False, error=f"answer without choices[0].message.content: {str(body)[:500]}")
+    usage = body.get("usage") or {}
+    return Reply(ok=True, text=text, finish_reason=choice.get("finish_reason"),
+                 usage_tokens=usage.get("completion_tokens"), prompt_tokens=usage.get("prompt_tokens"))
+
+
+def _read_stream(r: requests.Response, t0: float) -> Reply:
+    """Server-sent events up to [DONE]; a stream that stops before [DONE] is an error."""
+    reply, parts, finished = Reply(ok=False), [], False
+    for line in r.iter_lines(chunk_size=None):  # bytes: a UTF-8 character may span two reads
+        if not line.startswith(b"data: "):
+            continue
+        data = line[len(b"data: "):].decode("utf-8", "replace")
+        if data == "[DONE]":
+            reply.ok = True
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            reply.malformed = reply.malformed or f"a chunk that is not JSON: {data[:200]!r}"
+            continue
+        err = error_in(chunk)
+        if err:
+            reply.error_code, reply.error = err[0], f"error {err[0]} inside the stream: {err[1]}"
+            return reply
+        try:
+            choice = chunk["choices"][0]
+            delta = choice["delta"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            reply.malformed = reply.malformed or f"a chunk without choices[0].delta: {data[:200]!r}"
+            continue
+        reply.chunks += 1
+        if delta and finished:
+            reply.malformed = reply.malformed or "text after the chunk with finish_reason"
+        if delta and reply.ttft_s is None:
+            reply.ttft_s = time.perf_counter() - t0
+        parts.append(delta)
+        if choice.get("finish_reason"):
+            finished, reply.finish_reason = True, choice["finish_reason"]
+    reply.text = "".join(parts)
+    if not reply.ok:
+        reply.error = f"the stream ended without [DONE] after {reply.chunks} chunks"
+    return reply
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Planned:
+    index: int
+    prompt: int  # index into the question list
+    max_tokens: int
+    stream: bool
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.prompt, self.max_tokens)
+
+
+def build_plan(num_prompts: int, num_requests: int, max_tokens: list[int], stream_fraction: float,
+               seed: int = 0) -> list[Planned]:
+    """Requests cycling through prompts and max_tokens, streamed at random (fixed by ``seed``)."""
+    rng = random.Random(seed)
+    keys = [(p, m) for m in max_tokens for p in range(num_prompts)]
+    rng.shuffle(keys)
+    return [Planned(i, *keys[i % len(keys)], stream=rng.random() < stream_fraction) for i in range(num_requests)]
+
+
+def load_questions(prompts_file: str | None, limit: int) -> list[str]:
+    """First user turns (raw text: the API server applies the model's template)."""
+    from fastchat_spec.bench.prompts import load_turns
+
+    return [turns[0] for turns, _ in load_turns(prompts_file, limit)]
+
+
+# ----------------------------------------------------------------------------- reference answers
+
+
+@dataclass
+class Reference:
+    """The sequential (1 client) answers of one (prompt, max_tokens)."""
+
+    text: str  # non-streamed: the final text
+    stream_text: str  # the streamed deltas, joined
+    tokens: int  # completion tokens of the non-streamed answer
+
+    def answer(self, stream: bool) -> str:
+        return self.stream_text if stream else self.text
+
+    @property
+    def stream_equals_final(self) -> bool:
+        return self.stream_text == final_as_streamed(self.text)
+
+
+def final_as_streamed(text: str) -> str:
+    # FastChat's API server drops U+FFFD (a character still incomplete at that step) from deltas.
+    return text.replace("\ufffd", "")
+
+
+def collect_references(send, questions: list[str], plan: list[Planned]) -> tuple[dict, list[dict]]:
+    """Every key of the plan, non-streamed then streamed, one at a time.
+
+    ``send(question, max_tokens, stream) -> Reply``. Returns ({key: Reference}, skipped):
+    a key whose prompt the model's context cannot hold is skipped; any other error
+    stops the run (the servers are not serving, so no load result would mean anything).
+    """
+    references, skipped = {}, []
+    for key in sorted({p.key for p in plan}):
+        prompt, max_tokens = key
+        plain = send(questions[prompt], max_tokens, False)
+        streamed = send(questions[prompt], max_tokens, True) if plain.ok else plain
+        for reply in (plain, streamed):
+            if reply.ok:
+                continue
+            if reply.error_code == CONTEXT_OVERFLOW:
+                skipped.append({"prompt": prompt, "max_tokens": max_tokens, "reason": reply.error})
+                break
+            raise RuntimeError(f"sequential reference for prompt {prompt} (max_tokens {max_tokens}) failed: "
+                               f"{reply.error}; are the controller, the worker and the API server up?")
+        else:
+            references[key] = Reference(plain.text, streamed.text,
+                                        generated_tokens(plain.usage_tokens, plain.finish_reason, max_tokens))
+    return references, skipped
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def bad_characters(text: str) -> int:
+    """Characters a clean decode of whole tokens does not give."""
+    return sum(ch == "\ufffd" or (unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n\r") for ch in text)
+
+
+@dataclass
+class Outcome:
+    """A planned request, its reply and what the checks found."""
+
+    index: int
+    prompt: int
+    max_tokens: int
+    stream: bool
+    ok: bool
+    seconds: float
+    ttft_s: float | None
+    tokens: int | None
+    finish_reason: str | None
+    error: str | None = None
+    problems: list[str] = field(default_factory=list)  # subset of PROBLEMS
+    detail: str | None = None
+    text: str | None = None  # kept only for a request with a problem
+
+
+def check(planned: Planned, reply: Reply, reference: Reference | None) -> Outcome:
+    out = Outcome(planned.index, planned.prompt, planned.max_tokens, planned.stream, reply.ok, reply.seconds,
+                  reply.ttft_s, None, reply.finish_reason, reply.error)
+    if not reply.ok:
+        out.problems.append("failed")
+        return out
+    if not planned.stream:
+        out.tokens = generated_tokens(reply.usage_tokens, reply.finish_reason, planned.max_tokens)
+    if not reply.text:
+        out.problems.append("empty")
+    details = []
+    if reply.malformed:
+        details.append(reply.malformed)
+    if reference is not None:
+        expected = reference.answer(planned.stream)
+        if bad_characters(reply.text) > bad_characters(expected):
+            details.append("characters a clean decode does not give")
+        if planned.stream and reply.text != final_as_streamed(reference.text):
+            details.append("streamed deltas differ from the final text")
+        if reply.text != expected:
+            out.problems.append("mismatched")
+        elif planned.stream:
+            out.tokens = reference.tokens  # the same greedy answer: the same token count
+    if details:
+        out.problems.append("garbled")
+        out.detail = "; ".join(details)
+    if out.problems:
+        out.text = reply.text
+    return out
+
+
+# ----------------------------------------------------------------------------- worker memory
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MiB (VmRSS in /proc), None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # gone, or not ours to read
+        return None
+    return None
+
+
+class RSSSampler:
+    """Samples a process's RSS every ``interval`` seconds in a thread, until ``stop``."""
+
+    def __init__(self, pid: int | None, interval: float = 0.25):
+        self.pid, self.interval = pid, interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RSSSampler:
+        if self.pid:
+            self._sample()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pid:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        value = rss_mb(self.pid)
+        if value is not None:
+            self.samples.append(value)
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        return {"start_mb": round(self.samples[0], 1), "end_mb": round(self.samples[-1], 1),
+                "max_mb": round(max(self.samples), 1)}
+
+
+# ----------------------------------------------------------------------------- one level
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks (q in 0..100)."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def run_level(send, questions: list[str], plan: list[Planned], references: dict, concurrency: int,
+              worker_pid: int | None = None, progress: bool = False) -> dict:
+    """The planned requests from ``concurrency`` client threads; returns the level's summary
+    with every request's outcome under "requests"."""
+    bar = _progress(len(plan), f"{concurrency} clients") if progress else None
+
+    def one(planned: Planned) -> Outcome:
+        outcome = check(planned, send(questions[planned.prompt], planned.max_tokens, planned.stream),
+                        references.get(planned.key))
+        if bar is not None:
+            bar.update(1)
+        return outcome
+
+    with RSSSampler(worker_pid) as rss, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        t0 = time.perf_counter()
+        outcomes = list(pool.map(one, plan))
+        wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return summarize_level(outcomes, concurrency, wall, rss.summary())
+
+
+def summarize_level(outcomes: list[Outcome], concurrency: int, wall: float, rss: dict | None) -> dict:
+    ok = [o for o in outcomes if o.ok]
+    tokens = sum(o.tokens or 0 for o in ok)
+    latency = [o.seconds for o in ok]
+    ttft = [o.ttft_s for o in ok if o.stream and o.ttft_s is not None]
+    errors: dict[str, int] = {}
+    for o in outcomes:
+        if o.error:
+            errors[o.error] = errors.get(o.error, 0) + 1
+    summary = {"concurrency": concurrency, "requests": len(outcomes), "ok": len(ok),
+               **{name: sum(name in o.problems for o in outcomes) for name in PROBLEMS},
+               "streamed": sum(o.stream for o in outcomes),
+               "wall_s": round(wall, 3), "completion_tokens": tokens,
+               "tokens_unknown": sum(o.tokens is None for o in ok),
+               "tok_s": round(tokens / wall, 2) if wall > 0 else 0.0,
+               "latency_s": _quantiles(latency), "ttft_s": _quantiles(ttft), "rss": rss,
+               "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:KEPT_ERRORS]),
+               "requests_detail": [asdict(o) for o in outcomes]}
+    return summary
+
+
+def _quantiles(values: list[float]) -> dict:
+    return {f"p{q}": None if (v := percentile(values, q)) is None else round(v, 4) for q in (50, 90, 99)}
+
+
+def _progress(total: int, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="req", file=sys.stderr, leave=False, disable=None)  # None: off unless a TTY
+
+
+def problems_in(summary: dict) -> int:
+    return sum(summary[name] for name in PROBLEMS)
+
+
+def level_line(summary: dict) -> str:
+    lat, rss = summary["latency_s"], summary["rss"]
+    fmt = (lambda v: "-" if v is None else f"{v:.2f}s")
+    line = (f"{summary['concurrency']:>3} clients: {summary['ok']}/{summary['requests']} ok, "
+            f"{summary['failed']} failed, {summary['empty']} empty, {summary['garbled']} garbled, "
+            f"{summary['mismatched']} mismatched; {summary['tok_s']:.1f} tok/s; latency p50 {fmt(lat['p50'])} "
+            f"p90 {fmt(lat['p90'])} p99 {fmt(lat['p99'])}")
+    if rss:
+        line += f"; worker RSS {rss['start_mb']:.0f} -> {rss['end_mb']:.0f} MiB (max {rss['max_mb']:.0f})"
+    return line
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a comma list of integers (e.g. 1,4,16)") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r} needs integers of at least 1")
+    return values
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench.load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--api-base", required=True,
+                   help="the OpenAI API server's base URL on this machine, e.g. http://127.0.0.1:8000/v1 "
+                        "(python -m fastchat.serve.openai_api_server --host 127.0.0.1 --port 8000)")
+    p.add_argument("--model", help="model name as /v1/models lists it (default: the only one listed)")
+    p.add_argument("--num-requests", type=int, default=128, help="requests per concurrency level (default 128)")
+    p.add_argument("--concurrency", default="8", type=lambda s: parse_int_list(s, "--concurrency"),
+                   help="client threads; a comma list runs one level after another with the same requests "
+                        "(default 8; e.g. 1,4,16,32)")
+    p.add_argument("--num-prompts", type=int, default=8, help="distinct prompts (default 8)")
+    p.add_argument("--prompts", help="JSONL with 'turns' (list of str); default: held-out ShareGPT first turns")
+    p.add_argument("--max-tokens", default="32,128,256", type=lambda s: parse_int_list(s, "--max-tokens"),
+                   help="max_tokens values, cycled over the requests (default 32,128,256)")
+    p.add_argument("--stream-fraction", type=float, default=0.5,
+                   help="share of streamed requests, 0..1 (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="fixes which requests stream and their order (default 0)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a request may wait for its answer or for its stream's next bytes (default 300)")
+    p.add_argument("--worker-pid", type=int,
+                   help="the model worker's process id (same machine): its RSS is sampled from /proc")
+    p.add_argument("--out", required=True, help="results JSON")
+    args = p.parse_args(argv)
+    if urlparse(args.api_base).hostname not in LOOPBACK:
+        p.error(f"--api-base {args.api_base}: only a server on this machine (127.0.0.1) is supported")
+    if args.num_requests < 1 or args.num_prompts < 1:
+        p.error("--num-requests and --num-prompts must be at least 1")
+    if not 0.0 <= args.stream_fraction <= 1.0:
+        p.error(f"--stream-fraction {args.stream_fraction}: give a share between 0 and 1")
+    if args.worker_pid and rss_mb(args.worker_pid) is None:
+        p.error(f"--worker-pid {args.worker_pid}: no such process on this machine (ps -ef | grep model_worker)")
+    return args
+
+
+def served_model(session, api_base: str, model: str | None) -> str:
+    r = session.get(api_base + "/models", timeout=30)
+    r.raise_for_status()
+    listed = [m["id"] for m in r.json()["data"]]
+    if model is None and len(listed) == 1:
+        return listed[0]
+    if model is None:
+        sys.exit(f"--model: {api_base}/models lists {listed}; name one")
+    if model not in listed:
+        sys.exit(f"--model {model!r} is not served at {api_base}/models (it lists {listed}); "
+                 "check the worker's --model-names")
+    return model
+
+
+def run(api_base: str, model: str, questions: list[str], plan: list[Planned], levels: list[int], timeout: float,
+        worker_pid: int | None = None, progress: bool = False) -> dict:
+    """References, then each level; the dict main() writes (without the command line)."""
+    session = session_for(api_base)
+
+    def send(question, max_tokens, stream):
+        return send_chat(session, api_base, model, question, max_tokens, stream, timeout)
+
+    references, skipped = collect_references(send, questions, plan)
+    plan = [p for p in plan if p.key in references]
+    if not plan:
+        raise RuntimeError("every prompt is longer than the model's context; pass shorter --prompts")
+    results = []
+    for level in levels:
+        summary = run_level(send, questions, plan, references, level, worker_pid, progress)
+        print(level_line(summary), file=sys.stderr, flush=True)
+        results.append(summary)
+    return {
+        "api_base": api_base, "model": model, "worker_pid": worker_pid, "temperature": 0,
+        "num_requests": len(plan),
+        "reference": {"keys": len(references), "skipped": skipped,
+                      "stream_differs": [{"prompt": k[0], "max_tokens": k[1]}
+                                         for k, ref in sorted(references.items()) if not ref.stream_equals_final],
+                      "answers": [{"prompt": k[0], "max_tokens": k[1], **asdict(ref)}
+                                  for k, ref in sorted(references.items())]},
+        "levels": results,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    api_base = args.api_base.rstrip("/")
+    model = served_model(session_for(api_base), api_base, args.model)
+    questions = load_questions(args.prompts, args.num_prompts)
+    if not questions:
+        sys.exit(f"no prompts: {args.prompts or 'held-out ShareGPT'} gave none")
+    plan = build_plan(len(questions), args.num_requests, args.max_tokens, args.stream_fraction, args.seed)
+    result = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m fastchat_spec.bench.load " + " ".join(sys.argv[1:] if argv is None else argv),
+        "prompts_source": args.prompts or "sharegpt-heldout",
+        "prompt_chars": [len(q) for q in questions],
+        "max_tokens": args.max_tokens, "stream_fraction": args.stream_fraction, "seed": args.seed,
+        **run(api_base, model, questions, plan, args.concurrency, args.timeout, args.worker_pid, progress=True),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    bad = sum(problems_in(level) for level in result["levels"])
+    print(f"{model}: {len(result['levels'])} level(s), {bad} request(s) with a problem; "
+          f"{len(result['reference']['stream_differs'])} prompt(s) whose sequential stream differs from its "
+          f"final text; written to {args.out}")
+    return result
+
+
+def side_by_side(first: dict, second: dict) -> list[dict]:
+    """Two results of this tool (e.g. a spec worker's and a stock worker's, same levels), level by
+    level: aggregate tok/s and latency of each, and the tok/s ratio first/second."""
+    def brief(level: dict) -> dict:
+        return {k: level[k] for k in ("ok", "requests", *PROBLEMS, "tok_s", "latency_s", "rss")}
+
+    if first["model"] == second["model"]:
+        raise ValueError(f"both results are for model {first['model']!r}; serve the two under different names")
+    rows = []
+    for a, b in zip(first["levels"], second["levels"]):
+        if a["concurrency"] != b["concurrency"]:
+            raise ValueError(f"levels differ: {a['concurrency']} against {b['concurrency']}; run both with the "
+                             "same --concurrency")
+        rows.append({"concurrency": a["concurrency"], first["model"]: brief(a), second["model"]: brief(b),
+                     "tok_s_ratio": round(a["tok_s"] / b["tok_s"], 3) if b["tok_s"] > 0 else None})
+    return rows
+
+
+def clean(result: dict) -> bool:
+    return not result["reference"]["stream_differs"] and all(problems_in(s) == 0 for s in result["levels"])
+
+
+if __name__ == "__main__":
+    sys.exit(0 if clean(main()) else 1)
