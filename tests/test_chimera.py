@@ -17,7 +17,7 @@ from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.chimera import write_chimera_checkpoint
-from fastchat_spec.generate.device_step import DEVICE_STEP_ENV
+from fastchat_spec.generate.batch_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.proposers.base import Commit
 from fastchat_spec.generate.proposers.chimera import ChimeraProposer

@@ -8,7 +8,7 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
-from fastchat_spec.generate.device_step import DEVICE_STEP_ENV
+from fastchat_spec.generate.batch_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.tree import chain, default_tree
 from tests import tiny
 

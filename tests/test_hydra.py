@@ -16,7 +16,7 @@ from fastchat.model.model_adapter import (
 from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.hydra import HydraAdapter, write_hydra_checkpoint
-from fastchat_spec.generate.device_step import DEVICE_STEP_ENV
+from fastchat_spec.generate.batch_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import chain

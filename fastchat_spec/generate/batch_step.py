@@ -17,12 +17,24 @@ is captured once as a graph and replayed (``cuda_graphs.capture``).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fastchat_spec.generate.accept import greedy_nodes
 from fastchat_spec.generate.proposers.base import Accepted, SlotProposers
 from fastchat_spec.generate.slots import SlotStore, commit_rows, rows_mask
 from fastchat_spec.generate.verify import compute_dtype, forward_rows
+
+
+DEVICE_STEP_ENV = "FASTCHAT_SPEC_DEVICE_STEP"  # set to 0 to drive every step from the host
+
+
+def supports_device_step(proposer, sampling) -> bool:
+    """Greedy without a repetition penalty (no per-node history) and a proposer with in-place state."""
+    if os.environ.get(DEVICE_STEP_ENV, "1") == "0":
+        return False
+    return sampling.greedy and sampling.repetition_penalty <= 1.0 and getattr(proposer, "device_state", False)
 
 
 class SlotState:

@@ -1,12 +1,13 @@
-"""CUDA-graph replay of the verification forward, over pooled static caches.
+"""CUDA graphs: one capture helper, and pooled static caches for host-driven requests.
 
 Stock FastChat runs Hugging Face's forward eagerly, one kernel launch at a
-time; at batch 1 the launches, not the weights, set the step time. Here the
-whole forward of one block shape (1 token for plain decoding, N nodes for a
-tree) is captured once and replayed. A graph is bound to the cache buffers it
-was captured with, so caches and their graphs live together in a ``Runner``;
-a generation borrows a runner from its model's pool and gives it back when it
-ends, so concurrent requests never share one.
+time; at small batch the launches, not the weights, set the step time. Here a
+step of one static shape is captured once and replayed. ``capture`` is the one
+way this package captures: the engine loop captures its batched steps with it
+(``loop.py``), and the host-driven step (``engine.py``) its verification
+forward and KV commit, which are bound to the cache buffers they were captured
+with: caches and their graphs live together in a ``Runner``, borrowed from a
+bounded per-model pool while a request runs.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Optional
 
 import torch
 
-from fastchat_spec.generate.device_step import DeviceStep, GraphedStep
 from fastchat_spec.generate.kv_cache import bucket, commit_path, new_cache
 from fastchat_spec.generate.verify import ForwardOut, base_forward
 
@@ -48,23 +48,24 @@ def compiled_decoder(base):
 
 
 def capture(run, device: torch.device, warmups: int = 3, pool=None):
-    """``run`` (no arguments, static buffers) captured as a CUDA graph; returns its replay.
+    """``run`` (no arguments, static buffers) captured as a CUDA graph: (replay, what the captured run returned).
 
     The warm-up runs on a side stream (kernels chosen, compiled, allocated)
     outside the graph. ``thread_local`` capture: work that other threads
     launch meanwhile (FastChat's stock decoder, say) neither breaks the
-    capture nor is recorded into it.
+    capture nor is recorded into it. Captures are serialised process-wide.
     """
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream), torch.inference_mode():
-        for _ in range(warmups):
-            run()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        run()
-    return graph.replay
+    with _CAPTURE_LOCK:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(warmups):
+                run()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            out = run()
+    return graph.replay, out
 
 
 class GraphedForward:
@@ -80,22 +81,14 @@ class GraphedForward:
         decoder = compiled_decoder(base)
         run = lambda: base_forward(base, cache, self.tokens, self.positions, self.start, self.visible,  # noqa: E731
                                    decoder)
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(3):  # warm up (and compile) kernels and the allocator outside the graph
-                run()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.out = run()
-        # The warm-up wrote into the cache at slots 0..t; the owner's next prefill overwrites them.
+        # The warm-up writes into the cache at slots 0..t; the owner's next prefill overwrites them.
+        self.replay, self.out = capture(run, device)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, start: torch.Tensor) -> ForwardOut:
         self.tokens.copy_(tokens)
         self.positions.copy_(positions)
         self.start.copy_(start)
-        self.graph.replay()
+        self.replay()
         return self.out
 
 
@@ -105,19 +98,12 @@ class GraphedCommit:
     def __init__(self, cache, path_len: int, device):
         self.start = torch.zeros((), dtype=torch.long, device=device)
         self.path = torch.zeros(path_len, dtype=torch.long, device=device)
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            commit_path(cache, self.start, self.path)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            commit_path(cache, self.start, self.path)
+        self.replay, _ = capture(lambda: commit_path(cache, self.start, self.path), device, warmups=1)
 
     def __call__(self, cache, start: torch.Tensor, path: torch.Tensor) -> None:
         self.start.copy_(start)
         self.path.copy_(path)
-        self.graph.replay()
+        self.replay()
 
 
 class Runner:
@@ -129,42 +115,28 @@ class Runner:
         self.cache = new_cache(base.config, capacity, device, dtype)
         self._graphs: dict[bytes, GraphedForward] = {}
         self._commits: dict[int, GraphedCommit] = {}
-        self._steps: dict[tuple, GraphedStep] = {}
 
     def forward_for(self, visible: torch.Tensor):
         key = visible.cpu().numpy().tobytes() + bytes(str(visible.shape), "ascii")
         graph = self._graphs.get(key)
         if graph is None:
-            with _CAPTURE_LOCK:
-                graph = GraphedForward(self.base, self.cache, visible)
+            graph = GraphedForward(self.base, self.cache, visible)
             self._graphs[key] = graph
         return graph
-
-    def step_for(self, key: tuple, proposer) -> GraphedStep:
-        """The whole greedy step captured over this cache, built around ``proposer`` on first use.
-
-        ``key`` names the proposer's weights and tree; a later generation with
-        the same key reuses the graph and its proposer (whose state ``observe``
-        resets in place), since a runner serves one generation at a time.
-        """
-        step = self._steps.get(key)
-        if step is None:
-            with _CAPTURE_LOCK:
-                step = GraphedStep(DeviceStep(self.base, self.cache, proposer, compiled_decoder(self.base)))
-            self._steps[key] = step
-        return step
 
     def commit_for(self, path_len: int):
         graph = self._commits.get(path_len)
         if graph is None:
-            with _CAPTURE_LOCK:
-                graph = GraphedCommit(self.cache, path_len, self.cache.layers[0].keys.device)
+            graph = GraphedCommit(self.cache, path_len, self.cache.layers[0].keys.device)
             self._commits[path_len] = graph
         return graph
 
 
+MAX_IDLE_RUNNERS = 4  # per capacity: more concurrent host-driven requests than this allocate and drop theirs
+
+
 class RunnerPool:
-    """Idle runners of one model, by capacity."""
+    """Idle runners of one model, by capacity (bounded: a burst does not pin its caches for good)."""
 
     def __init__(self):
         self._idle: dict[int, list[Runner]] = {}
@@ -180,7 +152,9 @@ class RunnerPool:
 
     def release(self, runner: Runner) -> None:
         with self._lock:
-            self._idle.setdefault(runner.capacity, []).append(runner)
+            idle = self._idle.setdefault(runner.capacity, [])
+            if len(idle) < MAX_IDLE_RUNNERS:
+                idle.append(runner)
 
 
 _POOLS: "weakref.WeakKeyDictionary[torch.nn.Module, RunnerPool]" = weakref.WeakKeyDictionary()

@@ -1,9 +1,13 @@
-"""The one speculative loop: propose -> verify -> accept -> commit.
+"""One request's host-driven speculative step: propose -> verify -> accept -> commit.
 
-``Generation`` is one request's decoding state. It owns its KV cache, its
-proposer (with the proposer's own state) and its counters, so concurrent
-requests on one model never share mutable state. Every method (Medusa, Hydra,
-Chimera, Jacobi) runs through ``step``; only the proposer differs.
+The engine loop (``loop.py``) batches greedy requests into device steps
+(``batch_step.py``). A request whose acceptance needs the host (sampling,
+typical acceptance, a repetition penalty with per-node histories) or whose
+proposer keeps host state (Jacobi windows) runs here instead, inside the same
+loop: ``Generation`` owns that request's KV cache, proposer and counters, and
+each ``step`` verifies its tree in one forward (a CUDA graph on GPU), then
+lets ``accept.py`` decide on the host. Every method runs through ``step``;
+only the proposer differs.
 """
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ import torch
 
 from fastchat_spec.generate import accept
 from fastchat_spec.generate.cuda_graphs import borrow_runner, pool_for
-from fastchat_spec.generate.device_step import DeviceStep, supports_device_step
 from fastchat_spec.generate.kv_cache import commit_path, new_cache
 from fastchat_spec.generate.proposers import Commit, proposer_class
 from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
@@ -62,7 +65,7 @@ class _Clock:
 class Generation:
     def __init__(self, model: SpecModel, prompt_ids: list[int], max_new_tokens: int,
                  sampling: SamplingParams, acceptance: str = "lossless", profile: bool = False,
-                 options: dict | None = None, method: str | None = None, device_step: bool = True):
+                 options: dict | None = None, method: str | None = None):
         if acceptance not in ACCEPTANCE_RULES:
             raise ValueError(f"unknown acceptance rule {acceptance!r}; use one of {ACCEPTANCE_RULES}")
         self.base = model.base
@@ -80,13 +83,7 @@ class Generation:
         self.runner = borrow_runner(self.base, needed, self.device, model.dtype)  # CUDA: pooled, with graphs
         self.cache = self.runner.cache if self.runner is not None else new_cache(
             self.base.config, needed, self.device, model.dtype)
-        # Greedy: the whole step runs on the device (one CUDA graph on GPU), one host read per step.
-        self.device_step = self._device_step_for(model, method) if device_step else None
-        if self.device_step is not None:
-            self.proposer = self.device_step.proposer
-            self.ids = self.device_step.ids  # the device step appends what it commits
-        else:
-            self._prepare_host_steps(needed)
+        self._prepare_steps(needed)
         self.ids[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         self.prompt_len = len(prompt_ids)
         self.cur = 0  # tokens in the KV cache
@@ -94,14 +91,7 @@ class Generation:
         self.stats = Stats()
         self.clock = _Clock(profile, self.device, self.stats.seconds)
 
-    def _device_step_for(self, model, method: str):
-        if not supports_device_step(self.proposer, self.sampling):
-            return None
-        if self.runner is None:
-            return DeviceStep(self.base, self.cache, self.proposer)
-        return self.runner.step_for((method, model.drafter, self.tree.paths), self.proposer)
-
-    def _prepare_host_steps(self, needed: int) -> None:
+    def _prepare_steps(self, needed: int) -> None:
         """Verification and commit (graphed on CUDA), the in-place paths and the committed ids."""
         if self.runner is not None:
             self._verify = self.runner.forward_for(self.tree.ancestors)
@@ -131,8 +121,6 @@ class Generation:
         self.cur = p
         self.root = int(first)
         self.proposer.observe(Commit(tokens, out.hidden, 0, self.root, out.logits, positions))
-        if self.device_step is not None:
-            self.device_step.reset(p, self.root)
         self.clock.lap("accept")
         self.stats.steps += 1
         self.stats.tokens += 1
@@ -141,8 +129,6 @@ class Generation:
     # -- one speculative step ---------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[int]:
-        if self.device_step is not None:
-            return self._device_step()
         tree = self.tree
         root = torch.tensor(self.root, device=self.device)
         start = torch.tensor(self.cur, device=self.device)
@@ -168,20 +154,6 @@ class Generation:
         self.stats.tokens += len(decision.tokens)
         self.stats.accepted.append(len(decision.tokens) - 1)
         return decision.tokens
-
-    def _device_step(self) -> list[int]:
-        """Greedy: draft, verify, accept and commit all on the device; profiled as 'verify'."""
-        self.clock.start()
-        self.device_step.run()
-        self.clock.lap("verify")
-        new = self.device_step.read()
-        self.clock.lap("accept")
-        self.cur += len(new)
-        self.root = new[-1]
-        self.stats.steps += 1
-        self.stats.tokens += len(new)
-        self.stats.accepted.append(len(new) - 1)
-        return new
 
     def close(self) -> None:
         """Give the pooled cache back (CUDA); safe to call twice."""

@@ -30,9 +30,8 @@ from typing import Optional
 
 import torch
 
-from fastchat_spec.generate.batch_step import BatchStep, SlotState
+from fastchat_spec.generate.batch_step import BatchStep, SlotState, supports_device_step
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
-from fastchat_spec.generate.device_step import supports_device_step
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.proposers import Commit, proposer_class
 from fastchat_spec.generate.sampling import SamplingParams
@@ -158,6 +157,8 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._steps: dict[tuple[int, int, int], object] = {}
         self._pool = None
+        self._captured: list[BatchStep] = []
+        self._warm = False
         if self.batched:
             tree = cls.build(model, self.device, {}).tree  # proposers allocate their caches on first use
             # Room for the longest request, its tree, and a padded accepted path written past its end.
@@ -192,16 +193,30 @@ class EngineLoop:
                 "waiting": len(self.waiting) + self.inbox.qsize(), **self.stats.as_dict()}
 
     def warm_up(self) -> None:
-        """Capture every batched step shape now (at load), so no capture happens while serving."""
-        if not (self.batched and self.graphs):
+        """Capture every batched step shape now, while no slot holds a request.
+
+        A capture's warm-up runs really step the slots' state, so it must only
+        ever see empty slots: the worker calls this at load, and the loop
+        thread before it admits its first request.
+        """
+        if not (self.batched and self.graphs) or self._warm:
             return
+        if self.rows:
+            raise RuntimeError("fastchat-spec: graphs are captured only while no request is in flight")
         with torch.inference_mode():
-            for key in self._all_shapes():
-                self._step_for(*key)
+            for first, count, length in self._all_shapes():
+                self._steps[(first, count, length)] = self._capture(first, count, length)
+        self._warm = True
 
     # -- the loop thread ------------------------------------------------------
     def _serve(self) -> None:
         idle_since = time.monotonic()
+        try:
+            self.warm_up()
+        except Exception as error:  # noqa: BLE001 - steps then run eagerly; requests still get answers
+            log.exception("graph capture failed; batched steps run without graphs")
+            self.graphs = False
+            self._fail_all(error)
         while True:
             try:
                 busy = self.busy_slots() or self.waiting
@@ -276,8 +291,7 @@ class EngineLoop:
             self._prefill_slot(ticket)
             return
         generation = Generation(self.model_ref(), job.prompt_ids, job.max_new_tokens, job.sampling,
-                                acceptance=job.acceptance, options=job.options, method=self.method,
-                                device_step=False)
+                                acceptance=job.acceptance, options=job.options, method=self.method)
         row = _HostRow(ticket, generation)
         self.host_rows.append(row)
         self._emit(row, generation.prefill(), prefill=True)
@@ -391,18 +405,25 @@ class EngineLoop:
         return [(0, c, length) for c in counts for length in lengths]
 
     def _step_for(self, first: int, count: int, length: int):
-        key = (first, count, length)
-        step = self._steps.get(key)
+        """The step of that shape: its graph, or (never captured while serving) an eager run."""
+        step = self._steps.get((first, count, length))
         if step is None:
-            batch = BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder)
+            step = self._steps[(first, count, length)] = self._batch_step(first, count, length).run
             if self.graphs:
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                step = capture(batch.run, self.device, pool=self._pool)
-            else:
-                step = batch.run
-            self._steps[key] = step
+                log.warning("no graph for rows %d..%d, length %d: that step runs eagerly", first, first + count,
+                            length)
         return step
+
+    def _capture(self, first: int, count: int, length: int):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        step = self._batch_step(first, count, length)
+        replay, _ = capture(step.run, self.device, pool=self._pool)
+        self._captured.append(step)  # the graph reads the step's own buffers: they must outlive it
+        return replay
+
+    def _batch_step(self, first: int, count: int, length: int) -> BatchStep:
+        return BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder)
 
 
 def _round_up(n: int, multiple: int) -> int:

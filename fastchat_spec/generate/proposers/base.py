@@ -29,7 +29,7 @@ class Commit:
 
 @dataclass
 class Accepted:
-    """What a device step accepted, as static-shape device tensors (see ``generate/device_step.py``)."""
+    """What a device step accepted, as static-shape device tensors (see ``generate/batch_step.py``)."""
 
     hidden: torch.Tensor  # (N, H) base last hidden states at every tree node
     node: torch.Tensor  # (1,) deepest accepted node
@@ -47,7 +47,7 @@ class Accepted:
 class Proposer(ABC):
     tree: Tree  # on the engine's device
     # True when the state lives in tensors updated in place by ``observe`` and ``advance``, so the
-    # whole greedy step can run on the device (``generate/device_step.py``).
+    # whole greedy step can run on the device (``generate/batch_step.py``).
     device_state: bool = False
 
     @classmethod
