@@ -173,6 +173,9 @@ def test_a_client_that_disconnects_mid_stream_frees_its_worker(stack, api, answe
     # ... and the abandoned generation stops instead of running on to max_tokens for nobody.
     spent = cpu_until_idle(serving[0].proc, cpu_at_close)
     assert spent < ABANDONED_CPU_S, f"the worker spent {spent:.1f} CPU-s after the client left"
+    # The engine loop gave the request's KV slot back (it reports its slots next to queue_length).
+    engines = worker_status(serving[0].url)["spec_engine"]
+    assert all(engine["busy_slots"] == 0 for engine in engines), engines
     for stream in (False, True):
         reply = send(api, STORY, 60, stream)
         assert reply.ok and reply.text == answers[STORY, 60, stream], reply
