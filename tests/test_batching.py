@@ -158,3 +158,16 @@ def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(se
     assert engine["slots"] == 16  # --limit-worker-concurrency sets the batch ceiling
     assert engine["max_rows"] > 1  # the concurrent requests shared batched steps
     assert engine["busy_slots"] == 0 and status["queue_length"] == 0
+
+
+def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa_dir, monkeypatch):
+    """FASTCHAT_SPEC_BATCH_INVARIANT=1: each row runs alone at a fixed shape; the texts are unchanged."""
+    from fastchat_spec.generate.loop import INVARIANT_ENV
+
+    monkeypatch.setenv(INVARIANT_ENV, "1")
+    model, tok = load_model(medusa_dir, device="cpu")  # a fresh model: its loop reads the setting
+    medusa = (model, tok, get_generate_stream_function(model, medusa_dir))
+    alone = [run_alone(medusa, p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
+    together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])])
+    assert [t["text"] for t in together] == [a["text"] for a in alone]
+    assert engine_for(model, CONTEXT).invariant

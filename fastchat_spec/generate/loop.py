@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fastchat.constants import ErrorCode
 
 from fastchat_spec.generate.batch_step import BatchStep, SlotState, supports_device_step
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.proposers import Commit, proposer_class
+from fastchat_spec.generate.request import RequestError
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
@@ -163,12 +165,23 @@ class EngineLoop:
             tree = cls.build(model, self.device, {}).tree  # proposers allocate their caches on first use
             # Room for the longest request, its tree, and a padded accepted path written past its end.
             self.capacity = _round_up(context_len + tree.num_nodes + tree.max_depth + 2, 64)
+            self.store = self._allocate_slots(model.dtype)
             self.proposers = cls.for_slots(model, self.device, self.slots, self.capacity)
             self.tree = self.proposers.tree
-            self.store = SlotStore(self.base.config, self.slots, self.capacity, self.device, model.dtype)
             self.state = SlotState(self.slots, self.tree.max_depth, self.device)
             self.decoder = compiled_decoder(self.base)
             self.dtype = compute_dtype(self.base)
+
+    def _allocate_slots(self, dtype) -> SlotStore:
+        """KV rows for every slot; with too little device memory, fewer slots (the rest of a burst waits)."""
+        while True:
+            try:
+                return SlotStore(self.base.config, self.slots, self.capacity, self.device, dtype)
+            except torch.cuda.OutOfMemoryError:
+                if self.slots == 1:
+                    raise
+                self.slots //= 2
+                log.warning("not enough device memory for the KV slots: serving %d requests at a time", self.slots)
 
     # -- the callers' side -------------------------------------------------
     def submit(self, job: Job) -> Ticket:
@@ -280,9 +293,9 @@ class EngineLoop:
         while len(self.waiting) > limit:
             ticket = self.waiting.pop()
             self.stats.refused += 1
-            ticket.finish(RuntimeError(
+            ticket.finish(RequestError(
                 f"fastchat-spec: {len(self.waiting)} requests already wait for one of {self.slots} slots; "
-                f"retry later or raise --limit-worker-concurrency / {MAX_BATCH_ENV}"))
+                f"retry later or raise --limit-worker-concurrency / {MAX_BATCH_ENV}", ErrorCode.ENGINE_OVERLOADED))
 
     def _start(self, ticket: Ticket) -> None:
         job = ticket.job
