@@ -88,7 +88,7 @@ def main(argv=None):
     rows = []
     label = "bench " + ",".join(models)
     for i, prompt in enumerate(tqdm(prompts, desc=label, unit="prompt")):
-        ids = tokenizer(prompt.text).input_ids
+        ids = tokenizer(prompt.text).input_ids[-(context_len - args.max_new_tokens - 1):]  # FastChat's cut
         row = {"category": prompt.category, "prompt_tokens": len(ids)}
         if "ar" in baselines:
             row["ar"] = _run_dict(run_engine(first, ids, args.max_new_tokens, args.temperature, eos, method="ar"))
@@ -139,6 +139,8 @@ def main(argv=None):
 
 def _serving(args, models, tokenizer, prompts, eos) -> dict:
     """Every checkpoint (and our AR decoder) at each concurrency level, over the same prompts."""
+    from fastchat.utils import get_context_length
+
     from fastchat_spec.bench.run import run_concurrent
 
     try:
@@ -147,7 +149,8 @@ def _serving(args, models, tokenizer, prompts, eos) -> dict:
         sys.exit(f"--concurrency: give a comma list of client counts, e.g. 1,4,16,32; got {args.concurrency!r}")
     if not levels or min(levels) < 1:
         sys.exit(f"--concurrency: client counts must be >= 1, got {args.concurrency!r}")
-    ids = [tokenizer(p.text).input_ids for p in prompts]
+    context_len = get_context_length(next(iter(models.values())).config)
+    ids = [tokenizer(p.text).input_ids[-(context_len - args.max_new_tokens - 1):] for p in prompts]
     first = next(iter(models.values()))
     runners = dict(models)
     if "ar" in args.baselines.split(","):

@@ -72,39 +72,49 @@ class IncrementalText:
     """Cumulative text of the answer and stop-string handling, as FastChat computes them.
 
     FastChat decodes every id at every step (O(n) per step). Here each step
-    decodes a short window: the ids since ``prefix`` twice, with and without the
-    new ones, and appends the difference (a SentencePiece piece's leading space
-    depends on the piece before it, hence the window). The final text is one full
-    decode, exactly FastChat's.
+    decodes a short window: the ids since ``prefix`` with the new ones, and
+    appends what they add to the window's text before them (a SentencePiece
+    piece's leading space depends on the piece before it, hence the window).
+    The window's start moves only now and then, so the text before the new ids
+    is the last step's, already decoded. Special ids are dropped once up front
+    (a slow tokenizer otherwise rebuilds its special-token lists per id). The
+    final text is one full decode, exactly FastChat's.
     """
 
-    WINDOW = 6  # ids kept before the new ones as decoding context
+    CONTEXT = 4  # ids kept before the new ones as decoding context when the window moves
+    MAX_WINDOW = 12  # ids in the window before it moves
 
     def __init__(self, tokenizer, request: Request):
         self.tokenizer = tokenizer
         self.request = request
-        self.ids: list[int] = list(request.prompt_ids) if request.echo else []
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self.ids: list[int] = [i for i in request.prompt_ids if i not in self.special] if request.echo else []
         self.text = self._decode(self.ids)
         self.search_from = len(request.prompt) if request.echo else 0
-        self.prefix = max(0, len(self.ids) - self.WINDOW)  # window start
+        self.prefix = max(0, len(self.ids) - self.CONTEXT)  # window start
         self.read = len(self.ids)  # ids already turned into ``text``
+        self.window_text = self._decode(self.ids[self.prefix :])  # decode(ids[prefix:read])
         self.hit_stop = False
         self.partial = False
         self.shown = ""  # the text as the client has it
         self.last_yielded = ""
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, spaces_between_special_tokens=False,
+        # Same text as skip_special_tokens=True on ids without special ids (they were dropped).
+        return self.tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
                                      clean_up_tokenization_spaces=True)
 
     def extend(self, new_ids: list[int]) -> None:
-        self.ids.extend(new_ids)
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):  # wait out a split UTF-8 character
-            self.text += after[len(before):]
-            self.prefix = max(self.prefix, len(self.ids) - self.WINDOW)
-            self.read = len(self.ids)
+        self.ids.extend(i for i in new_ids if i not in self.special)
+        if len(self.ids) > self.read:
+            after = self._decode(self.ids[self.prefix :])
+            if len(after) > len(self.window_text) and not after.endswith("\ufffd"):  # wait out split UTF-8
+                self.text += after[len(self.window_text) :]
+                self.read = len(self.ids)
+                self.window_text = after
+                if self.read - self.prefix > self.MAX_WINDOW:
+                    self.prefix = self.read - self.CONTEXT
+                    self.window_text = self._decode(self.ids[self.prefix :])
         self._find_stop()
 
     def _find_stop(self) -> None:
