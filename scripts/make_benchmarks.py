@@ -293,7 +293,78 @@ def build(raw, steps_dir):
         result["device"] = result["device"][0]
     if worker_api:
         result["worker_api"] = worker_api
+    serving, reliability = serving_block(SERVING_RAW), reliability_block(SERVING_RAW)
+    if serving:
+        result["serving"] = serving
+    if reliability:
+        result["reliability"] = reliability
     return result
+
+
+# ---------------------------------------------------------------- serving (issue 13) and reliability (issue 14)
+
+SERVING_RAW = os.path.join(BENCHMARKS, "raw", "serving-h200-2026-12-03")
+SERVING_COMMANDS = {
+    "in_process": "FASTCHAT_SPEC_MAX_BATCH=32 python -m fastchat_spec.bench --model-path "
+                  "fastchat_spec/models/medusa-vicuna-nano --prompts PROMPTS.jsonl --num-prompts 32 "
+                  "--max-new-tokens 256 --baselines ar --concurrency 1,4,16,32 --profile-prompts 0 --out nano_bench.json",
+    "api": "LEVELS=1,4,16,32 REQUESTS=48 RELIABILITY_REQUESTS=1000 RELIABILITY_CLIENTS=16 STOCK_LEVELS=1,16 "
+           "STOCK_REQUESTS=32 LOAD_ARGS='--prompts PROMPTS.jsonl --max-tokens 128' bash scripts/serving_bench.sh "
+           "fastchat_spec/models/medusa-vicuna-nano fastchat_spec/models/vicuna-nano OUT",
+    "gpu_check": "python scripts/gpu_check.py",
+}
+SERVING_NOTE = ("PROMPTS.jsonl: 278 held-out ShareGPT first turns (fastchat_spec.train.data.heldout_first_turns). "
+                "Through the API: FastChat's unchanged controller, model_worker --limit-worker-concurrency 32 and "
+                "openai_api_server; temperature 0; every answer compared with its sequential answer.")
+
+
+def api_levels(path):
+    """Per concurrency level of a bench.load run: counts, aggregate tok/s and latency."""
+    out = {}
+    for level in load(path)["levels"]:
+        lat = level["latency_s"]
+        out[str(level["concurrency"])] = {
+            "requests": level["requests"], "ok": level["ok"], "failed": level["failed"], "empty": level["empty"],
+            "garbled": level["garbled"], "mismatched": level["mismatched"], "tok_s": rounded(level["tok_s"], 1),
+            "latency_p50_s": rounded(lat["p50"]), "latency_p90_s": rounded(lat["p90"]),
+            "latency_p99_s": rounded(lat["p99"]), "worker_rss_mib": level["rss"],
+        }
+    return out
+
+
+def serving_block(raw):
+    """Continuous batching on the bundled nano model: in-process and through FastChat's API, side by side."""
+    if not os.path.isdir(raw):
+        return None
+    bench = load(os.path.join(raw, "nano_bench.json"))
+    in_process = {name: {level: {k: rounded(v) for k, v in r.items()} for level, r in levels.items()}
+                  for name, levels in bench["serving"].items()}
+    spec = api_levels(os.path.join(raw, "spec_levels.json"))
+    stock = api_levels(os.path.join(raw, "stock_levels.json"))
+    targets = {
+        "api_16_vs_api_1": rounded(spec["16"]["tok_s"] / spec["1"]["tok_s"]),
+        "api_16_vs_stock_16": rounded(spec["16"]["tok_s"] / stock["16"]["tok_s"]),
+        "api_p50_latency_16_vs_1": rounded(spec["16"]["latency_p50_s"] / spec["1"]["latency_p50_s"]),
+        "api_1_vs_in_process_1": rounded(spec["1"]["tok_s"] / in_process["medusa"]["1"]["aggregate_tok_s"]),
+        "in_process_16_vs_1": rounded(in_process["medusa"]["16"]["aggregate_tok_s"]
+                                      / in_process["medusa"]["1"]["aggregate_tok_s"]),
+        "in_process_p50_latency_16_vs_1": rounded(in_process["medusa"]["16"]["latency_p50_s"]
+                                                  / in_process["medusa"]["1"]["latency_p50_s"]),
+    }
+    return {"device": bench["device"], "date": bench["date"], "raw": shown_path(raw), "commands": SERVING_COMMANDS,
+            "note": SERVING_NOTE, "model": "fastchat_spec/models/medusa-vicuna-nano (float16)",
+            "in_process_max_new_tokens": bench["max_new_tokens"], "in_process": in_process,
+            "api_max_tokens": 128, "api_spec": spec, "api_stock": stock, "ratios": targets}
+
+
+def reliability_block(raw):
+    path = os.path.join(raw, "spec_reliability.json")
+    if not os.path.exists(path):
+        return None
+    run = load(path)
+    level = api_levels(path)
+    return {"date": run["date"], "command": SERVING_COMMANDS["api"], "raw": shown_path(path),
+            "requests": run["num_requests"], "stream_fraction": run["stream_fraction"], "by_clients": level}
 
 
 # ---------------------------------------------------------------- Markdown
