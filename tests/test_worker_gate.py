@@ -183,7 +183,7 @@ def test_the_hook_replaced_the_worker_endpoints():
     for path, name in [("/worker_generate_stream", "api_generate_stream"), ("/worker_generate", "api_generate"),
                        ("/worker_get_embeddings", "api_get_embeddings"), ("/count_token", "api_count_token")]:
         assert paths[path] is getattr(bmw, name)
-        assert paths[path].__module__ == "fastchat_spec.fastchat_patches"
+        assert paths[path].__module__ == "fastchat_spec.worker_gate"
 
 
 def test_a_stream_that_raises_midway_gives_its_slot_back(stand_in):

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastchat_spec.generate.loop import Job, engine_for
+from fastchat_spec.generate.loop import engine_for
+from fastchat_spec.generate.tickets import Job
 from fastchat_spec.generate.sampling import SamplingParams
 
 

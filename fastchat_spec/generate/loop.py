@@ -15,6 +15,9 @@ Graphs are captured only by this thread, at warm-up or on a shape's first use,
 never while another thread of ours launches work on the device. With
 ``FASTCHAT_SPEC_BATCH_INVARIANT=1`` every row runs alone at a fixed shape, so a
 request's numerics do not depend on what else is being served (slower).
+
+(A little over 400 lines: admission, stepping and the step shapes are one
+scheduler's state and stay together; the request side is ``tickets.py``.)
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -36,8 +39,8 @@ from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.proposers import Commit, proposer_class
 from fastchat_spec.generate.request import RequestError
-from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.slots import SlotStore, rows_mask
+from fastchat_spec.generate.tickets import Job, Ticket
 from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
 
 log = logging.getLogger("fastchat_spec.loop")
@@ -47,60 +50,6 @@ INVARIANT_ENV = "FASTCHAT_SPEC_BATCH_INVARIANT"  # 1: each row steps alone (nume
 DEFAULT_SLOTS = 16
 IDLE_EXIT_S = 60.0  # an idle loop thread ends; the next request starts it again
 WAIT_FACTOR = 4  # jobs that may wait for a slot, per slot, before new ones are refused
-
-
-@dataclass
-class Job:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: SamplingParams
-    stop_token_ids: list[int] = field(default_factory=list)
-    acceptance: str = "lossless"
-    options: dict = field(default_factory=dict)
-
-
-@dataclass
-class Emitted:
-    tokens: list[int]  # tokens of one step (the prefill's first token, or accepted drafts + bonus)
-    prefill: bool = False
-
-
-class Ticket:
-    """One request's side of the loop: the events its steps produce, and its cancellation."""
-
-    def __init__(self, job: Job):
-        self.job = job
-        self.events: queue.Queue = queue.Queue()
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Leave the batch at the next step boundary (safe to call at any time, twice)."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def emit(self, tokens: list[int], prefill: bool = False) -> None:
-        self.events.put(Emitted(tokens, prefill))
-
-    def finish(self, error: Optional[BaseException] = None) -> None:
-        self.events.put(error if error is not None else StopIteration())
-
-    def steps(self, alive, poll_s: float = 1.0):
-        """Yield ``Emitted`` until the loop finishes the request; raise what failed it."""
-        while True:
-            try:
-                event = self.events.get(timeout=poll_s)
-            except queue.Empty:
-                if not alive():
-                    raise RuntimeError("fastchat-spec: the engine loop stopped; retry the request") from None
-                continue
-            if isinstance(event, StopIteration):
-                return
-            if isinstance(event, BaseException):
-                raise event
-            yield event
 
 
 @dataclass

@@ -14,7 +14,8 @@ and a few before them (``IncrementalText``), so streaming costs O(new tokens).
 """
 from __future__ import annotations
 
-from fastchat_spec.generate.loop import Job, engine_for
+from fastchat_spec.generate.loop import engine_for
+from fastchat_spec.generate.tickets import Job
 from fastchat_spec.generate.request import Request, parse_request
 from fastchat_spec.spec_stats import SpecStats
 

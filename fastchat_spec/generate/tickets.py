@@ -1,0 +1,70 @@
+"""A request's side of the engine loop: what it asks for (``Job``) and what it gets back (``Ticket``).
+
+The caller's thread submits a ``Job`` and iterates its ``Ticket``: one
+``Emitted`` per base forward (the prefill's token, then each step's accepted
+drafts and bonus token), until the loop finishes the request or fails it.
+Cancelling the ticket (a client gone, a stop string found) makes the loop
+free the request's slot at its next step boundary.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fastchat_spec.generate.sampling import SamplingParams
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop_token_ids: list[int] = field(default_factory=list)
+    acceptance: str = "lossless"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Emitted:
+    tokens: list[int]  # tokens of one step (the prefill's first token, or accepted drafts + bonus)
+    prefill: bool = False
+
+
+class Ticket:
+    """One request's side of the loop: the events its steps produce, and its cancellation."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step boundary (safe to call at any time, twice)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def emit(self, tokens: list[int], prefill: bool = False) -> None:
+        self.events.put(Emitted(tokens, prefill))
+
+    def finish(self, error: Optional[BaseException] = None) -> None:
+        self.events.put(error if error is not None else StopIteration())
+
+    def steps(self, alive, poll_s: float = 1.0):
+        """Yield ``Emitted`` until the loop finishes the request; raise what failed it."""
+        while True:
+            try:
+                event = self.events.get(timeout=poll_s)
+            except queue.Empty:
+                if not alive():
+                    raise RuntimeError("fastchat-spec: the engine loop stopped; retry the request") from None
+                continue
+            if isinstance(event, StopIteration):
+                return
+            if isinstance(event, BaseException):
+                raise event
+            yield event
