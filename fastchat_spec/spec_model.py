@@ -7,7 +7,7 @@ keeps its own caches and proposer state.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -16,16 +16,11 @@ from torch import nn
 
 @dataclass
 class SpecConfig:
-    method: str  # medusa | hydra | chimera | cllm
+    method: str  # a name in fastchat_spec/methods.py: medusa | hydra | chimera | cllm | ar
     num_heads: int = 0  # draft depth; for cllm, the Jacobi window length
     num_layers: int = 1
     tree: Optional[list[list[int]]] = None  # None: the method's default tree
-    base_model_name_or_path: Optional[str] = None
-    conv_template: Optional[str] = None
     options: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SpecModel(nn.Module):

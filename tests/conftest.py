@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny tokenizer, tiny base models and checkpoints, built once per session."""
+"""Shared fixtures, built once per session: the tiny tokenizer, base and Medusa checkpoint, FastChat's text."""
 from __future__ import annotations
 
 import os
@@ -43,6 +43,48 @@ def medusa_dir(models_dir, base_dir):
     heads = tiny.random_medusa_heads(base_dir, num_heads=3)
     write_medusa_checkpoint(out, heads, base_dir, safetensors=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def base_model(base_dir):
+    """The tiny base as a plain Hugging Face model, frozen (eval, no gradients); tests must not change it."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base_dir).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def base_shape(base_dir):
+    """(hidden size, vocab size) of the tiny base."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base_dir)
+    return config.hidden_size, config.vocab_size
+
+
+@pytest.fixture(scope="session")
+def stock_texts(base_dir):
+    """FastChat's own greedy text on the tiny base (``stock[prompt]``, ``stock.text(prompt, **request)``)."""
+    return tiny.StockTexts(base_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models decode faster on one thread, and CI shares its two cores (``usefixtures`` it per module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_base_override(monkeypatch):
+    """Checkpoints find their base by their own config, whatever the caller's environment says."""
+    from fastchat_spec.adapters.checkpoint import BASE_OVERRIDE_ENV
+
+    monkeypatch.delenv(BASE_OVERRIDE_ENV, raising=False)
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from fastchat_spec.adapters.medusa import write_medusa_checkpoint
 from fastchat_spec.generate.request import RequestError
 from fastchat_spec.heads.medusa import MedusaHeads
 from tests import tiny
-
-CONTEXT = 1024
+from tests.tiny import CONTEXT
 
 
 @pytest.fixture(scope="module")
@@ -184,22 +183,22 @@ def test_heads_with_another_vocabulary_are_refused(tmp_path, base_dir):
         load_model(ckpt, device="cpu")
 
 
-def test_unexpected_tensor_in_head_file(tmp_path, base_dir):
-    ckpt = _checkpoint(tmp_path, base_dir)
+def _edit_heads(ckpt: str, edit) -> str:
+    """Rewrite the checkpoint's head file with ``edit(state dict)``; returns the file."""
     file = os.path.join(ckpt, "medusa_lm_head.pt")
-    state = torch.load(file, weights_only=True)
-    state["rogue.weight"] = torch.zeros(2)
-    torch.save(state, file)
+    torch.save(edit(torch.load(file, weights_only=True)), file)
+    return file
+
+
+def test_unexpected_tensor_in_head_file(tmp_path, base_dir):
+    file = _edit_heads(_checkpoint(tmp_path, base_dir), lambda state: {**state, "rogue.weight": torch.zeros(2)})
     with pytest.raises(ValueError, match=f"unexpected tensor 'rogue.weight' in Medusa head file {file}"):
-        load_model(ckpt, device="cpu")
+        load_model(os.path.dirname(file), device="cpu")
 
 
 def test_gap_in_head_indices(tmp_path, base_dir):
     ckpt = _checkpoint(tmp_path, base_dir)
-    file = os.path.join(ckpt, "medusa_lm_head.pt")
-    state = torch.load(file, weights_only=True)
-    state = {k.replace("1.", "2.", 1) if k.startswith("1.") else k: v for k, v in state.items()}
-    torch.save(state, file)
+    _edit_heads(ckpt, lambda state: {("2." + k[2:] if k.startswith("1.") else k): v for k, v in state.items()})
     with pytest.raises(ValueError, match=r"gaps in its head indices: \[0, 2\]"):
         load_model(ckpt, device="cpu")
 
@@ -212,8 +211,7 @@ def test_invalid_config_json_is_named(tmp_path, base_dir):
         load_model(ckpt, device="cpu")
 
 
-def test_missing_base_path_says_how_to_fix(tmp_path, base_dir, monkeypatch):
-    monkeypatch.delenv("FASTCHAT_SPEC_BASE_MODEL", raising=False)
+def test_missing_base_path_says_how_to_fix(tmp_path, base_dir, no_base_override):
     ckpt = _checkpoint(tmp_path, base_dir)
     config_file = os.path.join(ckpt, "config.json")
     with open(config_file) as f:

@@ -25,9 +25,12 @@ from fastchat.model.model_adapter import load_model
 from safetensors.torch import load_file, save_file
 
 from tests.servers import ManagedProcess, fastchat_module, free_port, server_env
+from tests.tiny import published_medusa_tensors
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 WORKER_EXIT_TIMEOUT = 240.0  # seconds; a worker imports torch and FastChat on 2 shared cores
+
+pytestmark = pytest.mark.usefixtures("no_base_override")
 
 
 @dataclass
@@ -37,17 +40,6 @@ class Broken:
     path: str  # what the user passes as --model-path
     file: str  # the file (or folder) the error must name
     says: tuple[str, ...]  # what is wrong and how to fix it, as words the error must contain
-
-
-@pytest.fixture(autouse=True)
-def no_base_override(monkeypatch):
-    monkeypatch.delenv("FASTCHAT_SPEC_BASE_MODEL", raising=False)
-
-
-@pytest.fixture(scope="module")
-def base_shape(base_dir):
-    config = _read_json(os.path.join(base_dir, "config.json"))
-    return config["hidden_size"], config["vocab_size"]
 
 
 # -- writing checkpoints ---------------------------------------------------------------------
@@ -83,25 +75,13 @@ def _corrupt_json(file: str) -> str:
     return file
 
 
-def _medusa_tensors(hidden: int, vocab: int, heads: int = 3, own_lm_head: bool = True) -> dict:
-    """Medusa head tensors keyed as the published files key them (one ResBlock per head)."""
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for h in range(heads):
-        state[f"{h}.0.linear.weight"] = torch.randn(hidden, hidden, generator=g) * 0.05
-        state[f"{h}.0.linear.bias"] = torch.randn(hidden, generator=g) * 0.05
-        if own_lm_head:
-            state[f"{h}.1.weight"] = torch.randn(vocab, hidden, generator=g) * 0.05
-    return state
-
-
 def medusa_v01(root: str, base: str, hidden: int, vocab: int, name: str = "medusa-v01") -> str:
     """Medusa-1 v0.1: config.json with the medusa keys + medusa_lm_head.pt."""
     out = os.path.join(root, name)
     os.makedirs(out)
     _write_json(os.path.join(out, "config.json"),
                 {"base_model_name_or_path": base, "medusa_num_heads": 3, "medusa_num_layers": 1})
-    torch.save(_medusa_tensors(hidden, vocab), os.path.join(out, "medusa_lm_head.pt"))
+    torch.save(published_medusa_tensors(hidden, vocab), os.path.join(out, "medusa_lm_head.pt"))
     return out
 
 
@@ -111,7 +91,8 @@ def medusa_heads_only(root: str, base: str, hidden: int, vocab: int) -> str:
     os.makedirs(out)
     _write_json(os.path.join(out, "config.json"),
                 {"base_model_name_or_path": base, "medusa_num_heads": 3, "medusa_num_layers": 1})
-    save_file(_medusa_tensors(hidden, vocab, own_lm_head=False), os.path.join(out, "medusa_lm_head.safetensors"))
+    save_file(published_medusa_tensors(hidden, vocab, own_lm_head=False),
+              os.path.join(out, "medusa_lm_head.safetensors"))
     return out
 
 
@@ -127,7 +108,7 @@ def medusa_full(root: str, base_dir: str, hidden: int, vocab: int, shards: int =
     _edit_config(out, medusa_num_heads=3, medusa_num_layers=1)
     tensors = load_file(os.path.join(out, "model.safetensors"))
     os.remove(os.path.join(out, "model.safetensors"))
-    tensors.update({f"medusa_head.{k}": v for k, v in _medusa_tensors(hidden, vocab).items()})
+    tensors.update({f"medusa_head.{k}": v for k, v in published_medusa_tensors(hidden, vocab).items()})
     if pickled:
         torch.save(tensors, os.path.join(out, "pytorch_model.bin"))
         return out

@@ -1,4 +1,4 @@
-"""Chimera: trigram padding, drafting == training's teacher forcing, lossless decoding, layouts, training.
+"""Chimera: trigram padding, drafting == training's teacher forcing, lossless sampling, layouts, training.
 
 Both head architectures: ours (heads read the base's hidden state and the
 encoder output) and the Chimera authors' released one (heads read the encoder
@@ -13,11 +13,8 @@ import os
 import pytest
 import torch
 from fastchat.model.model_adapter import get_generate_stream_function, load_model
-from fastchat.serve.inference import generate_stream as fastchat_generate_stream
-from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.chimera import write_chimera_checkpoint
-from fastchat_spec.generate.batch_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.proposers.base import Commit
 from fastchat_spec.generate.proposers.chimera import ChimeraProposer
@@ -31,28 +28,11 @@ from fastchat_spec.heads.chimera import (
     trigram_ids,
 )
 from tests import tiny
+from tests.tiny import CONTEXT, PROMPTS
 
-PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "Hello world, how are you?", "A",
-           "Please write a story about a computer.", "Üñïçødé text — with symbols ✓"]
-CONTEXT = 1024
-MAX_NEW = 32
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def base(base_dir):
-    """The tiny base, frozen as training loads it."""
-    return AutoModelForCausalLM.from_pretrained(base_dir).eval().requires_grad_(False)
-
-
-def random_drafter(base, num_heads: int, seed: int = 0, noise: float = 0.05,
-                   head_arch: str = "residual") -> ChimeraDrafter:
-    """A fresh drafter (heads at the lm_head) with every weight nudged, so nothing is an identity."""
-    torch.manual_seed(seed)
-    drafter = new_drafter_for(base, num_heads, head_arch=head_arch)
-    with torch.no_grad():
-        for p in drafter.parameters():
-            p.add_(torch.randn_like(p) * noise)
-    return drafter.eval()
+random_drafter = tiny.random_chimera_drafter  # scripts/gpu_check.py imports it from here
 
 
 def save_seed_layout(out: str, drafter: ChimeraDrafter, base_dir: str, tree=None) -> str:
@@ -78,13 +58,7 @@ def authors_tensors(base, num_heads: int, num_layers: int, seed: int, head_in: s
     frequencies; ``chimera_head`` = per head ``[ResBlock(H)] * num_layers`` and
     Linear(H, V) reading the encoder output (``head_in="encoder"``), or, as in
     the authors' later code, a lone Linear(2H, V) reading ``[h_t; F]``
-    (``head_in="hidden+encoder"``, no blocks) started from ``[W_lm, W_lm]``.
-
-    Random tiny weights, except that encoder-only heads get a shape that makes
-    some drafts land without training: the trigram encoder sums the three
-    embeddings (scaled above the encoder's noise) and the heads score tokens by
-    their embedding, so a head's top 3 are the trigram's own tokens, i.e. the
-    continuations of a loop of period <= 3, which the tiny base falls into.
+    (``head_in="hidden+encoder"``, no blocks). Random tiny weights.
     """
     cfg = base.config
     h, v, inter = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
@@ -95,10 +69,7 @@ def authors_tensors(base, num_heads: int, num_layers: int, seed: int, head_in: s
     def rand(*shape, std=0.05):
         return torch.randn(*shape, generator=gen) * std
 
-    embed = base.get_input_embeddings().weight.detach()
-    sum_of_three = torch.cat([torch.eye(h)] * 3, dim=1) / embed.std()
-    trimlp = {"0.linear.weight": rand(3 * h, 3 * h), "0.linear.bias": rand(3 * h),
-              "1.weight": sum_of_three + rand(h, 3 * h) if head_in == "encoder" else rand(h, 3 * h, std=0.1)}
+    trimlp = {"0.linear.weight": rand(3 * h, 3 * h), "0.linear.bias": rand(3 * h), "1.weight": rand(h, 3 * h)}
     layer = {"self_attn.q_proj.weight": rand(q, h), "self_attn.k_proj.weight": rand(kv, h),
              "self_attn.v_proj.weight": rand(kv, h), "self_attn.o_proj.weight": rand(h, q),
              "mlp.gate_proj.weight": rand(inter, h), "mlp.up_proj.weight": rand(inter, h),
@@ -106,27 +77,24 @@ def authors_tensors(base, num_heads: int, num_layers: int, seed: int, head_in: s
              "post_attention_layernorm.weight": 1 + rand(h),
              "self_attn.rotary_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)}
     fast_layer1 = {f"0.{k}": t for k, t in layer.items()}
-    lm_head = base.get_output_embeddings().weight.detach()
     chimera_head = {}
     for k in range(num_heads):
         if head_in == "encoder":
             block_w, block_b = rand(h, h), rand(h)  # one ResBlock object repeated: equal tensors per index
             for b in range(num_layers):
                 chimera_head[f"{k}.{b}.linear.weight"], chimera_head[f"{k}.{b}.linear.bias"] = block_w, block_b
-            chimera_head[f"{k}.{num_layers}.weight"] = embed + rand(v, h, std=0.01)
+            chimera_head[f"{k}.{num_layers}.weight"] = rand(v, h)
         else:
-            chimera_head[f"{k}.0.weight"] = torch.cat([lm_head, lm_head], dim=1) + rand(v, 2 * h)
+            chimera_head[f"{k}.0.weight"] = rand(v, 2 * h)
     return {"trimlp": trimlp, "fast_layer1": fast_layer1, "chimera_head": chimera_head}
 
 
-def save_authors_layout(out: str, tensors: dict, base_dir: str, num_layers: int = 1, tree=None) -> str:
+def save_authors_layout(out: str, tensors: dict, base_dir: str, num_layers: int = 1) -> str:
     """config.json as the authors' ChimeraConfig.save_pretrained writes it, and their three torch.save'd files."""
     os.makedirs(out, exist_ok=True)
     heads = 1 + max(int(key.split(".")[0]) for key in tensors["chimera_head"])
     config = {"base_model_name_or_path": base_dir, "chimera_num_heads": heads, "chimera_num_layers": num_layers,
               "transformers_version": "4.31.0"}
-    if tree:
-        config["chimera_choices"] = tree
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)
     for name, state in tensors.items():
@@ -140,9 +108,9 @@ def test_trigram_ids_pad_before_the_start():
     assert trigram_ids(ids).tolist() == [[[PAD_ID, PAD_ID, 5], [PAD_ID, 5, 6], [5, 6, 7], [6, 7, 8]]]
 
 
-def test_trigram_features_use_zero_vectors_for_padding(base):
-    drafter = random_drafter(base, 1)
-    embed = base.get_input_embeddings()
+def test_trigram_features_use_zero_vectors_for_padding(base_model):
+    drafter = random_drafter(base_model, 1)
+    embed = base_model.get_input_embeddings()
     got = drafter.trigram(embed, trigram_ids(torch.tensor([[5, 6, 7]])))[0]
     e = embed.weight.detach()
     zero = torch.zeros_like(e[0])
@@ -157,21 +125,21 @@ def test_trigram_features_use_zero_vectors_for_padding(base):
                                                              [0, 1, 0], [1, 0, 1]])],
                          ids=["chain", "tree"])
 @pytest.mark.parametrize("head_arch", HEAD_ARCHS)
-def test_drafts_equal_teacher_forced_heads(base, tree, head_arch):
+def test_drafts_equal_teacher_forced_heads(base_model, tree, head_arch):
     """Every draft token is the rank-r guess of training's teacher-forced head along the node's path.
 
     This ties the proposer (encoder KV cache written by observe, one encoder
     call per depth, trigrams across the committed/draft boundary) to the
     training formulation, including a prompt of one token (padded trigrams).
     """
-    drafter = random_drafter(base, 3, seed=1, head_arch=head_arch)
-    embed, rotary = base.get_input_embeddings(), base.get_decoder().rotary_emb
+    drafter = random_drafter(base_model, 3, seed=1, head_arch=head_arch)
+    embed, rotary = base_model.get_input_embeddings(), base_model.get_decoder().rotary_emb
     torch.manual_seed(2)
-    ids = torch.randint(3, base.config.vocab_size, (16,))
+    ids = torch.randint(3, base_model.config.vocab_size, (16,))
     with torch.no_grad():
-        hidden = base.get_decoder()(ids.view(1, -1)).last_hidden_state[0]
+        hidden = base_model.get_decoder()(ids.view(1, -1)).last_hidden_state[0]
         for committed in (1, 2, 7, 12):
-            proposer = ChimeraProposer(drafter, base, tree, torch.device("cpu"), capacity=64)
+            proposer = ChimeraProposer(drafter, base_model, tree, torch.device("cpu"), capacity=64)
             cut = max(1, committed // 2)  # two commits: the cache is advanced twice
             proposer.observe(Commit(ids[:cut], hidden[:cut], 0, int(ids[cut]), None, None))
             if committed > cut:
@@ -181,7 +149,7 @@ def test_drafts_equal_teacher_forced_heads(base, tree, head_arch):
             for node, path in enumerate(tree.paths, start=1):
                 nodes = tree.path_nodes[node][: len(path) + 1].tolist()  # root .. node
                 seq = torch.cat([ids[:committed], tokens[nodes[:-1]]]).view(1, -1)
-                seq_hidden = base.get_decoder()(seq).last_hidden_state
+                seq_hidden = base_model.get_decoder()(seq).last_hidden_state
                 k = len(path) - 1
                 logits = drafter.teacher_forced_logits(k, embed, rotary, torch.cat([seq, seq[:, :1]], 1),
                                                        torch.cat([seq_hidden, seq_hidden[:, :1]], 1))
@@ -189,42 +157,18 @@ def test_drafts_equal_teacher_forced_heads(base, tree, head_arch):
                 assert int(tokens[node]) == int(ranked[path[-1]]), (committed, path)
 
 
-# --------------------------------------------------------------------------- lossless decoding
-@pytest.fixture(scope="module")
-def stock_outputs(base_dir):
-    return tiny.stock_greedy_texts(base_dir, PROMPTS, MAX_NEW, CONTEXT)
-
-
-@pytest.mark.parametrize("num_heads,tree,driver", [
-    (3, None, "device"),
-    (2, [[0], [1], [0, 0], [1, 0], [0, 1]], "device"),
-    (4, chain(4).to_list(), "device"),
-    (3, None, "host"),
-])
-def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_heads, tree, driver, monkeypatch):
-    """Token for token FastChat's greedy text, with the whole step on the device or driven from the host."""
-    monkeypatch.setenv(DEVICE_STEP_ENV, "1" if driver == "device" else "0")
-    ckpt = write_chimera_checkpoint(str(tmp_path / f"chimera-{num_heads}"),
-                                    random_drafter(base, num_heads, seed=num_heads), base_dir, tree=tree)
-    model, tok = load_model(ckpt, device="cpu")
-    assert model.spec.method == "chimera"
-    stream = get_generate_stream_function(model, ckpt)
-    assert stream.__module__ == "fastchat_spec.generate.stream"
-    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, MAX_NEW, CONTEXT)
-    assert tokens / steps > 1.0  # drafts were accepted: the comparison covered multi-token steps
-
-
-def test_sampling_matches_the_base_distribution(tmp_path, base, base_dir):
+# --------------------------------------------------------------------------- lossless sampling
+def test_sampling_matches_the_base_distribution(tmp_path, base_model, base_dir):
     """Law of the second sampled token (the first one a speculative step makes) vs the exact marginal.
 
     The prompt ends in the base's own greedy loop and the temperature is 0.5,
     so drafts are accepted in a good share of the samples and rejected in the
     rest: both branches of the rejection sampler are exercised.
     """
-    ckpt = write_chimera_checkpoint(str(tmp_path / "chimera-sample"), new_drafter_for(base, 2), base_dir,
+    ckpt = write_chimera_checkpoint(str(tmp_path / "chimera-sample"), new_drafter_for(base_model, 2), base_dir,
                                     tree=[[0], [1], [2], [3], [0, 0], [1, 0]])
     model, tok = load_model(ckpt, device="cpu")
-    prompt = _greedy_continuation(base, tok("The cat runs over the house.").input_ids, 30)
+    prompt = _greedy_continuation(base_model, tok("The cat runs over the house.").input_ids, 30)
     temperature, samples = 0.5, 500
     sampling = SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0)
     torch.manual_seed(0)
@@ -237,7 +181,7 @@ def test_sampling_matches_the_base_distribution(tmp_path, base, base_dir):
         accepted += len(out) > 1
         counts[out[0]] = counts.get(out[0], 0) + 1
     assert 0.05 * samples < accepted < 0.95 * samples, accepted
-    exact = _exact_second_token(base, prompt, temperature)
+    exact = _exact_second_token(base_model, prompt, temperature)
     assert _chi_square_p_value(counts, exact, samples) > 1e-3
 
 
@@ -275,8 +219,8 @@ def _chi_square_p_value(counts: dict, probs: dict, n: int) -> float:
 
 
 # --------------------------------------------------------------------------- checkpoint layout
-def test_seed_layout_loads_through_fastchat(tmp_path, base, base_dir):
-    drafter = random_drafter(base, 3, seed=7)
+def test_seed_layout_loads_through_fastchat(tmp_path, base_model, base_dir):
+    drafter = random_drafter(base_model, 3, seed=7)
     ckpt = save_seed_layout(str(tmp_path / "chimera-seed"), drafter, base_dir, tree=[[0], [0, 0], [1]])
     from fastchat.model.model_adapter import get_model_adapter
 
@@ -291,20 +235,20 @@ def test_seed_layout_loads_through_fastchat(tmp_path, base, base_dir):
     assert not any(k.startswith(("embed", "rotary")) for k in loaded)  # the base's parts are not saved
 
 
-def test_safetensors_layout_round_trips(tmp_path, base, base_dir):
-    drafter = random_drafter(base, 2, seed=8)
+def test_safetensors_layout_round_trips(tmp_path, base_model, base_dir):
+    drafter = random_drafter(base_model, 2, seed=8)
     ckpt = write_chimera_checkpoint(str(tmp_path / "chimera-st"), drafter, base_dir)
     assert {"trimlp.safetensors", "fast_layer1.safetensors", "chimera_head.safetensors"} <= set(os.listdir(ckpt))
     model, _ = load_model(ckpt, device="cpu")
     torch.testing.assert_close(model.drafter.chimera_head[1][-1].weight, drafter.chimera_head[1][-1].weight)
 
 
-def test_missing_and_corrupt_files_are_named(tmp_path, base, base_dir):
-    ckpt = save_seed_layout(str(tmp_path / "chimera-broken"), random_drafter(base, 2), base_dir)
+def test_missing_and_corrupt_files_are_named(tmp_path, base_model, base_dir):
+    ckpt = save_seed_layout(str(tmp_path / "chimera-broken"), random_drafter(base_model, 2), base_dir)
     os.remove(os.path.join(ckpt, "fast_layer1.pt"))
     with pytest.raises(FileNotFoundError, match="fast_layer1"):
         load_model(ckpt, device="cpu")
-    ckpt = save_seed_layout(str(tmp_path / "chimera-corrupt"), random_drafter(base, 2), base_dir)
+    ckpt = save_seed_layout(str(tmp_path / "chimera-corrupt"), random_drafter(base_model, 2), base_dir)
     with open(os.path.join(ckpt, "chimera_head.pt"), "wb") as f:
         f.write(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"(?s)chimera_head.pt.*corrupt"):
@@ -315,22 +259,22 @@ class _NotATensor:
     pass
 
 
-def test_pickles_are_read_weights_only(tmp_path, base, base_dir):
-    ckpt = save_seed_layout(str(tmp_path / "chimera-pickle"), random_drafter(base, 2), base_dir)
+def test_pickles_are_read_weights_only(tmp_path, base_model, base_dir):
+    ckpt = save_seed_layout(str(tmp_path / "chimera-pickle"), random_drafter(base_model, 2), base_dir)
     torch.save({"0.linear.weight": _NotATensor()}, os.path.join(ckpt, "trimlp.pt"))
     with pytest.raises(ValueError, match="trimlp.pt"):
         load_model(ckpt, device="cpu")
 
 
-def test_hidden_and_vocab_mismatches_are_refused(tmp_path, base, base_dir):
+def test_hidden_and_vocab_mismatches_are_refused(tmp_path, base_model, base_dir):
     from transformers import LlamaConfig
 
-    other = LlamaConfig(vocab_size=base.config.vocab_size, hidden_size=32, intermediate_size=64,
+    other = LlamaConfig(vocab_size=base_model.config.vocab_size, hidden_size=32, intermediate_size=64,
                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
     ckpt = save_seed_layout(str(tmp_path / "chimera-hidden"), ChimeraDrafter(other, 2), base_dir)
     with pytest.raises(ValueError, match="hidden size 32"):
         load_model(ckpt, device="cpu")
-    drafter = random_drafter(base, 2)
+    drafter = random_drafter(base_model, 2)
     ckpt = save_seed_layout(str(tmp_path / "chimera-vocab"), drafter, base_dir)
     heads = {k: (v[:-5] if k.endswith(".1.weight") else v) for k, v in drafter.chimera_head.state_dict().items()}
     torch.save(heads, os.path.join(ckpt, "chimera_head.pt"))
@@ -339,18 +283,21 @@ def test_hidden_and_vocab_mismatches_are_refused(tmp_path, base, base_dir):
 
 
 # --------------------------------------------------------------------------- the authors' released layout
-def test_authors_layout_loads_as_published_heads(tmp_path, base, base_dir):
-    """Their files and key names load as they are; the head architecture comes from the head weights."""
+@pytest.mark.parametrize("num_layers,head_in,arch", [(2, "encoder", "published"), (0, "hidden+encoder", "residual")],
+                         ids=["encoder-heads", "later-2H-linear-heads"])
+def test_authors_layout_loads_tensor_for_tensor(tmp_path, base_model, base_dir, num_layers, head_in, arch):
+    """Their files and key names load as they are; the head architecture comes from the head weights
+    (greedy decoding of both architectures: tests/test_exactness.py)."""
     from fastchat.model.model_adapter import get_model_adapter
 
     from fastchat_spec.adapters.chimera import ChimeraAdapter
 
-    tensors = authors_tensors(base, num_heads=3, num_layers=2, seed=3)
-    ckpt = save_authors_layout(str(tmp_path / "chimera-authors"), tensors, base_dir, num_layers=2)
+    tensors = authors_tensors(base_model, num_heads=3, num_layers=num_layers, seed=3, head_in=head_in)
+    ckpt = save_authors_layout(str(tmp_path / "chimera-authors"), tensors, base_dir, num_layers=max(num_layers, 1))
     assert isinstance(get_model_adapter(ckpt), ChimeraAdapter)
     model, _ = load_model(ckpt, device="cpu")
-    assert (model.spec.num_heads, model.spec.num_layers) == (3, 2)
-    assert model.spec.options["chimera_head_arch"] == model.drafter.head_arch == "published"
+    assert (model.spec.num_heads, model.spec.num_layers) == (3, num_layers)
+    assert model.spec.options["chimera_head_arch"] == model.drafter.head_arch == arch
     for part, state in tensors.items():
         loaded = getattr(model.drafter, part).state_dict()
         expected = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
@@ -359,28 +306,8 @@ def test_authors_layout_loads_as_published_heads(tmp_path, base, base_dir):
             torch.testing.assert_close(loaded[key], value)
 
 
-@pytest.mark.parametrize("num_heads,num_layers,head_in,driver", [
-    (3, 1, "encoder", "device"),
-    (3, 1, "encoder", "host"),
-    (2, 2, "encoder", "device"),
-    (3, 0, "hidden+encoder", "device"),
-], ids=["encoder-heads", "encoder-heads-host-step", "encoder-heads-2-blocks", "later-2H-linear-heads"])
-def test_authors_layout_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, num_heads, num_layers,
-                                                head_in, driver, monkeypatch):
-    """A checkpoint in the authors' layout answers with FastChat's greedy text, token for token."""
-    monkeypatch.setenv(DEVICE_STEP_ENV, "1" if driver == "device" else "0")
-    tensors = authors_tensors(base, num_heads, num_layers, seed=num_heads + num_layers, head_in=head_in)
-    ckpt = save_authors_layout(str(tmp_path / "chimera-authors"), tensors, base_dir, num_layers=max(num_layers, 1))
-    model, tok = load_model(ckpt, device="cpu")
-    assert model.drafter.head_arch == ("published" if head_in == "encoder" else "residual")
-    stream = get_generate_stream_function(model, ckpt)
-    assert stream.__module__ == "fastchat_spec.generate.stream"
-    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, MAX_NEW, CONTEXT)
-    assert tokens / steps > 1.0  # drafts were accepted: the comparison covered multi-token steps
-
-
-def test_authors_layout_contradictions_are_named(tmp_path, base, base_dir):
-    tensors = authors_tensors(base, num_heads=2, num_layers=1, seed=5)
+def test_authors_layout_contradictions_are_named(tmp_path, base_model, base_dir):
+    tensors = authors_tensors(base_model, num_heads=2, num_layers=1, seed=5)
     ckpt = save_authors_layout(str(tmp_path / "chimera-declared"), tensors, base_dir)
     config_file = os.path.join(ckpt, "config.json")
     with open(config_file) as f:
@@ -412,10 +339,10 @@ def fastchat_json(path: str, n: int, seed: int) -> str:
 
 
 @pytest.mark.parametrize("head_arch", HEAD_ARCHS)
-def test_training_steps_lower_the_loss(base, base_dir, tmp_path, head_arch):
+def test_training_steps_lower_the_loss(base_model, base_dir, tmp_path, head_arch):
     from transformers import AutoTokenizer
 
-    from fastchat_spec.train import common
+    from fastchat_spec.train import dataset as common  # supervised_dataset, Collator (train/common.py was split)
     from fastchat_spec.train.chimera import ChimeraTraining
 
     tok = AutoTokenizer.from_pretrained(base_dir, use_fast=False)
@@ -423,7 +350,7 @@ def test_training_steps_lower_the_loss(base, base_dir, tmp_path, head_arch):
     data = common.supervised_dataset(tok, fastchat_json(str(tmp_path / "d.json"), 4, seed=1), 512)
     batch = common.Collator(tok.pad_token_id)([data[i] for i in range(4)])
     torch.manual_seed(0)
-    model = ChimeraTraining(base, new_drafter_for(base, 2, head_arch=head_arch))
+    model = ChimeraTraining(base_model, new_drafter_for(base_model, 2, head_arch=head_arch))
     optimizer = torch.optim.AdamW(model.drafter.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
@@ -434,10 +361,10 @@ def test_training_steps_lower_the_loss(base, base_dir, tmp_path, head_arch):
         losses.append(float(loss.detach()))
     assert {"head0_loss", "head0_top1", "head1_kl"} <= set(logs)
     assert losses[-1] < 0.8 * losses[0], losses
-    assert all(p.grad is None for p in base.parameters())  # the frozen base gets no gradient
+    assert all(p.grad is None for p in base_model.parameters())  # the frozen base gets no gradient
 
 
-def test_train_cli_writes_a_checkpoint_that_serves_and_evaluates(tmp_path, base_dir, capsys):
+def test_train_cli_writes_a_checkpoint_that_serves_and_evaluates(tmp_path, base_dir, stock_texts, capsys):
     from fastchat_spec.train import chimera, chimera_eval
 
     out = tmp_path / "chimera-vicuna-tiny"
@@ -456,10 +383,8 @@ def test_train_cli_writes_a_checkpoint_that_serves_and_evaluates(tmp_path, base_
     assert set(report["heads"]) == {"head0", "head1"}
 
     model, tok = load_model(str(out), device="cpu")  # the relative base path resolves
-    params = {"prompt": PROMPTS[0], "temperature": 0.0, "max_new_tokens": 16, "echo": False}
-    ours = list(get_generate_stream_function(model, str(out))(model, tok, dict(params), "cpu", CONTEXT))[-1]
-    base_model, base_tok = load_model(base_dir, device="cpu")
-    assert ours["text"] == list(fastchat_generate_stream(base_model, base_tok, params, "cpu", CONTEXT))[-1]["text"]
+    ours = list(get_generate_stream_function(model, str(out))(model, tok, tiny.greedy(PROMPTS[0]), "cpu", CONTEXT))
+    assert ours[-1]["text"] == stock_texts[PROMPTS[0]]
 
     result = chimera_eval.main(["--model-path", str(out), "--data_path", eval_file, "--prompt", "how are you?",
                                 "--max-new-tokens", "8", "--device", "cpu"])
@@ -468,7 +393,7 @@ def test_train_cli_writes_a_checkpoint_that_serves_and_evaluates(tmp_path, base_
     assert set(result["data"]["heads"]) == set(result["prompt"]["heads"]) == {"head0", "head1"}
 
 
-def test_train_cli_published_heads_write_the_authors_layout(tmp_path, base, base_dir):
+def test_train_cli_published_heads_write_the_authors_layout(tmp_path, base_model, base_dir, stock_texts):
     """``--chimera_head_arch published`` trains heads that read the encoder output alone, saved under the
     authors' file and key names, and the checkpoint serves FastChat's greedy text."""
     from fastchat_spec.train import chimera
@@ -482,7 +407,7 @@ def test_train_cli_published_heads_write_the_authors_layout(tmp_path, base, base
     ])
     assert {"trimlp.pt", "fast_layer1.pt", "chimera_head.pt"} <= set(os.listdir(out))
     assert json.loads((out / "config.json").read_text())["chimera_head_arch"] == "published"
-    h, v = base.config.hidden_size, base.config.vocab_size
+    h, v = base_model.config.hidden_size, base_model.config.vocab_size
     heads = torch.load(out / "chimera_head.pt", weights_only=True)
     assert {k: tuple(t.shape) for k, t in heads.items()} == {
         f"{k}.{name}": shape for k in range(2)
@@ -490,7 +415,5 @@ def test_train_cli_published_heads_write_the_authors_layout(tmp_path, base, base
 
     model, tok = load_model(str(out), device="cpu")
     assert model.drafter.head_arch == "published"
-    params = {"prompt": PROMPTS[1], "temperature": 0.0, "max_new_tokens": 16, "echo": False}
-    ours = list(get_generate_stream_function(model, str(out))(model, tok, dict(params), "cpu", CONTEXT))[-1]
-    base_model, base_tok = load_model(base_dir, device="cpu")
-    assert ours["text"] == list(fastchat_generate_stream(base_model, base_tok, params, "cpu", CONTEXT))[-1]["text"]
+    ours = list(get_generate_stream_function(model, str(out))(model, tok, tiny.greedy(PROMPTS[1]), "cpu", CONTEXT))
+    assert ours[-1]["text"] == stock_texts[PROMPTS[1]]

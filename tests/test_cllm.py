@@ -13,12 +13,13 @@ from fastchat.model.model_adapter import (get_conversation_template, get_generat
                                           get_model_adapter, load_model)
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
-from fastchat_spec.adapters.cllm import CllmAdapter, CllmConversation
+from fastchat_spec.adapters.cllm import CllmAdapter, CllmConversation, write_cllm_checkpoint
 from fastchat_spec.spec_model import SpecModel
 from fastchat_spec.train import cllm, cllm_data
+from tests.tiny import CONTEXT, MAX_NEW, PROMPTS, greedy
 
-CONTEXT = 1024
-PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "A", "Numbers: 12345 and 678."]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONVERSATIONS = [
     {"id": "c1", "conversations": [{"from": "human", "value": "The cat runs over the house."},
                                    {"from": "gpt", "value": "The dog jumps into the water."}]},
@@ -27,17 +28,6 @@ CONVERSATIONS = [
     {"id": "c3", "conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi!"}]},
 ]
 WINDOW = 4
-
-
-def greedy(prompt: str, max_new_tokens: int = 32, **extra) -> dict:
-    return {"prompt": prompt, "temperature": 0.0, "max_new_tokens": max_new_tokens, "echo": False, **extra}
-
-
-@pytest.fixture(scope="module")
-def stock(base_dir):
-    """FastChat's own greedy text for each prompt, on the plain base."""
-    model, tok = load_model(base_dir, device="cpu")
-    return {p: list(fastchat_generate_stream(model, tok, greedy(p), "cpu", CONTEXT))[-1]["text"] for p in PROMPTS}
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +40,13 @@ def named_dir(models_dir, base_dir):
 
 
 @pytest.fixture(scope="module")
-def flagged_dir(models_dir, base_dir):
-    """The tiny base with the config flag our trainer writes, in a folder with no 'cllm' in its name.
+def flagged_dir(models_dir, base_dir, base_model):
+    """The tiny base with the config flag our trainer writes, in a folder with no 'cllm' in its name."""
+    from transformers import AutoTokenizer
 
-    FastChat tries its adapters on the folder's name before the whole path, so a
-    name that one of its adapters claims ("vicuna") would win over the flag.
-    """
     out = os.path.join(models_dir, "flagged-tiny")
     if not os.path.isdir(out):
-        shutil.copytree(base_dir, out)
-        with open(os.path.join(out, "config.json")) as f:
-            config = json.load(f)
-        config.update({"fastchat_spec_method": "cllm", "cllm": {"n_token_seq_length": WINDOW}})
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(config, f)
+        write_cllm_checkpoint(out, base_model, AutoTokenizer.from_pretrained(base_dir, use_fast=False), WINDOW)
     return out
 
 
@@ -84,23 +67,17 @@ def trajectories(base_dir, data_file):
         return out, json.load(f), summary
 
 
-# --------------------------------------------------------------------------- decoding
-@pytest.mark.parametrize("which,windows", [("named", [None, 3]), ("flagged", [None, 1, 7])])
-def test_jacobi_greedy_equals_fastchat_greedy(request, stock, which, windows):
-    path = request.getfixturevalue(f"{which}_dir")
-    model, tok = load_model(path, device="cpu")
-    assert isinstance(model, SpecModel) and model.drafter is None and model.spec.method == "cllm"
-    assert model.spec.num_heads == (16 if which == "named" else WINDOW)
-    if which == "flagged":  # FastChat loads this name with a fast tokenizer: compare with the same one
-        stock = {p: list(fastchat_generate_stream(model.base, tok, greedy(p), "cpu", CONTEXT))[-1]["text"]
-                 for p in PROMPTS}
-    stream = get_generate_stream_function(model, path)
-    for n in windows:
-        extra = {} if n is None else {"n_token_seq_length": n}
-        for prompt in PROMPTS:
-            last = list(stream(model, tok, greedy(prompt, **extra), "cpu", CONTEXT))[-1]
-            assert last["text"] == stock[prompt], (which, n, prompt)
-            assert last["spec"]["tokens"] >= last["usage"]["completion_tokens"]
+# --------------------------------------------------------------------------- decoding (greedy text: test_exactness.py)
+def test_window_comes_from_the_config_else_16(named_dir, flagged_dir):
+    for path, window in ((named_dir, 16), (flagged_dir, WINDOW)):
+        model, _ = load_model(path, device="cpu")
+        assert isinstance(model, SpecModel) and model.drafter is None and model.spec.method == "cllm"
+        assert model.spec.num_heads == window, path
+
+
+def test_bad_window_in_the_config_names_the_file():
+    with pytest.raises(ValueError, match=r"ckpt/config.json: cllm.n_token_seq_length is 0; use a Jacobi window"):
+        CllmAdapter().spec_config({"cllm": {"n_token_seq_length": 0}}, "ckpt")
 
 
 def test_bad_window_is_refused_with_the_fix(named_dir):
@@ -121,7 +98,7 @@ def test_sampling_runs_to_length(named_dir):
     assert last["spec"]["steps"] == len(last["spec"]["accepted"]) + 1
 
 
-def test_worker_streams_growing_text_with_usage(named_dir, stock, subprocess_env, tmp_path):
+def test_worker_streams_growing_text_with_usage(named_dir, stock_texts, subprocess_env, tmp_path):
     from tests.servers import FastChatServers
 
     prompt = PROMPTS[0]
@@ -135,13 +112,13 @@ def test_worker_streams_growing_text_with_usage(named_dir, stock, subprocess_env
     assert all(c["error_code"] == 0 for c in chunks), chunks[-1]
     assert len(chunks) >= 3 and len({t for t in texts if t}) >= 2, texts
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:])), texts
-    assert texts[-1] == stock[prompt]
+    assert texts[-1] == stock_texts[prompt]
     usage = chunks[-1]["usage"]
     tok = load_model(named_dir, device="cpu")[1]
     assert usage["prompt_tokens"] == len(tok(prompt).input_ids)
     assert chunks[-1]["finish_reason"] in ("length", "stop")
     if chunks[-1]["finish_reason"] == "length":
-        assert usage["completion_tokens"] == 32
+        assert usage["completion_tokens"] == MAX_NEW
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     if "spec" in chunks[-1]:  # forwarded by the hook's worker patch
         assert chunks[-1]["spec"]["tokens"] >= usage["completion_tokens"]
@@ -251,7 +228,7 @@ def test_consistency_steps_lower_the_consistency_loss(trajectories, base_dir, ar
     assert torch.isfinite(logs["ar_loss"])
 
 
-def test_train_cli_writes_a_flagged_checkpoint_that_serves(trajectories, base_dir, stock, tmp_path):
+def test_train_cli_writes_a_flagged_checkpoint_that_serves(trajectories, base_dir, tmp_path):
     path, _, _ = trajectories
     out = str(tmp_path / "cllm-vicuna-run")
     report = cllm.main(["--model_name_or_path", base_dir, "--data_path", path, "--output_dir", out,

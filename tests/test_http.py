@@ -14,8 +14,7 @@ import threading
 
 import pytest
 import requests
-from fastchat.model.model_adapter import get_conversation_template, load_model
-from fastchat.serve.inference import generate_stream as fastchat_generate_stream
+from fastchat.model.model_adapter import get_conversation_template
 
 from tests.servers import FastChatServers, local_session
 
@@ -41,24 +40,6 @@ def _server_logs_on_failure(request, servers):
     servers.print_logs_if_failed(request, failures)
 
 
-@pytest.fixture(scope="module")
-def stock(base_dir, medusa_dir):
-    """FastChat's own greedy text on the base, for a chat question or a raw completion prompt."""
-    model, tok = load_model(base_dir, device="cpu")
-    cache = {}
-
-    def run(prompt: str, max_new_tokens: int = MAX_TOKENS, stop_token_ids=None, stop=None) -> dict:
-        key = (prompt, max_new_tokens)
-        if key not in cache:
-            params = {"prompt": prompt, "temperature": 0.0, "top_p": 1.0, "top_k": -1,
-                      "max_new_tokens": max_new_tokens, "echo": False,
-                      "stop_token_ids": list(stop_token_ids or []), "stop": list(stop or [])}
-            cache[key] = list(fastchat_generate_stream(model, tok, params, "cpu", 1024))[-1]
-        return cache[key]
-
-    return run
-
-
 def chat_prompt(medusa_dir: str, question: str):
     """The prompt the API server builds: the worker's conversation template (by model path)."""
     conv = get_conversation_template(medusa_dir)
@@ -67,9 +48,11 @@ def chat_prompt(medusa_dir: str, question: str):
     return conv.get_prompt(), conv
 
 
-def stock_chat(stock, medusa_dir, question) -> dict:
+def stock_chat(stock_texts, medusa_dir, question) -> dict:
+    """FastChat's last chunk on the base for the prompt and stops the API server sends."""
     prompt, conv = chat_prompt(medusa_dir, question)
-    return stock(prompt, stop_token_ids=conv.stop_token_ids, stop=[conv.stop_str] if conv.stop_str else [])
+    return stock_texts.last(prompt, MAX_TOKENS, stop_token_ids=list(conv.stop_token_ids or []),
+                            stop=[conv.stop_str] if conv.stop_str else [])
 
 
 def chat(servers, question: str, **extra) -> dict:
@@ -111,10 +94,10 @@ def test_model_is_listed_and_uses_the_base_conversation_template(servers):
 
 
 @pytest.mark.parametrize("question", QUESTIONS[:3])
-def test_chat_completion_equals_fastchat_on_the_base(servers, stock, medusa_dir, question):
+def test_chat_completion_equals_fastchat_on_the_base(servers, stock_texts, medusa_dir, question):
     """The golden rule over HTTP: the API text at temperature 0 is the base model's greedy text."""
     out = chat(servers, question)
-    expected = stock_chat(stock, medusa_dir, question)
+    expected = stock_chat(stock_texts, medusa_dir, question)
     choice = out["choices"][0]
     assert choice["message"]["role"] == "assistant"
     assert choice["message"]["content"] == expected["text"]
@@ -188,13 +171,13 @@ def test_concurrent_streams_give_the_sequential_answers(servers):
 # -- /v1/completions -------------------------------------------------------------------
 
 
-def test_completion_equals_fastchat_on_the_base(servers, stock):
+def test_completion_equals_fastchat_on_the_base(servers, stock_texts):
     prompt = "The dog jumps into the water because"
     r = http.post(servers.api_url + "/v1/completions", timeout=120, json={
         "model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 24})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["choices"][0]["text"] == stock(prompt, max_new_tokens=24)["text"]
+    assert out["choices"][0]["text"] == stock_texts.text(prompt, 24)
     assert out["usage"]["completion_tokens"] == 24
     assert no_spec_field(out)
 

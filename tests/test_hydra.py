@@ -1,4 +1,7 @@
-"""Hydra and Hydra++: drafting == training's teacher forcing, lossless decoding, published layout, training."""
+"""Hydra and Hydra++: drafting == training's teacher forcing, lossless sampling, published layout, training.
+
+Greedy text against FastChat's, for every method: tests/test_exactness.py.
+"""
 from __future__ import annotations
 
 import json
@@ -13,52 +16,19 @@ from fastchat.model.model_adapter import (
     get_model_adapter,
     load_model,
 )
-from transformers import AutoModelForCausalLM
 
 from fastchat_spec.adapters.hydra import HydraAdapter, write_hydra_checkpoint
-from fastchat_spec.generate.batch_step import DEVICE_STEP_ENV
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import chain
 from fastchat_spec.heads.hydra import HydraHeads, PrefixLayer
 from tests import tiny
+from tests.tiny import CONTEXT, PROMPTS
 
-PROMPTS = ["The cat runs over the house.", "Why is the river fast?", "Hello world, how are you?", "A",
-           "Please write a story about a computer."]
-CONTEXT = 1024
-MAX_NEW = 40
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ARCHS = ("mlp", "prefix-mlp")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and CI shares its two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base(base_dir):
-    return AutoModelForCausalLM.from_pretrained(base_dir).eval()
-
-
-def oracle_heads(base, num_heads: int, arch: str, num_layers: int = 2, seed: int = 0,
-                 noise: float = 0.02) -> HydraHeads:
-    """Fresh heads (each guesses the base's next token again), every weight nudged.
-
-    The nudge makes every input matter (the path embeddings, and the prefix
-    layer's attention over the whole history) while drafts stay often right,
-    so steps accept several tokens.
-    """
-    torch.manual_seed(seed)
-    heads = HydraHeads(base.config, num_heads, num_layers, arch=arch)
-    heads.init_lm_heads_from(base.get_output_embeddings())
-    with torch.no_grad():
-        for p in heads.parameters():
-            p.add_(torch.randn_like(p) * noise)
-    return heads.eval()
+oracle_heads = tiny.oracle_hydra_heads  # scripts/gpu_check.py imports it from here
 
 
 def random_heads(base, num_heads: int, arch: str, seed: int = 1) -> HydraHeads:
@@ -77,10 +47,10 @@ def base_hidden(base, ids: list[int]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- drafting == teacher forcing
 @pytest.mark.parametrize("arch", ARCHS)
-def test_drafts_equal_teacher_forced_heads(tmp_path, base, base_dir, arch):
+def test_drafts_equal_teacher_forced_heads(tmp_path, base_model, base_dir, arch):
     """The proposer (incremental prefix cache, depth-by-depth heads) computes what training computes."""
     ckpt = str(tmp_path / f"hydra-{arch}")
-    write_hydra_checkpoint(ckpt, oracle_heads(base, 3, arch), base_dir, tree=chain(3).to_list())
+    write_hydra_checkpoint(ckpt, oracle_heads(base_model, 3, arch), base_dir, tree=chain(3).to_list())
     model, tok = load_model(ckpt, device="cpu")
     gen = Generation(model, tok(PROMPTS[0]).input_ids, 48, SamplingParams(0.0, 1.0, -1, 1.0))
     gen.prefill()
@@ -102,35 +72,6 @@ def test_drafts_equal_teacher_forced_heads(tmp_path, base, base_dir, arch):
             x = heads.teacher_forced_input(i, feature, embeds, torch.tensor([0]), last)
             logits, _ = heads.head(i, x)
             assert int(logits.argmax()) == draft[i]
-
-
-# --------------------------------------------------------------------------- greedy == FastChat
-@pytest.fixture(scope="module")
-def stock_outputs(base_dir):
-    return tiny.stock_greedy_texts(base_dir, PROMPTS, MAX_NEW, CONTEXT)
-
-
-CONFIGS = [(arch, n, kind, tree) for arch in ARCHS for n, kind, tree in [
-    (1, "oracle", None), (2, "oracle", [[0], [1], [0, 0], [1, 0], [1, 1]]), (3, "random", None),
-    (4, "oracle", None)]]
-
-
-@pytest.mark.parametrize("arch,num_heads,kind,tree", CONFIGS + [(a, 4, "oracle-host", None) for a in ARCHS])
-def test_greedy_matches_fastchat(tmp_path, base, base_dir, stock_outputs, arch, num_heads, kind, tree, monkeypatch):
-    """Token for token FastChat's greedy text; "-host": with the step driven from the host
-    (FASTCHAT_SPEC_DEVICE_STEP=0) instead of whole on the device."""
-    if kind.endswith("-host"):
-        monkeypatch.setenv(DEVICE_STEP_ENV, "0")
-        kind = kind[: -len("-host")]
-    ckpt = str(tmp_path / f"hydra-{arch}-{num_heads}")
-    make = oracle_heads if kind == "oracle" else random_heads
-    write_hydra_checkpoint(ckpt, make(base, num_heads, arch), base_dir, tree=tree)
-    model, tok = load_model(ckpt, device="cpu")
-    stream = get_generate_stream_function(model, ckpt)
-    assert stream.__module__ == "fastchat_spec.generate.stream"
-    steps, tokens = tiny.stream_greedy(stream, model, tok, PROMPTS, stock_outputs, MAX_NEW, CONTEXT)
-    if kind == "oracle":
-        assert tokens / steps > 1.2, "oracle heads should get several tokens per step"
 
 
 # --------------------------------------------------------------------------- sampling is lossless
@@ -164,10 +105,10 @@ def _chi_square_p_value(counts: Counter, exact: torch.Tensor, n: int) -> tuple[f
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_sampling_matches_the_base_distribution(tmp_path, base, base_dir, arch):
+def test_sampling_matches_the_base_distribution(tmp_path, base_model, base_dir, arch):
     """The first two tokens (prefill, then one speculative step) against the base's exact joint."""
     ckpt = str(tmp_path / f"hydra-{arch}")
-    write_hydra_checkpoint(ckpt, oracle_heads(base, 2, arch), base_dir, tree=[[0], [1], [2], [0, 0], [1, 0]])
+    write_hydra_checkpoint(ckpt, oracle_heads(base_model, 2, arch), base_dir, tree=[[0], [1], [2], [0, 0], [1, 0]])
     model, tok = load_model(ckpt, device="cpu")
     prompt = tok("The dog jumps").input_ids
     sampling = SamplingParams(TEMPERATURE, 1.0, -1, 1.0)
@@ -248,11 +189,11 @@ def _by_hand_head(state: dict, i: int, num_layers: int, arch: str, x: torch.Tens
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_published_layout_loads_through_fastchat(tmp_path, base, base_dir, stock_outputs, arch):
+def test_published_layout_loads_through_fastchat(tmp_path, base_model, base_dir, arch):
     from transformers import LlamaConfig, LlamaModel
 
     heads_n, layers = 3, 3
-    state = published_state(base, heads_n, layers, arch)
+    state = published_state(base_model, heads_n, layers, arch)
     ckpt = write_published(str(tmp_path / f"hydra-vicuna-{arch}"), state, base_dir, arch, heads_n, layers)
     assert isinstance(get_model_adapter(ckpt), HydraAdapter)
     model, tok = load_model(ckpt, device="cpu")
@@ -262,32 +203,25 @@ def test_published_layout_loads_through_fastchat(tmp_path, base, base_dir, stock
     assert not any(k.startswith("input_embed_fn") or "embed_tokens" in k for k in drafter.state_dict()), \
         "the base embeddings are not copied"
     torch.manual_seed(0)
-    hidden = base.config.hidden_size
+    hidden = base_model.config.hidden_size
     with torch.no_grad():
         for i in range(heads_n):
             x = torch.randn(4, hidden * (i + 2))
             assert torch.allclose(drafter.head(i, x)[0], _by_hand_head(state, i, layers, arch, x), atol=1e-5)
         if arch == "prefix-mlp":  # our prefix layer computes what the published one-layer LlamaModel does
-            reference = LlamaModel(LlamaConfig(**{**base.config.to_dict(), "num_hidden_layers": 1}))
+            reference = LlamaModel(LlamaConfig(**{**base_model.config.to_dict(), "num_hidden_layers": 1}))
             reference.load_state_dict({k[len("prefix_embeding_layer."):]: v for k, v in state.items()
                                        if k.startswith("prefix_embeding_layer.")})
             h = torch.randn(1, 7, hidden)
             assert torch.allclose(drafter.feature(h), reference(inputs_embeds=h).last_hidden_state, atol=1e-5)
-    stream = get_generate_stream_function(model, ckpt)
-    tiny.stream_greedy(stream, model, tok, PROMPTS[:2], stock_outputs, MAX_NEW, CONTEXT)
 
 
-def test_ungrounded_heads_load_and_stay_exact(tmp_path, base, base_dir, stock_outputs):
-    """grounded_heads=false: Medusa-like heads in the Hydra layout."""
-    heads = HydraHeads(base.config, 2, 1, arch="mlp", grounded=False)
-    heads.init_lm_heads_from(base.get_output_embeddings())
-    ckpt = str(tmp_path / "hydra-ungrounded")
-    write_hydra_checkpoint(ckpt, heads, base_dir, safetensors=False)
-    model, tok = load_model(ckpt, device="cpu")
-    assert not model.drafter.grounded
-    params = {"prompt": PROMPTS[1], "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-    out = list(get_generate_stream_function(model, ckpt)(model, tok, params, "cpu", CONTEXT))[-1]
-    assert out["text"] == stock_outputs[PROMPTS[1]]
+def test_ungrounded_heads_load_as_ungrounded(tmp_path, base_model, base_dir):
+    """grounded_heads=false: Medusa-like heads in the Hydra layout (decoded in tests/test_exactness.py)."""
+    heads = HydraHeads(base_model.config, 2, 1, arch="mlp", grounded=False)
+    ckpt = write_hydra_checkpoint(str(tmp_path / "hydra-ungrounded"), heads, base_dir, safetensors=False)
+    model, _ = load_model(ckpt, device="cpu")
+    assert not model.drafter.grounded and model.spec.num_heads == 2
 
 
 # --------------------------------------------------------------------------- errors name the fix
@@ -300,9 +234,9 @@ def _config(ckpt: str, **changes) -> None:
         json.dump(config, f)
 
 
-def test_errors_name_the_file_and_the_fix(tmp_path, base, base_dir):
+def test_errors_name_the_file_and_the_fix(tmp_path, base_model, base_dir):
     ckpt = str(tmp_path / "hydra-broken")
-    write_hydra_checkpoint(ckpt, random_heads(base, 2, "mlp"), base_dir, safetensors=False)
+    write_hydra_checkpoint(ckpt, random_heads(base_model, 2, "mlp"), base_dir, safetensors=False)
     weights = os.path.join(ckpt, "hydra_lm_head.pt")
 
     _config(ckpt, hidden_state_offset=2)
@@ -324,19 +258,19 @@ def test_errors_name_the_file_and_the_fix(tmp_path, base, base_dir):
     with pytest.raises(FileNotFoundError, match="hydra_lm_head"):
         load_model(ckpt, device="cpu")
 
-    config = base.config.to_dict()
-    small = type(base.config)(**{**config, "hidden_size": 32, "intermediate_size": 64})
+    config = base_model.config.to_dict()
+    small = type(base_model.config)(**{**config, "hidden_size": 32, "intermediate_size": 64})
     write_hydra_checkpoint(ckpt, HydraHeads(small, 2, 1), base_dir)
     with pytest.raises(ValueError, match="hidden size 32"):
         load_model(ckpt, device="cpu")
 
 
-def test_prefix_layer_is_built_from_transformers_classes(base):
+def test_prefix_layer_is_built_from_transformers_classes(base_model):
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    layer = PrefixLayer(base.config)
+    layer = PrefixLayer(base_model.config)
     assert isinstance(layer.layers[0], LlamaDecoderLayer) and len(layer.layers) == 1
-    assert base.config.num_hidden_layers == 2, "the base config is not modified"
+    assert base_model.config.num_hidden_layers == 2, "the base config is not modified"
 
 
 # --------------------------------------------------------------------------- training round trip
@@ -349,7 +283,7 @@ def fastchat_json(path: str, n: int, seed: int) -> str:
     return path
 
 
-def test_training_lowers_the_loss_and_the_checkpoint_serves(tmp_path, base_dir, stock_outputs):
+def test_training_lowers_the_loss_and_the_checkpoint_serves(tmp_path, base_dir, stock_texts):
     from fastchat_spec.train.hydra import train
 
     data = fastchat_json(str(tmp_path / "train.json"), 60, seed=5)
@@ -372,8 +306,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_serves(tmp_path, base_dir, 
     model, tok = load_model(out, device="cpu")
     assert model.drafter.has_prefix
     stream = get_generate_stream_function(model, out)
-    params = {"prompt": PROMPTS[0], "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False}
-    assert list(stream(model, tok, params, "cpu", CONTEXT))[-1]["text"] == stock_outputs[PROMPTS[0]]
+    assert list(stream(model, tok, tiny.greedy(PROMPTS[0]), "cpu", CONTEXT))[-1]["text"] == stock_texts[PROMPTS[0]]
 
 
 def test_training_flags_are_checked():

@@ -23,6 +23,7 @@ from fastchat_spec.generate import accept
 from fastchat_spec.generate.request import parse_request
 from fastchat_spec.generate.tree import Tree
 from tests import tiny
+from tests.tiny import CONTEXT
 
 PATHS = [[0], [1], [0, 0], [0, 1], [1, 0]]  # nodes: 0 root, 1 (0), 2 (1), 3 (0,0), 4 (0,1), 5 (1,0)
 VOCAB = 6
@@ -142,7 +143,6 @@ def test_accept_sampling_without_drafts_is_plain_sampling():
 SAMPLING = {"temperature": 0.8, "top_p": 0.9, "top_k": 20}
 RUNS = 1500
 TOKENS = 3  # token 1 comes from the prefill, tokens 2-3 from one verification step
-CONTEXT = 1024
 PROMPT = "The dog jumps"
 
 

@@ -2,17 +2,16 @@
 import pytest
 import torch
 
-from fastchat_spec.train import data
+from fastchat_spec.train import data, split_long
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID as IGNORE_INDEX
 from fastchat_spec.train.tokenizer import conversation_texts, load_tokenizer, train_tokenizer
-
-IGNORE_INDEX = -100
 
 
 @pytest.fixture(scope="module")
 def conversations():
     """ShareGPT training pieces of at most ~1024 tokens, as the data command writes them."""
     train, _ = data.split_train_heldout(data.load_sharegpt(limit=700))
-    return data.split_all(train, 1024)
+    return split_long.split_all(train, 1024)
 
 
 @pytest.fixture(scope="module")

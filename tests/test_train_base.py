@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from fastchat_spec.train import base, data
+from fastchat_spec.train import base, data, dataset, split_long
 from fastchat_spec.train.tokenizer import conversation_texts, train_tokenizer
 
 
@@ -14,10 +14,10 @@ def workdir(tmp_path_factory):
     """Tokenizer (1000 pieces), 50 training and 10 held-out conversations."""
     root = tmp_path_factory.mktemp("base")
     train, heldout = data.split_train_heldout(data.load_sharegpt(limit=1500))
-    train = data.split_all(train, 256)
+    train = split_long.split_all(train, 256)
     train_tokenizer(conversation_texts(train[:300]), vocab_size=1000, out_dir=str(root / "tokenizer"))
     data.write_fastchat_json(train[:50], str(root / "train.json"))
-    data.write_fastchat_json(data.split_all(heldout, 256)[:10], str(root / "heldout.json"))
+    data.write_fastchat_json(split_long.split_all(heldout, 256)[:10], str(root / "heldout.json"))
     return root
 
 
@@ -96,7 +96,7 @@ def test_build_base_model_matches_tokenizer(workdir):
 
 
 def test_collator_pads_to_longest():
-    collate = base.PadToLongest(pad_token_id=0, pad_to_multiple_of=8)
+    collate = dataset.Collator(pad_token_id=0, multiple=8, attention_mask=False)  # the base trainer's
     batch = collate([
         {"input_ids": torch.tensor([1, 5, 6]), "labels": torch.tensor([-100, 5, 6])},
         {"input_ids": torch.tensor([1, 7, 8, 9, 10, 11, 12, 13, 14]), "labels": torch.tensor([-100] * 9)},
@@ -104,6 +104,30 @@ def test_collator_pads_to_longest():
     assert batch["input_ids"].shape == (2, 16)
     assert batch["input_ids"][0, 3:].eq(0).all() and batch["labels"][0, 3:].eq(-100).all()
     assert "attention_mask" not in batch
+
+
+def test_base_trainer_keeps_the_head_trainers_rows_that_have_answers(workdir):
+    """One tokenization pipeline for every trainer: the base trainer's examples are the head trainers',
+    without the conversations that have nothing to learn, each counted by its cause."""
+    from fastchat_spec.train.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+    convs = data.read_fastchat_json(str(workdir / "train.json"))[:12] + [
+        {"id": "unk", "conversations": [{"from": "human", "value": "say <unk> please"},
+                                        {"from": "gpt", "value": "<unk> it is"}]},  # FastChat's mismatch
+        {"id": "long", "conversations": [{"from": "human", "value": "word " * 400}, {"from": "gpt", "value": "ok"}]},
+    ]
+    heads = dataset.supervised_dataset(tokenizer, convs, 128, workers=1)
+    rows, stats = dataset.trainable_rows(dataset.tokenize_conversations(convs, tokenizer, workers=1), 128)
+    with_answers = [i for i in range(len(heads)) if (heads[i]["labels"] != dataset.IGNORE_TOKEN_ID).any()]
+    assert len(heads) == len(convs) and stats.kept == len(rows) == len(with_answers) >= 10
+    assert with_answers[-1] < len(convs) - 2 and stats.mismatched >= 1 and stats.no_reply_in_window >= 1
+    kept = dataset.TokenizedConversations(rows)
+    for row, i in enumerate(with_answers):
+        ids, labels = heads[i]["input_ids"], heads[i]["labels"]
+        assert torch.equal(kept[row]["input_ids"], ids) and torch.equal(kept[row]["labels"], labels)
+        answer = labels != dataset.IGNORE_TOKEN_ID
+        assert torch.equal(labels[answer], ids[answer]) and not answer[0]  # labels are the answer tokens
 
 
 def test_size_defaults_yield_to_user_flags():

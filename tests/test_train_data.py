@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from fastchat_spec.train import data
+from fastchat_spec.train import data, split_long
 
 SALVAGEABLE_IN_0_1_0 = 17_671
 
@@ -137,13 +137,13 @@ def _word_count(text):
 
 
 def _rounds_cost(piece, count):
-    return sum(count(t["value"]) + data.TURN_OVERHEAD_TOKENS for t in piece["conversations"])
+    return sum(count(t["value"]) + split_long.TURN_OVERHEAD_TOKENS for t in piece["conversations"])
 
 
 def test_split_respects_the_limit():
     words = lambda n: " ".join(["w"] * n)  # noqa: E731
     conv = {"id": "L_0", "conversations": _turns(*[(r, words(30)) for _ in range(10) for r in ("human", "gpt")])}
-    pieces = data.split_long_conversation(conv, max_length=200, count_tokens=_word_count, prefix_tokens=20)
+    pieces = split_long.split_long_conversation(conv, max_length=200, count_tokens=_word_count, prefix_tokens=20)
     assert len(pieces) == 5  # each round costs 72; two fit in 180
     assert [p["id"] for p in pieces] == [f"L_0_{i}" for i in range(0, 20, 4)]
     for piece in pieces:
@@ -154,7 +154,7 @@ def test_split_respects_the_limit():
 
 def test_split_keeps_short_conversations_whole():
     conv = {"id": "S_0", "conversations": _turns(("human", "a b"), ("gpt", "c d"))}
-    assert data.split_long_conversation(conv, 100, _word_count) == [conv]
+    assert split_long.split_long_conversation(conv, 100, _word_count) == [conv]
 
 
 def test_split_oversized_round_alone_or_dropped():
@@ -164,7 +164,7 @@ def test_split_oversized_round_alone_or_dropped():
         "conversations": _turns(("human", words(5)), ("gpt", words(5)), ("human", words(10)), ("gpt", words(500)),
                                 ("human", words(400)), ("gpt", words(5)), ("human", words(5)), ("gpt", words(5))),
     }
-    pieces = data.split_long_conversation(conv, 100, _word_count)
+    pieces = split_long.split_long_conversation(conv, 100, _word_count)
     assert [len(p["conversations"]) for p in pieces] == [2, 2, 2]
     assert pieces[1]["conversations"][1]["value"] == words(500)  # kept alone, truncated in training
     assert all(len(t["value"].split()) != 400 for p in pieces for t in p["conversations"])  # prompt too long
@@ -172,12 +172,12 @@ def test_split_oversized_round_alone_or_dropped():
 
 def test_split_on_sharegpt_with_the_estimate(convs):
     sample = convs[:2000]
-    pieces = data.split_all(sample, 512)
-    prefix = data.estimate_tokens(data.vicuna_system_prompt()) + 1
+    pieces = split_long.split_all(sample, 512)
+    prefix = split_long.estimate_tokens(split_long.vicuna_system_prompt()) + 1
     for piece in pieces:
         assert _roles(piece)[0] == "human"
         if len(piece["conversations"]) > 2:  # only single oversized rounds may exceed
-            assert _rounds_cost(piece, data.estimate_tokens) + prefix <= 512
+            assert _rounds_cost(piece, split_long.estimate_tokens) + prefix <= 512
     assert len(pieces) > len(sample)
 
 
@@ -201,3 +201,7 @@ def test_command_writes_fastchat_json(tmp_path, capsys):
 def test_missing_json_error_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="fastchat_spec.train.data"):
         data.read_fastchat_json(str(tmp_path / "nope.json"))
+    other = tmp_path / "other.json"
+    other.write_text('{"model": "x"}', encoding="utf-8")
+    with pytest.raises(ValueError, match="not FastChat JSON"):
+        data.read_fastchat_json(str(other))

@@ -12,8 +12,9 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
 from fastchat_spec.generate.tree import Tree
-from fastchat_spec.train import common, distill, medusa, tree_search
-from tests.tiny import WORDS
+from fastchat_spec.train import arguments, dataset, distill, losses, medusa, tree_search
+from fastchat_spec.train.report import REPORT_FILE
+from tests.tiny import CONTEXT, MAX_NEW, PROMPTS, WORDS
 
 # Answers repeat a few sentences, so tokens two or three ahead are learnable in a few steps.
 ANSWERS = [
@@ -22,8 +23,6 @@ ANSWERS = [
     "The bird flies under the tree when the fire is slow.",
     "Thank you for the question, the answer is the river.",
 ]
-PROMPTS = ["Why is the river fast?", "Write a poem about fire.", "Explain python code.", "List three birds."]
-CONTEXT = 1024
 
 
 def synthetic_conversations(n: int, seed: int = 0) -> list:
@@ -56,7 +55,7 @@ def train_args(base_dir, data, out, *extra) -> list[str]:
             "--seed", "0", *extra]
 
 
-def greedy_texts(model, tok, stream, prompts=PROMPTS, max_new_tokens=32) -> list[str]:
+def greedy_texts(model, tok, stream, prompts=PROMPTS[:4], max_new_tokens=MAX_NEW) -> list[str]:
     out = []
     for prompt in prompts:
         params = {"prompt": prompt, "temperature": 0.0, "max_new_tokens": max_new_tokens, "echo": False}
@@ -79,18 +78,18 @@ def stage1(tmp_path_factory, base_dir, data):
 
 # --------------------------------------------------------------------------- shared pieces
 def test_shift_labels_aligns_head_k_with_token_t_plus_k_plus_2():
-    labels = torch.tensor([[common.IGNORE_TOKEN_ID, 11, 12, 13, 14, 15]])
+    labels = torch.tensor([[dataset.IGNORE_TOKEN_ID, 11, 12, 13, 14, 15]])
     assert shift_row(labels, 1) == [11, 12, 13, 14, 15, -100]
     assert shift_row(labels, 2) == [12, 13, 14, 15, -100, -100]  # Medusa head 0
     assert shift_row(labels, 4) == [14, 15, -100, -100, -100, -100]  # Medusa head 2
 
 
 def shift_row(labels, offset):
-    return common.shift_labels(labels, offset)[0].tolist()
+    return losses.shift_labels(labels, offset)[0].tolist()
 
 
 def test_defaults_apply_only_to_flags_left_out():
-    argv = common.with_defaults(["--logging-steps", "3", "--report_to=wandb"], {"learning_rate": "1e-3"})
+    argv = arguments.with_defaults(["--logging-steps", "3", "--report_to=wandb"], {"learning_rate": "1e-3"})
     assert argv.count("--logging_steps") == 0 and "--logging-steps" in argv
     assert "--report_to" not in argv and "--learning_rate" in argv
 
@@ -98,11 +97,11 @@ def test_defaults_apply_only_to_flags_left_out():
 def test_num_items_loss_equals_token_mean():
     torch.manual_seed(0)
     logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
-    targets[0, :2] = common.IGNORE_TOKEN_ID
-    mean = common.head_loss(logits, targets)
-    n = (targets != common.IGNORE_TOKEN_ID).sum()
-    assert torch.allclose(common.head_loss(logits, targets, num_items=n), mean)
-    assert float(common.topk_accuracy(logits, targets, (7,))[7]) == 1.0
+    targets[0, :2] = dataset.IGNORE_TOKEN_ID
+    mean = losses.head_loss(logits, targets)
+    n = (targets != dataset.IGNORE_TOKEN_ID).sum()
+    assert torch.allclose(losses.head_loss(logits, targets, num_items=n), mean)
+    assert float(losses.topk_accuracy(logits, targets, (7,))[7]) == 1.0
 
 
 def test_parallel_tokenizing_matches_one_process(base_dir):
@@ -111,13 +110,13 @@ def test_parallel_tokenizing_matches_one_process(base_dir):
     tok = AutoTokenizer.from_pretrained(base_dir, use_fast=False)
     tok.pad_token = tok.unk_token
     convs = synthetic_conversations(150, seed=3)  # three chunks of 64
-    one = common.supervised_dataset(tok, convs, 512, workers=1)
-    two = common.supervised_dataset(tok, convs, 512, workers=2)
-    lazy = common.supervised_dataset(tok, convs, 512, lazy=True)
+    one = dataset.supervised_dataset(tok, convs, 512, workers=1)
+    two = dataset.supervised_dataset(tok, convs, 512, workers=2)
+    lazy = dataset.supervised_dataset(tok, convs, 512, lazy=True)
     for i in (0, 64, 149):
         assert torch.equal(one[i]["input_ids"], two[i]["input_ids"]) and torch.equal(one[i]["labels"], two[i]["labels"])
         assert torch.equal(one[i]["labels"], lazy[i]["labels"])
-    assert all((one[i]["labels"] != common.IGNORE_TOKEN_ID).any() for i in range(len(one)))  # answers are trained
+    assert all((one[i]["labels"] != dataset.IGNORE_TOKEN_ID).any() for i in range(len(one)))  # answers are trained
 
 
 # --------------------------------------------------------------------------- Medusa-1
@@ -131,7 +130,7 @@ def test_stage1_lowers_head_loss_and_reports(stage1):
     assert all(0 <= m["top1"] <= m["top5"] <= 1 and m["tokens"] > 0 for m in report["heads"].values())
     assert report["heads"]["head0"]["top5"] > 0.2
     assert report["expected_tokens_per_step"] > 1.0
-    with open(os.path.join(out, common.REPORT_FILE), encoding="utf-8") as f:
+    with open(os.path.join(out, REPORT_FILE), encoding="utf-8") as f:
         assert json.load(f)["heads"] == report["heads"]
 
 
@@ -148,14 +147,13 @@ def test_stage1_checkpoint_layout(stage1, base_dir):
     assert os.path.isfile(os.path.join(out, "tokenizer.model"))
 
 
-def test_stage1_checkpoint_is_lossless_in_fastchat(stage1, base_dir):
+def test_stage1_checkpoint_is_lossless_in_fastchat(stage1, stock_texts):
     out, _ = stage1
-    base, base_tok = load_model(base_dir, device="cpu")
     model, tok = load_model(out, device="cpu")
     stream = get_generate_stream_function(model, out)
     assert stream.__module__ == "fastchat_spec.generate.stream"
     assert model.spec.num_heads == 3
-    assert greedy_texts(model, tok, stream) == greedy_texts(base, base_tok, fastchat_generate_stream)
+    assert greedy_texts(model, tok, stream) == [stock_texts[p] for p in PROMPTS[:4]]
 
 
 # --------------------------------------------------------------------------- tree search

@@ -1,10 +1,7 @@
-"""FastChat model adapters for speculative checkpoints, in matching order."""
+"""FastChat model adapters for speculative checkpoints, in matching order (``fastchat_spec/methods.py``)."""
 
 
 def adapter_classes():
-    from fastchat_spec.adapters.chimera import ChimeraAdapter
-    from fastchat_spec.adapters.cllm import CllmAdapter
-    from fastchat_spec.adapters.hydra import HydraAdapter
-    from fastchat_spec.adapters.medusa import MedusaAdapter
+    from fastchat_spec.methods import adapter_classes
 
-    return [MedusaAdapter, HydraAdapter, ChimeraAdapter, CllmAdapter]
+    return adapter_classes()

@@ -5,7 +5,8 @@ inherit from it, so that importing our adapters never imports FastChat's
 adapter module, whose import is what triggers our hook): ``match`` looks at
 the checkpoint's contents (never just its folder name), ``load_model`` loads
 the base through the FastChat adapter that stock FastChat would use for it,
-then the method's drafter, and ``get_default_conv_template`` is the base's.
+then the method's drafter, and ``get_default_conv_template`` is the base's
+(``fastchat_spec/conversation.py``).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pickle
 from typing import Callable, Optional
 
 import torch
-from fastchat.conversation import get_conv_template
 from safetensors import SafetensorError
 
 from fastchat_spec.adapters.checkpoint import check_base_path, explain_load_failure, read_config, resolve_base_path
+from fastchat_spec.conversation import conversation_template
 from fastchat_spec.spec_model import SpecConfig, SpecModel
 
 QUANTIZE_ENV = "FASTCHAT_SPEC_QUANTIZE"  # "4bit" or "8bit": load the base with bitsandbytes
@@ -98,20 +99,14 @@ class SpecAdapter:
 
     def get_default_conv_template(self, model_path: str):
         if os.path.isdir(model_path):
-            config = read_config(model_path) or {}
-            if config.get("fastchat_conv_template"):
-                return get_conv_template(config["fastchat_conv_template"])
-            base = self.base_path(model_path, config)
-            base_config = read_config(base) if os.path.isdir(base) else None
-            if base_config and base_config.get("fastchat_conv_template"):
-                return get_conv_template(base_config["fastchat_conv_template"])
-            return fastchat_adapter_for(base).get_default_conv_template(base)
+            return conversation_template(model_path, self.base_path(model_path, read_config(model_path) or {}))
+        # A bare model name (FastChat's Gradio server): the base's name follows our prefix.
         name = os.path.basename(model_path)
         for prefix in self.name_prefixes:
             if name.lower().startswith(prefix):
                 name = name[len(prefix):]
                 break
-        return fastchat_adapter_for(name).get_default_conv_template(name)
+        return conversation_template(name, base_path=name)
 
 
 def load_base(model_path: str, base_path: str, load: Callable[[], tuple]):

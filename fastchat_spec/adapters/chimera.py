@@ -69,8 +69,6 @@ class ChimeraAdapter(SpecAdapter):
             num_heads=heads,
             num_layers=config_int(config, "chimera_num_layers", path, default=1),
             tree=config.get("chimera_choices") or config.get("spec_tree"),
-            base_model_name_or_path=config.get("base_model_name_or_path"),
-            conv_template=config.get("fastchat_conv_template"),
             options={"chimera_head_arch": arch},  # None until the head weights settle it
         )
 

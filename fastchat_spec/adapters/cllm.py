@@ -28,18 +28,20 @@ module registers an equivalent one (see ``CllmConversation``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
-from fastchat.conversation import (Conversation, SeparatorStyle, get_conv_template,
-                                   register_conv_template)
+from fastchat.conversation import Conversation, SeparatorStyle, register_conv_template
 
-from fastchat_spec.adapters.base import SpecAdapter, fastchat_adapter_for
-from fastchat_spec.adapters.checkpoint import read_config
-from fastchat_spec.generate.proposers.jacobi import DEFAULT_WINDOW, OPTION
+from fastchat_spec.adapters.base import SpecAdapter
+from fastchat_spec.adapters.checkpoint import read_config, read_json
+from fastchat_spec.conversation import conversation_template
+from fastchat_spec.generate.proposers.jacobi import checked_window
 from fastchat_spec.spec_model import SpecConfig
 
 FLAG = "fastchat_spec_method"  # config.json key our trainer writes, value "cllm"
 CONFIG_SECTION = "cllm"  # config.json object with the Jacobi settings, e.g. {"n_token_seq_length": 16}
+WINDOW_KEY = "n_token_seq_length"  # in CONFIG_SECTION; the name of FastChat main's request key
 MAIN_RULE = "consistency-llm"  # FastChat main's CllmAdapter.match
 NAME_MARK = "cllm"
 TEMPLATE = "cllm"
@@ -71,14 +73,8 @@ class CllmAdapter(SpecAdapter):
 
     def spec_config(self, config, path):
         section = config.get(CONFIG_SECTION) or {}
-        window = section.get(OPTION, DEFAULT_WINDOW)
-        try:
-            window = int(window)
-        except (TypeError, ValueError):
-            raise ValueError(f"{os.path.join(path, 'config.json')}: {CONFIG_SECTION}.{OPTION} must be an integer, "
-                             f"got {window!r}; fix it or remove it to use {DEFAULT_WINDOW}") from None
-        return SpecConfig(method="cllm", num_heads=window, base_model_name_or_path=path,
-                          conv_template=config.get("fastchat_conv_template"))
+        where = f"{os.path.join(path, 'config.json')}: {CONFIG_SECTION}.{WINDOW_KEY}"
+        return SpecConfig(method="cllm", num_heads=checked_window(section.get(WINDOW_KEY), where))
 
     def base_path(self, path, config):
         return path  # the checkpoint is the base
@@ -87,12 +83,28 @@ class CllmAdapter(SpecAdapter):
         return None
 
     def get_default_conv_template(self, model_path: str):
-        config = read_config(model_path) if os.path.isdir(model_path) else None
-        if config and config.get("fastchat_conv_template"):
-            return get_conv_template(config["fastchat_conv_template"])
-        if MAIN_RULE in model_path.lower():
-            return get_conv_template(TEMPLATE)
-        return fastchat_adapter_for(model_path).get_default_conv_template(model_path)
+        # The checkpoint is its own base; FastChat main's rule brings main's template.
+        return conversation_template(model_path, base_path=model_path,
+                                     method_template=TEMPLATE if MAIN_RULE in model_path.lower() else None)
+
+
+def write_cllm_checkpoint(out_dir: str, model, tokenizer, window: int, extra_config: dict | None = None,
+                          state_dict: dict | None = None) -> str:
+    """``model`` and ``tokenizer`` as a full Hugging Face folder flagged for this adapter.
+
+    config.json gets ``"fastchat_spec_method": "cllm"`` and ``"cllm":
+    {"n_token_seq_length": window, **extra_config}``; ``model`` itself is not
+    changed. Returns the folder.
+    """
+    model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    file = os.path.join(out_dir, "config.json")
+    config = read_json(file)
+    config[FLAG] = "cllm"
+    config[CONFIG_SECTION] = {WINDOW_KEY: int(window), **(extra_config or {})}
+    with open(file, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    return out_dir
 
 
 @dataclasses.dataclass
@@ -139,3 +151,4 @@ def register_cllm_template() -> None:
 
 
 register_cllm_template()
+

@@ -49,8 +49,6 @@ class HydraAdapter(SpecAdapter):
             num_heads=config_int(config, "hydra_num_heads", path),
             num_layers=config_int(config, "hydra_num_layers", path, default=1),
             tree=config.get("hydra_choices") or config.get("spec_tree"),
-            base_model_name_or_path=config.get("base_model_name_or_path"),
-            conv_template=config.get("fastchat_conv_template"),
             options={"hydra_head_arch": arch},
         )
 
@@ -122,7 +120,7 @@ def _load_strict(drafter: HydraHeads, state: dict, file: str) -> None:
 
 def write_hydra_checkpoint(out_dir: str, heads: HydraHeads, base_model_name_or_path: str, tree=None,
                            extra_config: dict | None = None, safetensors: bool = True) -> str:
-    """Save heads in the published layout (config.json + hydra_lm_head.{safetensors,pt})."""
+    """Save heads in the published layout (config.json + hydra_lm_head.{safetensors,pt}); returns the folder."""
     state = heads.state_dict()
     config = {
         "base_model_name_or_path": base_model_name_or_path,
@@ -135,4 +133,5 @@ def write_hydra_checkpoint(out_dir: str, heads: HydraHeads, base_model_name_or_p
     if tree:
         config["hydra_choices"] = [list(p) for p in tree]
     config.update(extra_config or {})
-    return write_drafter_checkpoint(out_dir, config, {"hydra_lm_head": state}, safetensors)[0]
+    write_drafter_checkpoint(out_dir, config, {"hydra_lm_head": state}, safetensors)
+    return out_dir

@@ -46,8 +46,6 @@ class MedusaAdapter(SpecAdapter):
             num_heads=config_int(config, "medusa_num_heads", path),
             num_layers=config_int(config, "medusa_num_layers", path, default=1),
             tree=config.get("medusa_choices") or config.get("spec_tree"),
-            base_model_name_or_path=config.get("base_model_name_or_path"),
-            conv_template=config.get("fastchat_conv_template"),
         )
 
     def load_drafter(self, path, config, spec, base):
@@ -104,7 +102,7 @@ def _load_strict(drafter: MedusaHeads, state: dict, file: str) -> None:
 
 def write_medusa_checkpoint(out_dir: str, heads: MedusaHeads, base_model_name_or_path: str,
                             tree=None, extra_config: dict | None = None, safetensors: bool = True) -> str:
-    """Save heads in the published v0.1 layout (or heads-only safetensors)."""
+    """Save heads in the published v0.1 layout (or heads-only safetensors); returns the folder."""
     state = heads.medusa_head.state_dict()
     config = {
         "base_model_name_or_path": base_model_name_or_path,
@@ -114,4 +112,5 @@ def write_medusa_checkpoint(out_dir: str, heads: MedusaHeads, base_model_name_or
     if tree:
         config["medusa_choices"] = [list(p) for p in tree]
     config.update(extra_config or {})
-    return write_drafter_checkpoint(out_dir, config, {"medusa_lm_head": state}, safetensors)[0]
+    write_drafter_checkpoint(out_dir, config, {"medusa_lm_head": state}, safetensors)
+    return out_dir

@@ -156,8 +156,10 @@ class IncrementalText:
         return text if pos == -1 else text[:pos]
 
     def _full(self, generated: list[int]) -> str:
+        """FastChat's own decode of the whole answer (and the prompt, with echo)."""
         prefix = list(self.request.prompt_ids) if self.request.echo else []
-        return self._decode(prefix + generated)
+        return self.tokenizer.decode(prefix + generated, skip_special_tokens=True,
+                                     spaces_between_special_tokens=False, clean_up_tokenization_spaces=True)
 
     def _stop_position(self, text: str) -> int:
         found = [p for p in (text.find(s, self.search_from) for s in self.request.stop_strings) if p != -1]

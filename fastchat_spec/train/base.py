@@ -10,30 +10,28 @@ References:
 - Hugging Face ``Trainer``/``TrainingArguments``, so every HF flag, torchrun,
   accelerate and DeepSpeed work unchanged.
 
-Efficiency: FastChat's ``preprocess`` pads every conversation to
-``model_max_length``; we cut that padding off once, batch by similar length
-(``group_by_length``) and pad only to the longest in each batch. The collator
-passes no attention mask: with right padding, causal attention already keeps
-real tokens from seeing the pads behind them and pad labels are ignored, so the
-loss is unchanged while SDPA can run its fused causal kernel.
+Efficiency: conversations go through the trainers' shared pipeline
+(``dataset.py``: FastChat's ``preprocess``, padding cut off once), are batched
+by similar length (``group_by_length``) and padded only to the longest in each
+batch, with no attention mask so that SDPA runs its fused causal kernel
+(``dataset.Collator``). Conversations with nothing to learn are dropped.
 
 Usage: ``python -m fastchat_spec.train.base --help``.
 """
 import argparse
-import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
-IGNORE_INDEX = -100  # transformers' LabelSmoother.ignore_index, FastChat's IGNORE_TOKEN_ID
+from fastchat_spec.train.arguments import flag_given
+from fastchat_spec.train.checkpoint import SAVE_DTYPES
+from fastchat_spec.train.dataset import Collator, TokenizedConversations, tokenize_conversations, trainable_rows
+
 FASTCHAT_TEMPLATE = "vicuna_v1.1"
-SAVE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 # LlamaConfig keyword arguments per size; vocab size and special ids come from the tokenizer.
 # nano with an 8k vocab: 7.3M parameters, 14.5 MB in fp16 (small enough to bundle).
@@ -99,7 +97,8 @@ class DataArguments:
         default=None, metadata={"help": "use only the first N training conversations (quick runs)"}
     )
     preprocessing_num_workers: Optional[int] = field(
-        default=None, metadata={"help": "processes for tokenisation (default: CPU count, at most 16)"}
+        default=None,
+        metadata={"help": "processes for tokenisation (default: the CPU cores, shared by local ranks, at most 16)"},
     )
 
 
@@ -172,122 +171,6 @@ def build_base_model(size: str, tokenizer, max_position_embeddings: int = 2048):
     return LlamaForCausalLM(config)
 
 
-# ---------------------------------------------------------------- data
-
-
-class TokenizedConversations(torch.utils.data.Dataset):
-    """Variable-length ``input_ids``/``labels`` pairs, labels masked by FastChat's preprocess."""
-
-    def __init__(self, input_ids: List[np.ndarray], labels: List[np.ndarray]):
-        self.input_ids = input_ids
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
-        return {
-            "input_ids": torch.from_numpy(self.input_ids[i].astype(np.int64)),
-            "labels": torch.from_numpy(self.labels[i].astype(np.int64)),
-        }
-
-    def num_tokens(self) -> int:
-        return int(sum(len(x) for x in self.input_ids))
-
-
-@dataclass
-class TokenizeStats:
-    kept: int = 0
-    mismatched: int = 0  # FastChat's masking check failed: every label masked
-    no_reply_in_window: int = 0  # truncated before any assistant token
-
-
-def _tokenize_chunk(job: Tuple[list, object]) -> Tuple[List[np.ndarray], List[np.ndarray], TokenizeStats]:
-    """FastChat preprocess on a chunk, then cut the padding and drop examples with nothing to learn."""
-    from fastchat.train.train import preprocess
-
-    sources, tokenizer = job
-    out = preprocess(sources, tokenizer)
-    ids, labels = out["input_ids"], out["labels"]
-    not_pad = ids.ne(tokenizer.pad_token_id)
-    # last non-pad position + 1 (a literal "<unk>" inside the text is also the pad id)
-    lengths = ids.shape[1] - not_pad.flip(1).int().argmax(1)
-    stats, kept_ids, kept_labels = TokenizeStats(), [], []
-    for row, n in enumerate(lengths.tolist()):
-        if not labels[row, :n].ne(IGNORE_INDEX).any():
-            if n < tokenizer.model_max_length:
-                stats.mismatched += 1
-            else:
-                stats.no_reply_in_window += 1
-            continue
-        kept_ids.append(ids[row, :n].numpy().astype(np.int32))
-        kept_labels.append(labels[row, :n].numpy().astype(np.int32))
-    stats.kept = len(kept_ids)
-    return kept_ids, kept_labels, stats
-
-
-def tokenize_conversations(
-    convs: Sequence[dict], tokenizer, num_workers: int = 1, chunk_size: int = 256, progress: bool = True
-) -> Tuple[TokenizedConversations, TokenizeStats]:
-    """Tokenise and mask FastChat conversations in parallel chunks."""
-    import fastchat.train.train  # noqa: F401  imported before forking so workers inherit it
-    from tqdm import tqdm
-
-    # FastChat tokenises whole conversations and truncates afterwards: the
-    # over-length warning is expected, and each pickled copy would repeat it.
-    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
-
-    jobs = [
-        ([c["conversations"] for c in convs[i : i + chunk_size]], tokenizer)
-        for i in range(0, len(convs), chunk_size)
-    ]
-    bar = tqdm(total=len(convs), desc="tokenize + mask", unit="conv", disable=not progress)
-    ids, labels, total = [], [], TokenizeStats()
-    if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            results = pool.map(_tokenize_chunk, jobs)
-            for (chunk_ids, chunk_labels, stats), job in zip(results, jobs):
-                ids += chunk_ids
-                labels += chunk_labels
-                _add_stats(total, stats)
-                bar.update(len(job[0]))
-    else:
-        for job in jobs:
-            chunk_ids, chunk_labels, stats = _tokenize_chunk(job)
-            ids += chunk_ids
-            labels += chunk_labels
-            _add_stats(total, stats)
-            bar.update(len(job[0]))
-    bar.close()
-    return TokenizedConversations(ids, labels), total
-
-
-def _add_stats(total: TokenizeStats, part: TokenizeStats) -> None:
-    total.kept += part.kept
-    total.mismatched += part.mismatched
-    total.no_reply_in_window += part.no_reply_in_window
-
-
-@dataclass
-class PadToLongest:
-    """Collator: right-pad to the longest sequence in the batch (rounded up to a multiple)."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int = 8
-
-    def __call__(self, features: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        width = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            input_ids[row, :n] = f["input_ids"]
-            labels[row, :n] = f["labels"]
-        # No attention_mask on purpose: see the module docstring.
-        return {"input_ids": input_ids, "labels": labels}
-
-
 # ---------------------------------------------------------------- arguments
 
 
@@ -354,7 +237,7 @@ def _check_arguments(parser, model_args: ModelArguments, data_args: DataArgument
         parser.error("--tokenizer DIR is required: train one with `python -m fastchat_spec.train.tokenizer`")
     if not data_args.data_path:
         parser.error("--data_path is required: write it with `python -m fastchat_spec.train.data --out-dir DIR`")
-    if not any(a == "--output_dir" or a.startswith("--output_dir=") or a.startswith("--output-dir") for a in argv):
+    if not flag_given(argv, "output_dir"):
         parser.error("--output_dir is required, e.g. --output_dir runs/vicuna-nano")
     for flag, path in (("--data_path", data_args.data_path), ("--eval_data_path", data_args.eval_data_path)):
         if path and not os.path.isfile(path):
@@ -380,13 +263,13 @@ def _load_split(path: str, tokenizer, data_args: DataArguments, limit: Optional[
     from fastchat_spec.train.data import read_fastchat_json
 
     convs = read_fastchat_json(path)[:limit]
-    workers = data_args.preprocessing_num_workers or min(os.cpu_count() or 1, 16)
-    dataset, stats = tokenize_conversations(convs, tokenizer, workers, progress=verbose)
+    rows = tokenize_conversations(convs, tokenizer, data_args.preprocessing_num_workers, progress=verbose)
+    rows, stats = trainable_rows(rows, tokenizer.model_max_length)
+    dataset = TokenizedConversations(rows)
     if verbose:
         print(
             f"{what}: {stats.kept:,} of {len(convs):,} conversations, {dataset.num_tokens():,} tokens; "
-            f"skipped {stats.mismatched} with a FastChat tokenization mismatch and "
-            f"{stats.no_reply_in_window} with no reply within {tokenizer.model_max_length} tokens"
+            f"skipped {stats.unusable(tokenizer.model_max_length)}"
         )
     if len(dataset) == 0:
         raise ValueError(f"{path}: no conversation with an assistant reply survived tokenisation; check the file")
@@ -445,7 +328,7 @@ def main(argv: Optional[List[str]] = None) -> TrainResult:
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=PadToLongest(tokenizer.pad_token_id),
+        data_collator=Collator(tokenizer.pad_token_id, attention_mask=False),
         processing_class=tokenizer,
     )
     start = time.perf_counter()

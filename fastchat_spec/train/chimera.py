@@ -39,11 +39,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 
+from fastchat_spec.conversation import conversation_template
 from fastchat_spec.heads.chimera import HEAD_ARCHS, ChimeraDrafter, decoder_layer_class, new_drafter_for
-from fastchat_spec.train import common
-from fastchat_spec.train.common import IGNORE_TOKEN_ID, base_hidden_states, head_logs, head_loss
+from fastchat_spec.train.arguments import parse_args
+from fastchat_spec.train.checkpoint import stored_dtype, without_prefix, write_heads_only
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, training_datasets
+from fastchat_spec.train.losses import head_logs, head_loss, kl_to_teacher
+from fastchat_spec.train.report import finish, train_and_measure
+from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base
 
 DEFAULTS = {"learning_rate": "1e-3"}
 
@@ -72,17 +76,13 @@ class ChimeraArguments:
 
 
 # --------------------------------------------------------------------------- the training module
-class ChimeraTraining(nn.Module):
-    """The frozen base and the drafter; ``forward`` returns ``(loss, logs)`` for ``common.HeadTrainer``."""
+class ChimeraTraining(TrainingModule):
+    """The frozen base and the drafter; ``forward`` returns ``(loss, logs)`` for ``trainer.HeadTrainer``."""
 
     def __init__(self, base, drafter: ChimeraDrafter, decay: float = 0.8, distill_weight: float = 1.0):
         super().__init__()
         self.base, self.drafter = base, drafter
         self.decay, self.distill_weight = decay, distill_weight
-
-    @property
-    def quantization_method(self):  # the Trainer must not .to() a bitsandbytes base
-        return getattr(self.base, "quantization_method", None)
 
     def head_predictions(self, input_ids, labels, hidden):
         """[(logits (B, T-k-2, V), targets (B, T-k-2))] per head k, teacher-forced."""
@@ -100,7 +100,7 @@ class ChimeraTraining(nn.Module):
             if distill:
                 valid = targets != IGNORE_TOKEN_ID
                 teacher = base_logits[:, k + 1: k + 1 + targets.shape[1]]  # the base at t+k+1 guesses t+k+2
-                kl = common.kl_to_teacher(logits[valid], teacher[valid], num_items_in_batch)
+                kl = kl_to_teacher(logits[valid], teacher[valid], num_items_in_batch)
                 loss_k = loss_k + self.distill_weight * kl
                 logs[f"head{k}_kl"] = kl.detach().float()
             loss = loss + self.decay**k * loss_k
@@ -108,7 +108,7 @@ class ChimeraTraining(nn.Module):
 
 
 def chimera_predict(model: ChimeraTraining, batch: dict):
-    """``predict_fn`` for ``common.evaluate_heads``: held-out logits of every head."""
+    """``predict_fn`` for ``report.evaluate_heads``: held-out logits of every head."""
     hidden, _ = base_hidden_states(model.base, batch["input_ids"], batch["attention_mask"], with_logits=False)
     return model.head_predictions(batch["input_ids"], batch["labels"], hidden)
 
@@ -139,44 +139,38 @@ def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, ba
 
     drafter = ChimeraDrafter(base.config, args.chimera_num_heads, args.chimera_num_layers,
                              layer_class=decoder_layer_class(base), head_arch=args.chimera_head_arch)
-    prefix = "drafter."
-    drafter.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
-    drafter.to(common.stored_dtype(base.config))
-    extra = {"fastchat_conv_template": conv_template} if conv_template else {}
-    write_chimera_checkpoint(out_dir, drafter, common.base_reference(base_path, out_dir, args.base_path_style),
-                             tree=tree, extra_config=extra, safetensors=args.chimera_safetensors)
-    common.copy_tokenizer_files(base_path, out_dir)
+    drafter.load_state_dict(without_prefix(state, "drafter."), strict=True)
+    drafter.to(stored_dtype(base.config))
+    write_heads_only(write_chimera_checkpoint, out_dir, drafter, base_path, args.base_path_style, tree, conv_template,
+                     safetensors=args.chimera_safetensors)
 
 
 # --------------------------------------------------------------------------- main
 def train(argv=None) -> dict | None:
-    model_args, data_args, training_args, cargs = common.parse_args(
-        ChimeraArguments, defaults=DEFAULTS, argv=argv, description=__doc__)
+    """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
+    model_args, data_args, training_args, cargs = parse_args(
+        ChimeraArguments, defaults=DEFAULTS, argv=argv, description=__doc__,
+        prog="python -m fastchat_spec.train.chimera")
     training_args.gradient_checkpointing = False  # the base is frozen; the drafter is one layer deep
-    base, tokenizer = common.load_base(model_args, training_args, max_len=data_args.model_max_length)
+    base, tokenizer = load_base(model_args, training_args, max_len=data_args.model_max_length)
     drafter = build_drafter(base, cargs)
     model = ChimeraTraining(base, drafter, cargs.chimera_decay_coefficient, cargs.distill_weight)
-    train_set, heldout = common.training_datasets(tokenizer, data_args)
-    trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
-                                 data_collator=common.Collator(tokenizer.pad_token_id))
+    train_set, heldout = training_datasets(tokenizer, data_args)
+    trainer = HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
+                          data_collator=Collator(tokenizer.pad_token_id))
     report: dict = {"method": "chimera", "chimera_args": asdict(cargs),
                     "base_model": model_args.model_name_or_path, "train_conversations": len(train_set),
                     "heldout_conversations": len(heldout) if heldout else 0,
                     "drafter_parameters": sum(p.numel() for p in drafter.parameters())}
-    report["train_loss"] = trainer.train().training_loss
-    if torch.cuda.is_available():
-        report["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    report.update(common.measure_heads(trainer, heldout, chimera_predict, cargs.chimera_num_heads, cargs.tree_nodes,
-                                       tree_key="chimera_choices"))
+    report.update(train_and_measure(trainer, heldout, chimera_predict, cargs.chimera_num_heads, cargs.tree_nodes,
+                                    tree_key="chimera_choices"))
     tree = report["chimera_choices"]
-    conv_template = common.checkpoint_conv_template(model_args.model_name_or_path)
+    conv_template = conversation_template(model_args.model_name_or_path).name
 
     def write(state, out_dir):
         write_checkpoint(state, out_dir, cargs, base, model_args.model_name_or_path, tree, conv_template)
 
-    final = common.save_and_report(trainer, training_args.output_dir, write, report)
-    common.print_written(training_args.output_dir, final)
-    return final
+    return finish(trainer, write, report)
 
 
 def main(argv=None) -> None:

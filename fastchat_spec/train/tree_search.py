@@ -17,20 +17,22 @@ import os
 
 import torch
 
-from fastchat_spec.train import common
+from fastchat_spec.train.data import read_fastchat_json
+from fastchat_spec.train.dataset import Collator, supervised_dataset
+from fastchat_spec.train.report import evaluate_heads, format_head_table, tree_from_accuracy
+from fastchat_spec.train.trainer import base_hidden_states
 
 TREE_KEY = "medusa_choices"
 
 
 def _medusa_predict(model, batch):
-    from fastchat_spec.train.common import base_hidden_states
     from fastchat_spec.train.medusa import medusa_head_predictions
 
     hidden, _ = base_hidden_states(model.base, batch["input_ids"], batch["attention_mask"], with_logits=False)
     return medusa_head_predictions(model.base, model.drafter, hidden, batch["labels"])
 
 
-# method -> predict_fn(spec_model, batch) -> [(logits, targets)] per draft depth (see common.evaluate_heads).
+# method -> predict_fn(spec_model, batch) -> [(logits, targets)] per draft depth (see report.evaluate_heads).
 PREDICTORS = {"medusa": _medusa_predict}
 
 
@@ -40,17 +42,8 @@ def head_accuracies(model, dataset, batch_size: int = 8, max_rank: int = 10, pad
     if method not in PREDICTORS:
         raise ValueError(f"tree_search measures {sorted(PREDICTORS)} checkpoints; this one is {method!r}. "
                          "Its trainer writes its tree itself.")
-    return common.evaluate_heads(model, dataset, PREDICTORS[method], common.Collator(pad_token_id),
-                                 batch_size=batch_size, max_rank=max_rank, print_table=False,
-                                 desc="measuring heads")
-
-
-def tree_from_accuracy(acc, num_nodes: int):
-    """(tree as a list of paths, expected tokens per step)."""
-    from fastchat_spec.generate.tree import build_tree, expected_length
-
-    tree = build_tree(acc, num_nodes)
-    return tree.to_list(), expected_length(tree, acc)
+    return evaluate_heads(model, dataset, PREDICTORS[method], Collator(pad_token_id), batch_size=batch_size,
+                          max_rank=max_rank, print_table=False, desc="measuring heads")
 
 
 def write_tree(ckpt: str, tree: list) -> None:
@@ -78,8 +71,8 @@ def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 
                          "config.json); pass the checkpoint folder, not its base")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    convs = common.read_conversations(data_path)[:max_conversations]
-    dataset = common.supervised_dataset(tokenizer, convs, max_len)
+    convs = read_fastchat_json(data_path)[:max_conversations]
+    dataset = supervised_dataset(tokenizer, convs, max_len)
     measured = head_accuracies(model, dataset, batch_size, pad_token_id=tokenizer.pad_token_id)
     acc = measured["rank_accuracy"]
     tree, expected = tree_from_accuracy(acc, num_nodes)
@@ -111,7 +104,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     result = search(args.model_path, args.data_path, args.num_nodes, args.max_len, args.batch_size, args.device,
                     args.max_conversations, write=not args.dry_run)
-    print(common.format_head_table(result["heads"]))
+    print(format_head_table(result["heads"]))
     print(f"expected tokens/step: {result['expected_tokens_per_step']:.3f} with the new {args.num_nodes}-node tree "
           f"(previous tree: {result['previous_expected_tokens_per_step']:.3f})")
     print(("would write" if args.dry_run else f"wrote {TREE_KEY} to {os.path.join(args.model_path, 'config.json')}:"),

@@ -61,9 +61,9 @@ class Backend:
 
     def prompt(self, model: str, turns: list, message: str):
         """FastChat's conversation template for the model, filled with the finished turns."""
-        from fastchat.model.model_adapter import get_conversation_template
+        from fastchat_spec.conversation import conversation_template
 
-        conv = get_conversation_template(self.tokenizer_paths.get(model, model))
+        conv = conversation_template(self.tokenizer_paths.get(model, model))
         for user, answer in turns:
             conv.append_message(conv.roles[0], user)
             conv.append_message(conv.roles[1], answer)

@@ -1,20 +1,11 @@
-"""One proposer per method; ``proposer_class`` maps a method name to its class."""
+"""One proposer per method; ``proposer_class`` maps a method name to its class (``fastchat_spec/methods.py``)."""
 from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
 
 
 def proposer_class(method: str):
-    from fastchat_spec.generate.proposers import autoregressive, chimera, hydra, jacobi, medusa
+    from fastchat_spec.methods import method as registered
 
-    table = {
-        "ar": autoregressive.AutoregressiveProposer,
-        "medusa": medusa.MedusaProposer,
-        "hydra": hydra.HydraProposer,
-        "chimera": chimera.ChimeraProposer,
-        "cllm": jacobi.JacobiProposer,
-    }
-    if method not in table:
-        raise ValueError(f"unknown speculative method {method!r}; known: {sorted(table)}")
-    return table[method]
+    return registered(method).proposer_class
 
 
 __all__ = ["Accepted", "Commit", "Proposer", "proposer_class"]

@@ -65,15 +65,20 @@ class JacobiProposer(Proposer):
 
 def window_length(model, options: dict) -> int:
     """The request's ``n_token_seq_length``, else the checkpoint's, else 16."""
-    value = options.get(OPTION)
-    where = f"the request's {OPTION}"
+    if options.get(OPTION) is not None:
+        return checked_window(options[OPTION], f"the request's {OPTION}")
+    return checked_window(model.spec.num_heads or None, f"the checkpoint's {OPTION} (config.json)")
+
+
+def checked_window(value, where: str) -> int:
+    """``value`` as a Jacobi window length; None means the default. Errors name ``where`` and the fix."""
     if value is None:
-        value = model.spec.num_heads or DEFAULT_WINDOW
-        where = f"the checkpoint's {OPTION} (config.json)"
+        return DEFAULT_WINDOW
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} must be an integer, got {value!r}") from None
+        raise ValueError(f"{where} must be an integer, got {value!r}; fix it, or leave it out for the "
+                         "default") from None
     if not 1 <= n <= MAX_WINDOW:
         raise ValueError(f"{where} is {n}; use a Jacobi window of 1 to {MAX_WINDOW} tokens (CLLMs use 16 to 32)")
     return n
