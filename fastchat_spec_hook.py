@@ -23,6 +23,8 @@ _PATCHES = {
     # its ModelWorker is patched as the class is created (see fastchat_patches);
     # the worker app and its endpoints live here, imported by name in every case.
     "fastchat.serve.base_model_worker": "patch_base_model_worker",
+    # ``python -m fastchat.serve.openai_api_server`` is __main__ too: patched as it calls uvicorn.run.
+    "uvicorn": "patch_uvicorn",
 }
 
 

@@ -138,6 +138,25 @@ def _check_texts(name: str, value) -> None:
             check_text(name, text)
 
 
+def patch_uvicorn(uvicorn) -> None:
+    """``python -m fastchat.serve.openai_api_server`` is __main__: patch it as it starts serving."""
+    original = uvicorn.run
+    if getattr(original, _WRAPPED, False):
+        return
+
+    @functools.wraps(original)
+    def run(*args, **kwargs):
+        from fastchat_spec import api_dispatch
+
+        main = sys.modules.get("__main__")
+        if api_dispatch.is_fastchat_api_server(main):
+            api_dispatch.patch_api_server(main)
+        return original(*args, **kwargs)
+
+    setattr(run, _WRAPPED, True)
+    uvicorn.run = run
+
+
 def patch_model_adapter(model_adapter) -> None:
     """Put our adapters first and route speculative models to our generate_stream."""
     from fastchat_spec.adapters import adapter_classes
