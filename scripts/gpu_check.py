@@ -1,16 +1,20 @@
 """On a CUDA machine: every method's graphed path, alone and 16 at a time, against FastChat's greedy text.
 
-For each method (Medusa, Hydra, Hydra++, Chimera in both head layouts, our AR
-decoder, CLLM/Jacobi), a tiny checkpoint is written, loaded on the GPU, and
-each prompt is decoded
+Every method of the registry (``fastchat_spec/methods.py``) is checked on each
+of its tiny checkpoints (``tests/tiny.py: TINY_CHECKPOINTS``: Medusa chains and
+trees, Hydra and Hydra++, Chimera in both head layouts, CLLM Jacobi windows),
+written by the method's own checkpoint writer and loaded on the device. Each
+prompt is decoded
   1. by FastChat's own generate_stream on the base (the reference),
   2. by our generate_stream alone (one request in the engine loop),
   3. by our generate_stream from 16 threads at once (batched steps),
   4. 16 at once again, with sampled requests mixed in (greedy rows must not change).
-float32 must match everywhere; bfloat16 agreement is reported. The CPU suite
-cannot see these paths (CUDA graphs, capture while other threads run).
+A method without a checkpoint of its own (our AR decoder) decodes 1. and 2. on
+the first checkpoint through the engine directly. float32 must match everywhere;
+bfloat16 agreement is reported. The CPU suite cannot see these paths (CUDA
+graphs, capture while other threads run).
 
-Usage: python scripts/gpu_check.py [--out result.json]
+Usage: python scripts/gpu_check.py [--device cuda|cpu] [--out result.json]
 """
 import argparse
 import json
@@ -18,11 +22,13 @@ import os
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # tests/ is not installed: the tiny checkpoints come from the checkout
 import fastchat_spec  # noqa: E402
 
 fastchat_spec.register()
@@ -30,53 +36,56 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 from fastchat.serve.inference import generate_stream as fastchat_stream  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from fastchat_spec.adapters.chimera import write_chimera_checkpoint  # noqa: E402
-from fastchat_spec.adapters.hydra import write_hydra_checkpoint  # noqa: E402
-from fastchat_spec.adapters.medusa import write_medusa_checkpoint  # noqa: E402
 from fastchat_spec.generate.loop import engine_for  # noqa: E402
+from fastchat_spec.methods import METHODS  # noqa: E402
 from tests import tiny  # noqa: E402
-from tests.test_chimera import random_drafter  # noqa: E402
-from tests.test_hydra import oracle_heads  # noqa: E402
 
-CONTEXT = 1024
-DEVICE = "cuda"
 MAX_NEW = 64
+CLIENTS = 16
 
 
-def checkpoints(d: str) -> dict:
-    tok = tiny.build_tokenizer(os.path.join(d, "tok"))
-    base_dir = tiny.build_llama(os.path.join(d, "vicuna-tiny"), tok)
-    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    out = {"base": base_dir}
-    for name, write, drafter in (
-        ("medusa", write_medusa_checkpoint, tiny.oracle_medusa_heads(base_dir, 3)),
-        ("hydra", write_hydra_checkpoint, oracle_heads(base, 3, "mlp")),
-        ("hydra++", write_hydra_checkpoint, oracle_heads(base, 3, "prefix-mlp")),
-        ("chimera", write_chimera_checkpoint, random_drafter(base, 3)),
-        ("chimera-published", write_chimera_checkpoint, random_drafter(base, 3, head_arch="published")),
-    ):
-        out[name] = os.path.join(d, name.replace("+", "p"))
-        write(out[name], drafter, base_dir)
-    cllm = os.path.join(d, "consistency-llm-tiny")
-    AutoModelForCausalLM.from_pretrained(base_dir).save_pretrained(cllm)
-    from transformers import AutoTokenizer
+@dataclass
+class Case:
+    """One tiny checkpoint of one method, written to ``path``."""
 
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(cllm)
-    out["cllm"] = cllm
-    return out
+    name: str  # method/checkpoint
+    path: str
+    request: dict = field(default_factory=dict)  # extra request keys (a Jacobi window)
 
 
-def params(prompt, **extra):
-    return {"prompt": prompt, "temperature": 0.0, "max_new_tokens": MAX_NEW, "echo": False, **extra}
+def write_checkpoints(folder: str) -> tuple[str, list[Case], list[dict]]:
+    """The tiny base, one case per tiny checkpoint of every method with a writer, and a failure
+    for each method that has a writer but no tiny checkpoint."""
+    tok = tiny.build_tokenizer(os.path.join(folder, "tok"))
+    base_dir = tiny.build_llama(os.path.join(folder, "vicuna-tiny"), tok)
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval().requires_grad_(False)
+    cases, missing = [], []
+    for method in METHODS.values():
+        if method.writer is None:
+            continue
+        if not tiny.TINY_CHECKPOINTS.get(method.name):
+            missing.append({"method": method.name, "error": "no tiny checkpoint in tests/tiny.py: TINY_CHECKPOINTS"})
+        for checkpoint in tiny.TINY_CHECKPOINTS.get(method.name, []):
+            # "-vicuna-": FastChat picks the base's adapter and template by this folder name, as for
+            # the base (a bare name could fall back to matching the whole path: /tmp/tmpt... is "mpt").
+            out = os.path.join(folder, f"{method.name}-vicuna-{checkpoint.name}")
+            checkpoint.write(method.write_checkpoint, out, base_dir, base)
+            cases.append(Case(f"{method.name}/{checkpoint.name}", out, dict(checkpoint.request)))
+    return base_dir, cases, missing
 
 
-def together(stream, model, tok, requests):
+def params(prompt: str, **extra) -> dict:
+    return tiny.greedy(prompt, MAX_NEW, **extra)
+
+
+def together(stream, model, tok, requests: list[dict], device: str) -> list[str]:
+    """Each request's text, all of them sent to the engine loop at the same moment from their own threads."""
     results = [None] * len(requests)
     barrier = threading.Barrier(len(requests))
 
     def run(i):
         barrier.wait()
-        results[i] = list(stream(model, tok, requests[i], DEVICE, CONTEXT))[-1]["text"]
+        results[i] = list(stream(model, tok, requests[i], device, tiny.CONTEXT))[-1]["text"]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -86,34 +95,70 @@ def together(stream, model, tok, requests):
     return results
 
 
-def check(name, path, base_dir, dtype, prompts, method=None):
-    base, btok = load_model(base_dir, device=DEVICE, dtype=dtype)
-    reference = [list(fastchat_stream(base, btok, params(p), DEVICE, CONTEXT))[-1]["text"] for p in prompts]
-    model, tok = load_model(path, device=DEVICE, dtype=dtype)
-    stream = get_generate_stream_function(model, path)
-    if method == "ar":
-        from fastchat_spec.bench.run import run_engine
+def fastchat_texts(base_dir: str, prompts: list[str], device: str, dtype) -> list[str]:
+    """FastChat's own greedy text on the plain base: the reference for every method."""
+    base, tok = load_model(base_dir, device=device, dtype=dtype)
+    return [list(fastchat_stream(base, tok, params(p), device, tiny.CONTEXT))[-1]["text"] for p in prompts]
 
-        alone = [tok.decode(run_engine(model, tok(p).input_ids, MAX_NEW, 0.0, tok.eos_token_id, method="ar").text_ids,
-                            skip_special_tokens=True) for p in prompts]
-        return {"method": name, "dtype": str(dtype), "alone_vs_fastchat": _rate(alone, reference)}
-    alone = [list(stream(model, tok, params(p), DEVICE, CONTEXT))[-1]["text"] for p in prompts]
-    batch = together(stream, model, tok, [params(p) for p in prompts])
-    mixed_requests = [params(p) for p in prompts[:8]] + [params(p, temperature=0.8) for p in prompts[8:16]]
-    mixed = together(stream, model, tok, mixed_requests)[:8]
-    loop = engine_for(model, CONTEXT)
+
+def check_case(case: Case, prompts: list[str], reference: list[str], device: str, dtype) -> dict:
+    model, tok = load_model(case.path, device=device, dtype=dtype)
+    stream = get_generate_stream_function(model, case.path)
+    lasts = [list(stream(model, tok, params(p, **case.request), device, tiny.CONTEXT))[-1] for p in prompts]
+    alone = [last["text"] for last in lasts]
+    batch = together(stream, model, tok, [params(p, **case.request) for p in prompts], device)
+    half = CLIENTS // 2
+    mixed_requests = ([params(p, **case.request) for p in prompts[:half]]
+                      + [params(p, temperature=0.8, **case.request) for p in prompts[half:]])
+    mixed = together(stream, model, tok, mixed_requests, device)[:half]
     return {
-        "method": name, "dtype": str(dtype),
+        "method": case.name, "dtype": str(dtype),
+        "tokens_per_step": round(sum(x["spec"]["tokens"] for x in lasts) / sum(x["spec"]["steps"] for x in lasts), 2),
         "alone_vs_fastchat": _rate(alone, reference),
         "batched16_vs_alone": _rate(batch, alone),
         "batched16_vs_fastchat": _rate(batch, reference),
-        "greedy_next_to_sampled_vs_alone": _rate(mixed, alone[:8]),
-        "loop": loop.status(),
+        "greedy_next_to_sampled_vs_alone": _rate(mixed, alone[:half]),
+        "loop": engine_for(model, tiny.CONTEXT).status(),
     }
 
 
-def _rate(a, b):
+def check_engine_method(method: str, case: Case, prompts: list[str], reference: list[str], device: str,
+                        dtype) -> dict:
+    """A method with no checkpoint of its own (``ar``): our engine decodes with it on ``case``'s model."""
+    from fastchat_spec.bench.run import run_engine
+
+    model, tok = load_model(case.path, device=device, dtype=dtype)
+    runs = [run_engine(model, tok(p).input_ids, MAX_NEW, 0.0, tok.eos_token_id, method=method) for p in prompts]
+    alone = [tok.decode(run.text_ids, skip_special_tokens=True) for run in runs]
+    return {"method": f"{method} (on {case.name})", "dtype": str(dtype), "alone_vs_fastchat": _rate(alone, reference)}
+
+
+def _rate(a: list, b: list) -> float:
     return sum(x == y for x, y in zip(a, b)) / len(b)
+
+
+def reported(name: str, dtype, check) -> dict:
+    """``check()``'s result, or its error: every method is reported before the script fails."""
+    try:
+        result = check()
+    except Exception as error:  # noqa: BLE001 - report every method, then fail
+        result = {"method": name, "dtype": str(dtype), "error": repr(error)}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def check_all(base_dir: str, cases: list[Case], device: str) -> list[dict]:
+    """Every case, then every method without a checkpoint of its own, in float32 and in bfloat16."""
+    results = []
+    prompts = [" ".join(tiny.corpus(3, seed=i)) for i in range(CLIENTS)]
+    for dtype in (torch.float32, torch.bfloat16):
+        reference = fastchat_texts(base_dir, prompts, device, dtype)
+        for case in cases:
+            results.append(reported(case.name, dtype, partial(check_case, case, prompts, reference, device, dtype)))
+        for method in (m.name for m in METHODS.values() if m.writer is None):
+            results.append(reported(method, dtype, partial(check_engine_method, method, cases[0], prompts, reference,
+                                                           device, dtype)))
+    return results
 
 
 def main():
@@ -121,28 +166,17 @@ def main():
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only smoke-tests this script")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
-    d = tempfile.mkdtemp()
-    paths = checkpoints(d)
-    prompts = [" ".join(tiny.corpus(3, seed=i)) for i in range(16)]
-    results = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for name in ("medusa", "hydra", "hydra++", "chimera", "chimera-published", "cllm"):
-            try:
-                r = check(name, paths[name], paths["base"], dtype, prompts)
-            except Exception as error:  # noqa: BLE001 - report every method, then fail
-                r = {"method": name, "dtype": str(dtype), "error": repr(error)}
-            print(json.dumps(r), flush=True)
-            results.append(r)
-        r = check("ar", paths["medusa"], paths["base"], dtype, prompts, method="ar")
-        print(json.dumps(r), flush=True)
-        results.append(r)
+    device = args.device
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
+        base_dir, cases, missing = write_checkpoints(folder)
+        results = check_all(base_dir, cases, device)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE, "results": results}, f, indent=2)
-    fp32 = [r for r in results if r["dtype"] == "torch.float32"]
-    bad = [r for r in fp32 if "error" in r or any(v != 1.0 for k, v in r.items() if k.endswith(("fastchat", "alone")))]
+            json.dump({"device": torch.cuda.get_device_name(0) if device == "cuda" else device,
+                       "results": missing + results}, f, indent=2)
+    exact = [r for r in results if r["dtype"] == "torch.float32"]
+    bad = missing + [r for r in exact if "error" in r
+                     or any(v != 1.0 for k, v in r.items() if k.endswith(("fastchat", "alone")))]
     print("float32: every method exact alone and batched" if not bad else f"float32 FAILURES: {bad}")
     sys.exit(1 if bad else 0)
 

@@ -20,8 +20,9 @@ def main():
     p.add_argument("--max-new-tokens", type=int, default=96)
     args = p.parse_args()
     fastchat_spec.register()
-    from fastchat.model.model_adapter import get_conversation_template, get_generate_stream_function, load_model
+    from fastchat.model.model_adapter import get_generate_stream_function, load_model
 
+    from fastchat_spec.conversation import conversation_template
     from fastchat_spec.train.data import heldout_first_turns
 
     path = fastchat_spec.default_model_path()
@@ -29,7 +30,7 @@ def main():
     stream = get_generate_stream_function(model, path)
     steps = tokens = 0
     for turn in heldout_first_turns(args.prompts):
-        conv = get_conversation_template(path)
+        conv = conversation_template(path)
         conv.append_message(conv.roles[0], turn)
         conv.append_message(conv.roles[1], None)
         params = {"prompt": conv.get_prompt(), "temperature": 0.0, "max_new_tokens": args.max_new_tokens,

@@ -6,9 +6,15 @@ process group with its output in a log file; ``stop`` kills the group, so no
 process outlives the test that started it. When a server fails to come up,
 the error carries the tail of its log.
 
-Typical use, in a module-scoped fixture::
+Typical use, one stack for a test module, whose logs are printed after a test that failed::
 
-    with FastChatServers(ckpt, None, log_dir) as servers:  # None: checkout_env()
+    @pytest.fixture(scope="module")
+    def servers(medusa_dir, tmp_path_factory):
+        yield from module_servers(tmp_path_factory, medusa_dir, model_name="medusa")
+
+    print_server_logs_on_failure = logs_on_failure("servers")
+
+    def test_chat(servers):
         local_session().post(servers.api_url + "/v1/chat/completions", json=...)
 
 ``ManagedProcess`` runs any other server the same way (the Gradio web server).
@@ -25,9 +31,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import pytest
 import requests
 
 START_TIMEOUT = 180.0  # seconds; a worker loads torch + a model on 2 shared cores
@@ -372,3 +379,30 @@ class FastChatServers:
                          timeout=timeout) as r:
             r.raise_for_status()
             return [json.loads(chunk.decode()) for chunk in r.iter_lines(delimiter=b"\0") if chunk]
+
+
+# --------------------------------------------------------------------------- fixtures of the test modules
+def module_servers(tmp_path_factory, model_path: str, env: dict | None = None,
+                   **options) -> Iterator[FastChatServers]:
+    """The body of a module-scoped fixture (``yield from module_servers(...)``): one started stack for
+    ``model_path`` (``env`` and ``options`` as ``FastChatServers`` takes them), stopped after the module."""
+    log_dir = str(tmp_path_factory.mktemp("server_logs"))
+    with FastChatServers(model_path, env, log_dir, **options) as servers:
+        yield servers
+
+
+def logs_on_failure(servers_fixture: str):
+    """An autouse fixture for a test module (``print_server_logs_on_failure = logs_on_failure("servers")``):
+    after a failed test that used fixture ``servers_fixture``, the logs of its servers are printed."""
+
+    @pytest.fixture(autouse=True)
+    def print_server_logs_on_failure(request):
+        if servers_fixture not in request.fixturenames:  # tests without servers do not start them
+            yield
+            return
+        servers = request.getfixturevalue(servers_fixture)
+        failures = request.session.testsfailed
+        yield
+        servers.print_logs_if_failed(request, failures)
+
+    return print_server_logs_on_failure

@@ -14,17 +14,12 @@ import pytest
 from fastchat.model.model_adapter import get_generate_stream_function, load_model
 
 from fastchat_spec.generate.loop import engine_for, loops_of
+from tests.servers import logs_on_failure, module_servers
+from tests.tiny import CONTEXT
+from tests.tiny import PROMPTS as TINY_PROMPTS
 
-CONTEXT = 1024
-PROMPTS = [
-    "The cat runs over the house.", "Why is the river fast?", "Write a poem about fire.",
-    "Explain python code.", "What is a token?", "Hello world, how are you?", "List three birds.",
-    "The dog jumps into the water because", "Thank you! Can you explain the model?",
-    "Where is the stone tree?", "One two three", "Please write a story about a computer.",
-    "How could the bird fly under the river?", "Speed token fast answer", "Who was the model?",
-    "Tell me about the house and the tree.",
-]
 LENGTHS = [8, 40, 16, 64, 24, 48, 12, 56, 32, 20, 60, 4, 44, 28, 36, 52]  # mixed max_new_tokens
+PROMPTS = TINY_PROMPTS[:len(LENGTHS)]  # one request per length
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +123,10 @@ SERVED = "medusa-vicuna-tiny"
 
 @pytest.fixture(scope="module")
 def servers(medusa_dir, tmp_path_factory):
-    from tests.servers import FastChatServers
+    yield from module_servers(tmp_path_factory, medusa_dir, model_name=SERVED, limit_worker_concurrency=16)
 
-    log_dir = str(tmp_path_factory.mktemp("batching_logs"))
-    with FastChatServers(medusa_dir, None, log_dir, model_name=SERVED, limit_worker_concurrency=16) as stack:
-        yield stack
+
+print_server_logs_on_failure = logs_on_failure("servers")
 
 
 def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(servers):

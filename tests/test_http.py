@@ -16,7 +16,7 @@ import pytest
 import requests
 from fastchat.model.model_adapter import get_conversation_template
 
-from tests.servers import FastChatServers, local_session
+from tests.servers import local_session, logs_on_failure, module_servers
 
 MODEL = "medusa-vicuna-tiny"
 MAX_TOKENS = 32
@@ -28,16 +28,10 @@ http = local_session()
 
 @pytest.fixture(scope="module")
 def servers(medusa_dir, tmp_path_factory):
-    log_dir = str(tmp_path_factory.mktemp("http_logs"))
-    with FastChatServers(medusa_dir, None, log_dir, model_name=MODEL, limit_worker_concurrency=5) as stack:
-        yield stack
+    yield from module_servers(tmp_path_factory, medusa_dir, model_name=MODEL, limit_worker_concurrency=5)
 
 
-@pytest.fixture(autouse=True)
-def _server_logs_on_failure(request, servers):
-    failures = request.session.testsfailed
-    yield
-    servers.print_logs_if_failed(request, failures)
+print_server_logs_on_failure = logs_on_failure("servers")
 
 
 def chat_prompt(medusa_dir: str, question: str):

@@ -17,7 +17,7 @@ import pytest
 
 import fastchat_spec
 from fastchat_spec.bench import load
-from tests.servers import FastChatServers
+from tests.servers import logs_on_failure, module_servers
 
 MODEL = "medusa-nano"
 CLIENTS = 8
@@ -33,17 +33,11 @@ RSS_GROWTH_MB = 200
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    log_dir = str(tmp_path_factory.mktemp("load_logs"))
-    with FastChatServers(fastchat_spec.default_model_path(), None, log_dir, model_name=MODEL,
-                         limit_worker_concurrency=CLIENTS) as stack:
-        yield stack
+    yield from module_servers(tmp_path_factory, fastchat_spec.default_model_path(), model_name=MODEL,
+                              limit_worker_concurrency=CLIENTS)
 
 
-@pytest.fixture(autouse=True)
-def _server_logs_on_failure(request, servers):
-    failures = request.session.testsfailed
-    yield
-    servers.print_logs_if_failed(request, failures)
+print_server_logs_on_failure = logs_on_failure("servers")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ answer (failed, empty, garbled, mismatched counts).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -35,6 +34,7 @@ from fastchat_spec.bench.load import (
     CONTEXT_OVERFLOW,
     Reference,
     Reply,
+    api_parser,
     build_plan,
     generated_tokens,
     parse_int_list,
@@ -51,11 +51,7 @@ class APIError(RuntimeError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench.api", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--api-base", required=True,
-                   help="the OpenAI API server's base URL, e.g. http://127.0.0.1:8000/v1 "
-                        "(python -m fastchat.serve.openai_api_server)")
+    p = api_parser("fastchat_spec.bench.api", __doc__)
     p.add_argument("--models", required=True,
                    help="comma list of model names as /v1/models lists them; the first is compared with each "
                         "other one (e.g. spec,stock)")

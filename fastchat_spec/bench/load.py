@@ -473,12 +473,18 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench.load", description=__doc__,
+def api_parser(module: str, description: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m MODULE``, a client of FastChat's OpenAI API server: its --api-base."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--api-base", required=True,
-                   help="the OpenAI API server's base URL on this machine, e.g. http://127.0.0.1:8000/v1 "
+                   help="the OpenAI API server's base URL, e.g. http://127.0.0.1:8000/v1 "
                         "(python -m fastchat.serve.openai_api_server --host 127.0.0.1 --port 8000)")
+    return p
+
+
+def parse_args(argv=None):
+    p = api_parser("fastchat_spec.bench.load", __doc__)
     p.add_argument("--model", help="model name as /v1/models lists it (default: the only one listed)")
     p.add_argument("--num-requests", type=int, default=128, help="requests per concurrency level (default 128)")
     p.add_argument("--concurrency", default="8", type=lambda s: parse_int_list(s, "--concurrency"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from fastchat_spec.conversation import conversation_template
+
 
 @dataclass
 class Prompt:
@@ -22,11 +24,9 @@ def load_turns(prompts_file: str | None, limit: int) -> list[tuple[list, str]]:
 
 def load_prompts(model_path: str, prompts_file: str | None, limit: int) -> list[Prompt]:
     """The first turns in the model's conversation template, ready to tokenize."""
-    from fastchat.model.model_adapter import get_conversation_template
-
     out = []
     for turns, category in load_turns(prompts_file, limit):
-        conv = get_conversation_template(model_path)
+        conv = conversation_template(model_path)
         conv.append_message(conv.roles[0], turns[0])
         conv.append_message(conv.roles[1], None)
         out.append(Prompt(conv.get_prompt(), category))

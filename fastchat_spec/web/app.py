@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import gradio as gr
 
@@ -93,18 +94,33 @@ def close_ui(demo: Optional[gr.Blocks]) -> None:
     demo.close(verbose=False)
 
 
-def serve(args, log: Callable[[str], None] = print) -> None:
-    """Serve the UI until Ctrl-C, SIGTERM or SIGHUP."""
+@contextmanager
+def serving_until_stopped(on_stop: Callable[[str], None]) -> Iterator[None]:
+    """The with-block starts what is served; leaving it blocks until Ctrl-C, SIGTERM or SIGHUP.
+
+    A stop that arrives while the block still runs (a slow start) ends it the
+    same way, without a traceback. ``on_stop`` gets the signal's name. After
+    the block, further stop signals are only noted, so that the caller's
+    clean-up cannot be cut short halfway and leave servers running.
+    """
     stop_on_signals()
-    demo = None
     try:
-        demo = start_ui(args)
-        log(f"fastchat-spec web UI: open {ui_url(args)} in a browser (Ctrl-C stops it)")
+        yield
         wait_for_stop()
     except StopRequested as stop:
-        log(f"fastchat-spec web UI: {stop.signal_name} received, closing")
+        on_stop(stop.signal_name)
     finally:
         ignore_stop_signals()
+
+
+def serve(args, log: Callable[[str], None] = print) -> None:
+    """Serve the UI until Ctrl-C, SIGTERM or SIGHUP."""
+    demo = None
+    try:
+        with serving_until_stopped(lambda signal_name: log(f"fastchat-spec web UI: {signal_name} received, closing")):
+            demo = start_ui(args)
+            log(f"fastchat-spec web UI: open {ui_url(args)} in a browser (Ctrl-C stops it)")
+    finally:
         close_ui(demo)
         if demo is not None:
             log("fastchat-spec web UI: stopped")

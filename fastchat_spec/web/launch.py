@@ -32,10 +32,8 @@ import requests
 
 import fastchat_spec
 from fastchat_spec.web.app import build_parser as ui_parser
-from fastchat_spec.web.app import close_ui, start_ui, ui_url
-from fastchat_spec.web.stopping import (
-    StopRequested, exit_after, ignore_stop_signals, stop_on_signals, wait_for_stop,
-)
+from fastchat_spec.web.app import close_ui, serving_until_stopped, start_ui, ui_url
+from fastchat_spec.web.stopping import exit_after
 
 INTERNAL_HOST = "127.0.0.1"  # the controller and the worker never listen beyond this machine
 STOP_GRACE_S = 5.0  # after SIGTERM, then SIGKILL
@@ -291,25 +289,23 @@ def main(argv=None) -> None:
 
     children: list[Child] = []
     ui = None
-    stop_on_signals()  # before the first child: a stop at any moment from here on stops what was started
     try:
-        children.append(Child("controller", commands["controller"], env, log_dir))
-        wait_until(lambda: requests.get(controller_url + "/test_connection", timeout=2).ok, children[-1],
-                   f"controller starting on {controller_url}", 120)
-        children.append(Child("model_worker", commands["model_worker"], env, log_dir))
-        wait_until(lambda: name in requests.post(controller_url + "/list_models", timeout=2).json()["models"],
-                   children[-1], f"model worker loading {name} on {device}", args.startup_timeout)
-        problem = warm_up(worker_url)
-        if problem:
-            log(f"warning: {problem}; see {children[-1].log_path}")
-        ui_options = ui_args(args, name)
-        ui = start_ui(ui_options)
-        log(f"\nfastchat-spec is ready: open {ui_url(ui_options)} in a browser (Ctrl-C stops everything)\n")
-        wait_for_stop()
-    except StopRequested as stop:
-        log(f"fastchat-spec: {stop.signal_name} received: stopping the web UI, the model worker and the controller")
+        # Signals are caught before the first child starts: a stop at any moment stops what was started.
+        with serving_until_stopped(lambda signal_name: log(
+                f"fastchat-spec: {signal_name} received: stopping the web UI, the model worker and the controller")):
+            children.append(Child("controller", commands["controller"], env, log_dir))
+            wait_until(lambda: requests.get(controller_url + "/test_connection", timeout=2).ok, children[-1],
+                       f"controller starting on {controller_url}", 120)
+            children.append(Child("model_worker", commands["model_worker"], env, log_dir))
+            wait_until(lambda: name in requests.post(controller_url + "/list_models", timeout=2).json()["models"],
+                       children[-1], f"model worker loading {name} on {device}", args.startup_timeout)
+            problem = warm_up(worker_url)
+            if problem:
+                log(f"warning: {problem}; see {children[-1].log_path}")
+            ui_options = ui_args(args, name)
+            ui = start_ui(ui_options)
+            log(f"\nfastchat-spec is ready: open {ui_url(ui_options)} in a browser (Ctrl-C stops everything)\n")
     finally:
-        ignore_stop_signals()  # from here on a Ctrl-C must not cut the clean-up short
         stop_everything(ui, children, log)
         log("fastchat-spec: stopped the web UI, the model worker and the controller")
 
