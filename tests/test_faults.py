@@ -23,7 +23,7 @@ import pytest
 import requests
 
 import fastchat_spec
-from fastchat_spec.bench.load import Reply, chat_payload, send_chat, session_for
+from fastchat_spec.bench.client import Reply, chat_payload, send_chat, session_for
 from tests.servers import checkout_env, logs_on_failure, module_servers, port_is_free, worker_status
 
 MODEL = "medusa-nano"

@@ -30,18 +30,8 @@ import os
 import statistics
 import sys
 
-from fastchat_spec.bench.load import (
-    CONTEXT_OVERFLOW,
-    Reference,
-    Reply,
-    api_parser,
-    build_plan,
-    generated_tokens,
-    parse_int_list,
-    run_level,
-    send_chat,
-    session_for,
-)
+from fastchat_spec.bench.client import Reply, generated_tokens, send_chat, session_for
+from fastchat_spec.bench.load import CONTEXT_OVERFLOW, Reference, api_parser, build_plan, parse_int_list, run_level
 
 
 class APIError(RuntimeError):
