@@ -21,6 +21,7 @@ scheduler's state and stay together; the request side is ``tickets.py``.)
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -110,6 +111,7 @@ class EngineLoop:
         self._pool = None
         self._captured: list[BatchStep] = []
         self._warm = False
+        self._stopping = threading.Event()
         if self.batched:
             tree = cls.build(model, self.device, {}).tree  # proposers allocate their caches on first use
             # Room for the longest request, its tree, and a padded accepted path written past its end.
@@ -179,7 +181,7 @@ class EngineLoop:
             log.exception("graph capture failed; batched steps run without graphs")
             self.graphs = False
             self._fail_all(error)
-        while True:
+        while not self._stopping.is_set():
             try:
                 busy = self.busy_slots() or self.waiting
                 block = not busy
@@ -199,18 +201,29 @@ class EngineLoop:
             except Exception as error:  # noqa: BLE001 - every request in flight gets the error; the loop goes on
                 log.exception("engine loop step failed")
                 self._fail_all(error)
+        self._fail_all(RuntimeError("fastchat-spec: the process is exiting"))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the loop thread (at interpreter exit: a thread that owns the device must not be killed mid-step)."""
+        self._stopping.set()
+        self.inbox.put(None)  # wakes an idle loop at once
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _take_inbox(self, block: bool, timeout: float) -> bool:
         try:
             ticket = self.inbox.get(block=block, timeout=timeout if block else None)
         except queue.Empty:
             return False
-        self.waiting.append(ticket)
+        tickets = [ticket]
         while True:
             try:
-                self.waiting.append(self.inbox.get_nowait())
+                tickets.append(self.inbox.get_nowait())
             except queue.Empty:
-                return True
+                break
+        self.waiting.extend(t for t in tickets if t is not None)  # None: stop() waking the loop
+        return bool(self.waiting)
 
     def _drop_cancelled(self) -> None:
         for slot, row in list(self.rows.items()):
@@ -410,6 +423,15 @@ def default_slots() -> int:
         except ValueError:
             raise ValueError(f"{MAX_BATCH_ENV} must be an integer, got {env!r}") from None
     return _SLOTS["default"] or DEFAULT_SLOTS
+
+
+@atexit.register
+def _stop_all_loops() -> None:
+    """Loop threads are daemons; stop them before the interpreter tears torch down under them."""
+    with _LOOPS_LOCK:
+        loops = [loop for by_method in _LOOPS.values() for loop in by_method.values()]
+    for loop in loops:
+        loop.stop()
 
 
 def loops_of(model) -> list[EngineLoop]:
