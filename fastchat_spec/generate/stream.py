@@ -106,6 +106,7 @@ class IncrementalText:
                                      clean_up_tokenization_spaces=True)
 
     def extend(self, new_ids: list[int]) -> None:
+        checked = len(self.text)  # text already searched for stop strings
         self.ids.extend(i for i in new_ids if i not in self.special)
         if len(self.ids) > self.read:
             after = self._decode(self.ids[self.prefix :])
@@ -116,20 +117,22 @@ class IncrementalText:
                 if self.read - self.prefix > self.MAX_WINDOW:
                     self.prefix = self.read - self.CONTEXT
                     self.window_text = self._decode(self.ids[self.prefix :])
-        self._find_stop()
+        self._find_stop(checked)
 
-    def _find_stop(self) -> None:
+    def _find_stop(self, checked: int) -> None:
+        """Stop strings in the new text only (with the overlap a stop can span): O(new text) per step."""
         from fastchat.utils import is_partial_stop
 
         self.partial = False
         self.shown = self.text
         for stop in self.request.stop_strings:
-            pos = self.text.find(stop, self.search_from)
+            pos = self.text.find(stop, max(self.search_from, checked - len(stop) + 1))
             if pos != -1:
                 self.hit_stop = True
                 self.shown = self.text[:pos]
                 return
-            self.partial = self.partial or is_partial_stop(self.text, stop)
+            # Only the last len(stop) characters can start a stop string cut at the end of the text.
+            self.partial = self.partial or is_partial_stop(self.text[-len(stop):], stop)
 
     def can_yield(self) -> bool:
         """Yield only text that extends what was yielded (clients compute deltas)."""
