@@ -22,8 +22,10 @@ Adding a method ``foo`` takes new files and one line:
    ``(out_dir, drafter, base_model_name_or_path, tree=None, extra_config=None,
    safetensors=True)``).
 3. ``fastchat_spec/generate/proposers/foo.py``: ``FooProposer(Proposer)``
-   (``build``, ``observe``, ``propose``; with ``device_state = True``,
-   ``for_slots`` and ``advance``, the batched greedy step runs it on the device).
+   (``build``, ``propose``, and ``observe``, which learns from each
+   ``Committed`` event; ``tree_for`` if its tree is not the checkpoint's; with
+   ``device_state = True``, an in-place ``observe`` with static shapes and
+   optionally ``for_slots``, the batched greedy step runs it on the device).
 4. ``fastchat_spec/train/foo.py``: its trainer, run as ``python -m fastchat_spec.train.foo``.
 5. One ``Method(...)`` line in ``METHODS`` below; its position is its place in
    the adapters' matching order.

@@ -16,7 +16,7 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 
 from fastchat_spec.adapters.chimera import write_chimera_checkpoint
 from fastchat_spec.generate.engine import Generation
-from fastchat_spec.generate.proposers.base import Commit
+from fastchat_spec.generate.proposers.base import Committed
 from fastchat_spec.generate.proposers.chimera import ChimeraProposer
 from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import Tree, chain
@@ -141,10 +141,11 @@ def test_drafts_equal_teacher_forced_heads(base_model, tree, head_arch):
         for committed in (1, 2, 7, 12):
             proposer = ChimeraProposer(drafter, base_model, tree, torch.device("cpu"), capacity=64)
             cut = max(1, committed // 2)  # two commits: the cache is advanced twice
-            proposer.observe(Commit(ids[:cut], hidden[:cut], 0, int(ids[cut]), None, None))
+            proposer.observe(Committed.prompt(ids[:cut], hidden[:cut], None))
             if committed > cut:
-                proposer.observe(Commit(ids[cut:committed], hidden[cut:committed], cut, int(ids[committed]),
-                                        None, None))
+                rows = torch.arange(committed - cut)
+                proposer.observe(Committed(hidden[cut:committed], rows, rows[-1:], ids[cut:committed],
+                                           torch.tensor(cut)))
             tokens = torch.cat([ids[committed:committed + 1], proposer.propose(ids[committed])])
             for node, path in enumerate(tree.paths, start=1):
                 nodes = tree.path_nodes[node][: len(path) + 1].tolist()  # root .. node

@@ -8,7 +8,8 @@ first+b`` of the engine loop's slots it
 2. verifies all trees in one forward of the base, each row at its own
    positions in its own KV slot (``generate/slots.py``),
 3. accepts, per row, the deepest path whose drafts equal the base's argmax,
-4. commits that path's KV entries and advances the proposer state,
+4. commits that path's KV entries and updates the proposer state (one
+   ``Committed`` event, its path padded to the tree's depth + 1),
 
 and leaves what the host needs (accepted depth, the path's tokens, the bonus
 token) in one small tensor per row. Rows without an active request run too
@@ -22,7 +23,7 @@ import os
 import torch
 
 from fastchat_spec.generate.accept import greedy_nodes
-from fastchat_spec.generate.proposers.base import Accepted, SlotProposers
+from fastchat_spec.generate.proposers.base import Committed, SlotProposers
 from fastchat_spec.generate.slots import SlotStore, commit_rows, rows_mask
 from fastchat_spec.generate.verify import compute_dtype, forward_rows
 
@@ -98,6 +99,6 @@ class BatchStep:
         depth = tree.depth[node]
         bonus = target.gather(1, node.unsqueeze(1))
         state.report[rows] = torch.cat([depth.unsqueeze(1), kept, bonus], dim=1)
-        self.proposers.advance(rows, Accepted(out.hidden, node, path, kept, depth, starts))
+        self.proposers.observe(rows, Committed(out.hidden, path, depth, kept, starts, out.logits))
         starts.add_((depth + 1) * active)
         roots.copy_(torch.where(active, bonus[:, 0], roots))

@@ -19,7 +19,7 @@ import torch
 from fastchat_spec.generate import accept
 from fastchat_spec.generate.cuda_graphs import borrow_runner, pool_for
 from fastchat_spec.generate.kv_cache import commit_path, new_cache
-from fastchat_spec.generate.proposers import Commit, proposer_class
+from fastchat_spec.generate.proposers import Committed, proposer_class
 from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
 from fastchat_spec.generate.verify import base_forward, causal_visibility
 from fastchat_spec.spec_model import SpecModel
@@ -120,7 +120,7 @@ class Generation:
             first = torch.multinomial(torch.softmax(scores, dim=-1), 1)[0]
         self.cur = p
         self.root = int(first)
-        self.proposer.observe(Commit(tokens, out.hidden, 0, self.root, out.logits, positions))
+        self.proposer.observe(Committed.prompt(tokens, out.hidden, out.logits))
         self.clock.lap("accept")
         self.stats.steps += 1
         self.stats.tokens += 1
@@ -146,7 +146,8 @@ class Generation:
         kept_tokens = tokens[kept]
         self.ids[self.cur : self.cur + len(decision.tokens)] = kept_tokens
         bonus = decision.tokens[-1]
-        self.proposer.observe(Commit(kept_tokens, out.hidden[kept], self.cur, bonus, out.logits, kept))
+        depth = tree.depth[decision.node : decision.node + 1]  # (1,) accepted drafts, read on the device
+        self.proposer.observe(Committed(out.hidden, kept, depth, kept_tokens, start, out.logits))
         self.clock.lap("accept")
         self.cur += len(decision.tokens)
         self.root = bonus

@@ -38,11 +38,12 @@ from fastchat.constants import ErrorCode
 from fastchat_spec.generate.batch_step import BatchStep, SlotState, supports_device_step
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
 from fastchat_spec.generate.engine import Generation
-from fastchat_spec.generate.proposers import Commit, proposer_class
+from fastchat_spec.generate.prefill import SlotPrefill
+from fastchat_spec.generate.proposers import Committed, proposer_class
 from fastchat_spec.generate.request import RequestError
-from fastchat_spec.generate.slots import SlotStore, rows_mask
+from fastchat_spec.generate.slots import SlotStore
 from fastchat_spec.generate.tickets import Job, Ticket
-from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
+from fastchat_spec.generate.verify import compute_dtype
 
 log = logging.getLogger("fastchat_spec.loop")
 
@@ -80,11 +81,14 @@ class LoopStats:
     rows: int = 0  # sum over batched steps of the rows that held a request
     max_rows: int = 0  # most requests that shared one batched step
     seconds: float = 0.0  # wall time of batched steps, one host read each
+    prefill_seconds: float = 0.0  # wall time of prefills (admissions), batched or host-stepped
+    host_seconds: float = 0.0  # wall time of host steps (sampling, repetition penalty, Jacobi)
     admitted: int = 0
     refused: int = 0
 
     def as_dict(self) -> dict:
         return {"steps": self.steps, "rows": self.rows, "max_rows": self.max_rows, "seconds": self.seconds,
+                "prefill_seconds": self.prefill_seconds, "host_seconds": self.host_seconds,
                 "admitted": self.admitted, "refused": self.refused}
 
 
@@ -113,7 +117,7 @@ class EngineLoop:
         self._warm = False
         self._stopping = threading.Event()
         if self.batched:
-            tree = cls.build(model, self.device, {}).tree  # proposers allocate their caches on first use
+            tree = cls.tree_for(model)
             # Room for the longest request, its tree, and a padded accepted path written past its end.
             self.capacity = _round_up(context_len + tree.num_nodes + tree.max_depth + 2, 64)
             self.store = self._allocate_slots(model.dtype)
@@ -122,6 +126,7 @@ class EngineLoop:
             self.state = SlotState(self.slots, self.tree.max_depth, self.device)
             self.decoder = compiled_decoder(self.base)
             self.dtype = compute_dtype(self.base)
+            self.prefill = SlotPrefill(self.base, self.store, self.device, self.decoder)
 
     def _allocate_slots(self, dtype) -> SlotStore:
         """KV rows for every slot; with too little device memory, fewer slots (the rest of a burst waits)."""
@@ -141,6 +146,8 @@ class EngineLoop:
             self.inbox.put(ticket)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="fastchat-spec-engine", daemon=True)
+                with _LOOPS_LOCK:
+                    _STARTED.add(self)
                 self._thread.start()
         return ticket
 
@@ -170,6 +177,7 @@ class EngineLoop:
         with torch.inference_mode():
             for first, count, length in self._all_shapes():
                 self._steps[(first, count, length)] = self._capture(first, count, length)
+            self.prefill.capture_all(self._pool)
         self._warm = True
 
     # -- the loop thread ------------------------------------------------------
@@ -243,9 +251,11 @@ class EngineLoop:
                 self._refuse_overflow()
                 return
             ticket = self.waiting.popleft()
+            t0 = time.perf_counter()
             try:
                 self._start(ticket)
                 self.stats.admitted += 1
+                self.stats.prefill_seconds += time.perf_counter() - t0
             except Exception as error:  # noqa: BLE001 - this request fails, the others go on
                 log.warning("request failed at prefill: %s", error)
                 ticket.finish(error)
@@ -278,18 +288,11 @@ class EngineLoop:
             raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({job.max_new_tokens}) do not fit "
                              f"the model's context of {self.context_len} tokens")
         slot = min(set(range(self.slots)) - set(self.rows))
-        tokens = torch.tensor(job.prompt_ids, dtype=torch.long, device=self.device).view(1, p)
-        positions = torch.arange(p, device=self.device).view(1, p)
-        length = _round_up(p, 64)
-        cache = self.store.rows(slot, 1, length, positions)
-        mask = rows_mask(torch.zeros(1, dtype=torch.long, device=self.device),
-                         causal_visibility(p, self.device), length, self.dtype)
-        out = forward_rows(self.base, cache, tokens, positions, mask, positions[0])
-        first = int(out.logits[0, -1].argmax())
-        self.proposers.reset(slot, Commit(tokens[0], out.hidden[0], 0, first, out.logits[0], positions[0]))
-        self.state.occupy(slot, p, first)
+        done = self.prefill(slot, job.prompt_ids)
+        self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
+        self.state.occupy(slot, p, done.first)
         row = self.rows[slot] = _Row(ticket, slot, cached=p)
-        self._emit(row, [first], prefill=True)
+        self._emit(row, [done.first], prefill=True)
 
     def _step_rows(self) -> None:
         if not self.rows:
@@ -316,6 +319,7 @@ class EngineLoop:
             self._emit(row, tokens)
 
     def _step_host_rows(self) -> None:
+        t0 = time.perf_counter()
         for row in list(self.host_rows):
             try:
                 self._emit(row, row.generation.step())
@@ -323,6 +327,7 @@ class EngineLoop:
                 log.warning("host step failed: %s", error)
                 self._free_host(row)
                 row.ticket.finish(error)
+        self.stats.host_seconds += time.perf_counter() - t0
 
     def _emit(self, row, tokens: list[int], prefill: bool = False) -> None:
         """Hand a step's tokens to the request; end it at max_new_tokens or a stop token id."""
@@ -407,6 +412,10 @@ def _round_up(n: int, multiple: int) -> int:
 
 _LOOPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOOPS_LOCK = threading.Lock()
+# Loops whose thread was started, found at exit even when their model is gone: FastChat's CLI drops
+# the model (the key of _LOOPS) when its chat loop returns, while the thread may still be in a step.
+# The running thread holds its loop, so a weak set loses a loop only once its thread has ended.
+_STARTED: "weakref.WeakSet[EngineLoop]" = weakref.WeakSet()
 _SLOTS = {"default": None}
 
 
@@ -427,9 +436,15 @@ def default_slots() -> int:
 
 @atexit.register
 def _stop_all_loops() -> None:
-    """Loop threads are daemons; stop them before the interpreter tears torch down under them."""
+    """Loop threads are daemons; stop them before the interpreter tears torch down under them.
+
+    A daemon thread still inside a torch op when finalization begins is ended by
+    Python as it takes the GIL back (``pthread_exit``), and that unwinding through
+    torch's C++ frames aborts the process ("terminate called without an active
+    exception", exit status 134).
+    """
     with _LOOPS_LOCK:
-        loops = [loop for by_method in _LOOPS.values() for loop in by_method.values()]
+        loops = list(_STARTED)
     for loop in loops:
         loop.stop()
 

@@ -60,10 +60,11 @@ def base_forward(base, cache, tokens: torch.Tensor, positions: torch.Tensor, sta
 
 
 def forward_rows(base, cache, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                 cache_position: torch.Tensor, decoder=None) -> ForwardOut:
+                 cache_position: torch.Tensor, decoder=None, logits_at: torch.Tensor | None = None) -> ForwardOut:
     """The base over a batch of blocks: tokens and positions (b, T), a 4D mask (b, 1, T, L).
 
-    Returns batched ``ForwardOut`` fields: logits (b, T, V), hidden (b, T, H).
+    Returns batched ``ForwardOut`` fields: logits (b, T, V), hidden (b, T, H);
+    with ``logits_at`` (K,), logits only at those block positions (b, K, V).
     ``cache_position`` is what the cache layers are told; slot caches write by
     their own per-row positions instead (``generate/slots.py``).
     """
@@ -76,4 +77,5 @@ def forward_rows(base, cache, tokens: torch.Tensor, positions: torch.Tensor, mas
         use_cache=True,
     )
     hidden = out.last_hidden_state
-    return ForwardOut(logits=base.get_output_embeddings()(hidden).float(), hidden=hidden)
+    picked = hidden if logits_at is None else hidden[:, logits_at]
+    return ForwardOut(logits=base.get_output_embeddings()(picked).float(), hidden=hidden)

@@ -1,5 +1,5 @@
 """One proposer per method; ``proposer_class`` maps a method name to its class (``fastchat_spec/methods.py``)."""
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
+from fastchat_spec.generate.proposers.base import Committed, Proposer
 
 
 def proposer_class(method: str):
@@ -8,4 +8,4 @@ def proposer_class(method: str):
     return registered(method).proposer_class
 
 
-__all__ = ["Accepted", "Commit", "Proposer", "proposer_class"]
+__all__ = ["Committed", "Proposer", "proposer_class"]

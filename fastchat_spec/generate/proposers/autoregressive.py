@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, SlotProposers
+from fastchat_spec.generate.proposers.base import Committed, Proposer, SlotProposers
 from fastchat_spec.generate.tree import Tree
 
 
@@ -20,13 +20,14 @@ class AutoregressiveProposer(Proposer):
         self.empty = torch.zeros(0, dtype=torch.long, device=device)
 
     @classmethod
+    def tree_for(cls, model, options=None):
+        return Tree.from_paths([])
+
+    @classmethod
     def build(cls, model, device, options):
         return cls(device)
 
-    def observe(self, commit: Commit) -> None:
-        pass
-
-    def advance(self, accepted: Accepted) -> None:
+    def observe(self, event: Committed) -> None:
         pass
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
@@ -44,11 +45,11 @@ class NoDrafts(SlotProposers):
         self.tree = proposer.tree
         self.empty = proposer.empty
 
-    def reset(self, slot: int, commit: Commit) -> None:
+    def reset(self, slot: int, event: Committed) -> None:
         pass
 
     def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
         return self.empty.view(1, 0).expand(roots.shape[0], 0)
 
-    def advance(self, rows: slice, accepted: Accepted) -> None:
+    def observe(self, rows: slice, event: Committed) -> None:
         pass

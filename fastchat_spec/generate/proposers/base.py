@@ -1,9 +1,11 @@
 """The proposer interface: what every method plugs into the engine.
 
 A proposer fills the draft tree hanging below the root (the last committed
-token) and learns from each commit. It owns all its per-generation state (a
-last hidden state, a draft KV cache, a Jacobi window): the model objects it
-reads weights from are never written to.
+token) and learns from each commit through one event, ``Committed``, which
+every driver builds the same way: the prefill, the host-driven step
+(``generate/engine.py``) and the batched device step (``generate/batch_step.py``).
+It owns all its per-generation state (a last hidden state, a draft KV cache,
+a Jacobi window): the model objects it reads weights from are never written to.
 """
 from __future__ import annotations
 
@@ -13,42 +15,54 @@ from dataclasses import dataclass
 import torch
 
 from fastchat_spec.generate.tree import Tree, default_tree
+from fastchat_spec.generate.verify import causal_visibility, compute_dtype
 
 
 @dataclass
-class Commit:
-    """What the base model has just committed to its KV cache."""
+class Committed:
+    """What the base has just committed to its KV cache, out of one forward over rows 0..T-1.
 
-    tokens: torch.Tensor  # (k,) token ids now in the cache, in order
-    hidden: torch.Tensor  # (k, H) base last hidden states at those positions
-    start: int  # position of tokens[0]
-    next_token: int  # the token chosen after them (the next root; not in the cache yet)
-    logits: torch.Tensor  # (T, V) raw logits of the whole forward that produced this commit
-    nodes: torch.Tensor  # (k,) rows of ``logits`` that were committed
+    The rows are the prompt's positions (prefill) or the tree's nodes (a step).
+    ``path`` lists the committed rows in order; a device step pads it to the
+    tree's depth + 1 with its last entry, so ``path[-1]`` is always the last
+    committed row and the shapes stay static. A batched step's event has one
+    leading row per slot on every field (``row`` takes one out).
+    """
 
+    hidden: torch.Tensor  # (T, H) base last hidden states at every row of the forward
+    path: torch.Tensor  # (P,) committed rows in order, padded with the last one (P >= depth + 1)
+    depth: torch.Tensor  # (1,) committed rows minus one: the tokens of path[: depth + 1] are now in the cache
+    tokens: torch.Tensor  # (P,) the tokens at ``path`` (padded alike)
+    start: torch.Tensor  # () position of path[0]'s token
+    logits: torch.Tensor | None = None  # (T, V) raw logits of the forward (Jacobi reads them)
 
-@dataclass
-class Accepted:
-    """What a device step accepted, as static-shape device tensors (see ``generate/batch_step.py``)."""
+    @classmethod
+    def prompt(cls, tokens: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor | None) -> "Committed":
+        """The prefill's event: all p prompt tokens committed at positions 0..p-1."""
+        p, device = tokens.numel(), tokens.device
+        return cls(hidden, torch.arange(p, device=device), torch.full((1,), p - 1, dtype=torch.long, device=device),
+                   tokens, torch.zeros((), dtype=torch.long, device=device), logits)
 
-    hidden: torch.Tensor  # (N, H) base last hidden states at every tree node
-    node: torch.Tensor  # (1,) deepest accepted node
-    path: torch.Tensor  # (D+1,) nodes from the root to ``node``, padded with ``node``
-    tokens: torch.Tensor  # (D+1,) their tokens (the root first); the first depth+1 are now in the cache
-    depth: torch.Tensor  # (1,) accepted drafts; depth + 1 tokens were committed at positions start..
-    start: torch.Tensor  # () position of the root (tokens in the cache before this step)
+    def row(self, i: int) -> "Committed":
+        """Row ``i`` of a batched step's event, as one request's."""
+        return Committed(self.hidden[i], self.path[i], self.depth[i : i + 1], self.tokens[i], self.start[i],
+                         None if self.logits is None else self.logits[i])
 
-    def row(self, i: int) -> "Accepted":
-        """Row ``i`` of a batched step's ``Accepted`` (fields with a leading batch dim), as one request's."""
-        return Accepted(self.hidden[i], self.node[i : i + 1], self.path[i], self.tokens[i],
-                        self.depth[i : i + 1], self.start[i])
+    def last_hidden(self) -> torch.Tensor:
+        """The base's hidden state at the last committed row: (1, H), batched (b, 1, H)."""
+        return torch.take_along_dim(self.hidden, self.path[..., -1:, None], dim=-2)
 
 
 class Proposer(ABC):
     tree: Tree  # on the engine's device
-    # True when the state lives in tensors updated in place by ``observe`` and ``advance``, so the
-    # whole greedy step can run on the device (``generate/batch_step.py``).
+    # True when ``observe`` updates tensors in place, with static shapes for a padded path and no
+    # host reads, so the whole greedy step can run on the device (``generate/batch_step.py``).
     device_state: bool = False
+
+    @classmethod
+    def tree_for(cls, model, options: dict | None = None) -> Tree:
+        """The tree this method drafts for ``model`` (on the CPU), without building a proposer."""
+        return model_tree(model)
 
     @classmethod
     @abstractmethod
@@ -56,17 +70,16 @@ class Proposer(ABC):
         """A fresh proposer for one generation of ``model`` (a ``SpecModel``)."""
 
     @abstractmethod
-    def observe(self, commit: Commit) -> None:
-        """Update per-generation state after the prompt or a step was committed."""
+    def observe(self, event: Committed) -> None:
+        """Update per-generation state after the prompt or a step was committed.
+
+        With ``device_state`` this runs inside the batched step's CUDA graph:
+        in place, no host reads, and no shape that depends on the event's values.
+        """
 
     @abstractmethod
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         """Token ids (N-1,) for tree nodes 1..N-1, given the root token (0-d tensor)."""
-
-    def advance(self, accepted: Accepted) -> None:
-        """Device-step proposers: a step's path was accepted and committed; update the state in place
-        (static shapes, no host reads: this runs inside the step's CUDA graph)."""
-        raise NotImplementedError
 
     @classmethod
     def for_slots(cls, model, device: torch.device, slots: int, capacity: int) -> "SlotProposers":
@@ -79,27 +92,27 @@ class Proposer(ABC):
 
 
 class SlotProposers(ABC):
-    """Device-step proposer state for all slots of an engine loop, drafted and advanced row-batched.
+    """Device-step proposer state for all slots of an engine loop, drafted and updated row-batched.
 
     ``rows`` is the slice of slots a batched step covers; tensors passed in and
     returned have one leading row per slot of it. Rows that hold no request
-    are drafted and advanced too (static shapes); their state is reset when a
+    are drafted and updated too (static shapes); their state is reset when a
     request takes the slot.
     """
 
     tree: Tree
 
     @abstractmethod
-    def reset(self, slot: int, commit: Commit) -> None:
-        """A request's prompt was committed in ``slot``."""
+    def reset(self, slot: int, event: Committed) -> None:
+        """A request's prompt was committed in ``slot`` (``Committed.prompt``)."""
 
     @abstractmethod
     def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
         """(b, N-1) draft tokens for tree nodes 1..N-1 below each row's root (b,)."""
 
     @abstractmethod
-    def advance(self, rows: slice, accepted: Accepted) -> None:
-        """A batched step accepted ``accepted`` (batched fields) for ``rows``."""
+    def observe(self, rows: slice, event: Committed) -> None:
+        """A batched step committed ``event`` (one leading row per slot of ``rows``)."""
 
 
 class EachSlot(SlotProposers):
@@ -109,22 +122,39 @@ class EachSlot(SlotProposers):
         self.proposers = proposers
         self.tree = proposers[0].tree
 
-    def reset(self, slot: int, commit: Commit) -> None:
-        self.proposers[slot].observe(commit)
+    def reset(self, slot: int, event: Committed) -> None:
+        self.proposers[slot].observe(event)
 
     def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.proposers[slot].propose(roots[i])
                             for i, slot in enumerate(range(rows.start, rows.stop))])
 
-    def advance(self, rows: slice, accepted: Accepted) -> None:
+    def observe(self, rows: slice, event: Committed) -> None:
         for i, slot in enumerate(range(rows.start, rows.stop)):
-            self.proposers[slot].advance(accepted.row(i))
+            self.proposers[slot].observe(event.row(i))
+
+
+class PathLayout:
+    """Offsets from ``start`` and causal visibility for k committed rows, for a draft cache's own forward.
+
+    Those for a device step's padded path (the tree's depth + 1) are made
+    once, so the captured step allocates nothing; other lengths (a prompt, a
+    host step's unpadded path) are made on the fly.
+    """
+
+    def __init__(self, tree: Tree, device: torch.device):
+        self.device = device
+        padded = tree.max_depth + 1
+        self.padded = (torch.arange(padded, device=device), causal_visibility(padded, device))
+
+    def __call__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if k == self.padded[0].numel():
+            return self.padded
+        return torch.arange(k, device=self.device), causal_visibility(k, self.device)
 
 
 def last_hidden_buffer(base, device) -> torch.Tensor:
-    """(1, H) zeros for the base's last hidden state, which ``observe``/``advance`` overwrite in place."""
-    from fastchat_spec.generate.verify import compute_dtype
-
+    """(1, H) zeros for the base's last hidden state, which ``observe`` overwrites in place."""
     return torch.zeros(1, base.config.hidden_size, dtype=compute_dtype(base), device=device)
 
 

@@ -21,10 +21,10 @@ import torch
 
 from fastchat_spec.generate.kv_cache import capacity as cache_capacity
 from fastchat_spec.generate.kv_cache import new_cache
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
+from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer
 from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree, state_capacity
 from fastchat_spec.generate.tree import Tree
-from fastchat_spec.generate.verify import attention_mask, causal_visibility
+from fastchat_spec.generate.verify import attention_mask
 from fastchat_spec.heads.chimera import PAD_ID
 
 
@@ -44,38 +44,32 @@ class ChimeraProposer(Proposer):
         self.length = torch.zeros((), dtype=torch.long, device=device)  # positions in the encoder cache
         self.last_tokens = torch.full((2,), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
         self.hidden = last_hidden_buffer(base, device)  # base hidden state at the last committed position
-        self.path_offsets = torch.arange(tree.max_depth + 1, device=device)
-        self.path_visibility = causal_visibility(tree.max_depth + 1, device)
+        self.layout = PathLayout(tree, device)
         self.last_two = torch.tensor([1, 2], device=device)
 
     @classmethod
-    def build(cls, model, device, options):
+    def tree_for(cls, model, options=None):
         tree = model_tree(model)
         if tree.max_depth > model.drafter.num_heads:
             raise ValueError(f"the tree is {tree.max_depth} deep but the checkpoint has "
                              f"{model.drafter.num_heads} Chimera heads")
-        tree = tree.to(device)
+        return tree
+
+    @classmethod
+    def build(cls, model, device, options):
+        tree = cls.tree_for(model, options).to(device)
         return cls(model.drafter, model.base, tree, device, state_capacity(options, tree))
 
     # -- learning from commits -------------------------------------------------
-    def observe(self, commit: Commit) -> None:
-        k = commit.tokens.numel()
-        start = torch.tensor(commit.start, device=self.device)
-        self._encode_committed(commit.hidden, start, torch.arange(k, device=self.device),
-                               causal_visibility(k, self.device))
-        self.last_tokens.copy_(torch.cat([self.last_tokens, commit.tokens.to(self.device)])[-2:])
-        self.hidden.copy_(commit.hidden[-1:])
-        self.length.fill_(commit.start + k)
-
-    def advance(self, accepted: Accepted) -> None:
-        # The whole padded path (static shape): entries past the accepted depth land beyond the new
-        # end of the encoder cache, masked until overwritten, as in the base's cache.
-        self._encode_committed(accepted.hidden.index_select(0, accepted.path), accepted.start, self.path_offsets,
-                               self.path_visibility)
-        recent = torch.cat([self.last_tokens, accepted.tokens])  # the last two of the first depth + 3
-        self.last_tokens.copy_(recent.index_select(0, accepted.depth + self.last_two))
-        self.hidden.copy_(accepted.hidden.index_select(0, accepted.node))
-        self.length.copy_(accepted.start + accepted.depth[0] + 1)
+    def observe(self, event: Committed) -> None:
+        # Every committed row; a padded path's entries past ``depth`` land beyond the new end of the
+        # encoder cache, masked until overwritten, as in the base's cache.
+        offsets, visible = self.layout(event.path.numel())
+        self._encode_committed(event.hidden.index_select(0, event.path), event.start, offsets, visible)
+        recent = torch.cat([self.last_tokens, event.tokens])  # the last two of the first depth + 3
+        self.last_tokens.copy_(recent.index_select(0, event.depth + self.last_two))
+        self.hidden.copy_(event.last_hidden())
+        self.length.copy_(event.start + event.depth[0] + 1)
 
     def _encode_committed(self, hidden, start: torch.Tensor, offsets: torch.Tensor, visible) -> None:
         """Write the encoder's keys/values for committed hidden states (k, H) at positions start + offsets."""

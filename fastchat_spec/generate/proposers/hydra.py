@@ -7,7 +7,7 @@ embeddings of the tokens on that node's path from the root. A child of rank r
 takes its parent's r-th most likely token.
 
 Per-generation state lives here, never on the modules: the last feature and,
-for Hydra++, the prefix layer's own KV cache, which ``observe`` advances over
+for Hydra++, the prefix layer's own KV cache, which ``observe`` extends over
 every newly committed hidden state.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from fastchat_spec.generate.kv_cache import capacity, new_cache
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer
-from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree, state_capacity
+from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer
+from fastchat_spec.generate.proposers.base import last_hidden_buffer, state_capacity
 from fastchat_spec.generate.tree import Tree
-from fastchat_spec.generate.verify import attention_mask, causal_visibility
+from fastchat_spec.generate.verify import attention_mask
 
 
 
@@ -69,29 +69,22 @@ class HydraProposer(Proposer):
         self.feature = last_hidden_buffer(base, tree.parent.device)  # the heads' input at the last position
         self.capacity = capacity  # positions of the Hydra++ prefix cache, for the whole request
         self._prefix_cache = None  # allocated on first use, never moved (a captured step reads it)
-        self.path_offsets = torch.arange(tree.max_depth + 1, device=tree.parent.device)
-        self.path_visibility = causal_visibility(tree.max_depth + 1, tree.parent.device)
+        self.layout = PathLayout(tree, tree.parent.device)
 
     @classmethod
     def build(cls, model, device, options):
-        tree = model_tree(model).to(device)
+        tree = cls.tree_for(model, options).to(device)
         return cls(model.drafter, model.base, tree, state_capacity(options, tree))
 
-    def observe(self, commit: Commit) -> None:
-        hidden = commit.hidden
-        if self.heads.has_prefix:
-            hidden = self._advance_prefix(hidden, commit.start)
-        self.feature.copy_(hidden[-1:])
-
-    def advance(self, accepted: Accepted) -> None:
+    def observe(self, event: Committed) -> None:
         if not self.heads.has_prefix:
-            self.feature.copy_(accepted.hidden.index_select(0, accepted.node))
+            self.feature.copy_(event.last_hidden())
             return
-        # The prefix layer over the whole padded path (static shape); entries past the accepted
-        # depth land beyond the new end of its cache, where they stay masked until overwritten.
-        path_hidden = accepted.hidden.index_select(0, accepted.path)
-        out = self._prefix_forward(path_hidden, accepted.start, self.path_offsets, self.path_visibility)
-        self.feature.copy_(out.index_select(0, accepted.depth))
+        # The prefix layer over every committed row; a padded path's entries past ``depth`` land
+        # beyond the new end of its cache, where they stay masked until overwritten.
+        offsets, visible = self.layout(event.path.numel())
+        out = self._prefix_forward(event.hidden.index_select(0, event.path), event.start, offsets, visible)
+        self.feature.copy_(out.index_select(0, event.depth))
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         tokens = torch.empty(self.tree.num_nodes, dtype=torch.long, device=root.device)
@@ -108,13 +101,6 @@ class HydraProposer(Proposer):
         return tokens[1:]
 
     # -- Hydra++ prefix layer ----------------------------------------------
-    def _advance_prefix(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        """Run the prefix layer over committed hidden states (k, H) at positions start..start+k-1."""
-        k = hidden.shape[0]
-        device = hidden.device
-        begin = torch.tensor(start, device=device)
-        return self._prefix_forward(hidden, begin, torch.arange(k, device=device), causal_visibility(k, device))
-
     def _prefix_forward(self, hidden, begin: torch.Tensor, offsets: torch.Tensor, visible) -> torch.Tensor:
         """The prefix layer over ``hidden`` (k, H) at positions begin + offsets, writing its cache there."""
         k = hidden.shape[0]

@@ -13,19 +13,19 @@ guesses equal to the predictions before them are the converged prefix and are
 committed (greedy: exactly autoregressive greedy decoding; sampling: lossless
 rejection sampling with point-mass drafts), with only their KV entries kept.
 
-The Jacobi update is ``observe``: the predictions of that same forward at the
-rows after the accepted prefix become the next window's guesses, so no extra
-forward is spent. A step that accepts ``a`` guesses leaves only ``n-1-a``
-predictions for the new window; the ``a`` missing guesses at its end are
-filled with tokens drawn from the prompt, as CLLM initialises its windows (and
-as its training trajectories start), from a pool fixed at prefill so a step
-needs no host round trip.
+The Jacobi update is ``observe``: the predictions of that same forward (the
+event's logits) at the rows after the accepted prefix become the next window's
+guesses, so no extra forward is spent. A step that accepts ``a`` guesses
+leaves only ``n-1-a`` predictions for the new window; the ``a`` missing
+guesses at its end are filled with tokens drawn from the prompt, as CLLM
+initialises its windows (and as its training trajectories start), from a pool
+fixed at prefill so a step needs no host round trip.
 """
 from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Commit, Proposer
+from fastchat_spec.generate.proposers.base import Committed, Proposer
 from fastchat_spec.generate.tree import chain
 
 OPTION = "n_token_seq_length"  # FastChat main's request key for the window length
@@ -41,23 +41,27 @@ class JacobiProposer(Proposer):
         self.device = device
         self.guess = None  # (n-1,) guesses for the positions after the next root
         self.fill = None  # (n-1,) prompt tokens for the tail of a window
+        self.offsets = torch.arange(window - 1, device=device)
+
+    @classmethod
+    def tree_for(cls, model, options=None):
+        return chain(window_length(model, options or {}) - 1)
 
     @classmethod
     def build(cls, model, device, options):
         return cls(window_length(model, options), device)
 
-    def observe(self, commit: Commit) -> None:
-        width = self.window - 1
-        if self.fill is None:  # the prefill: ``commit.tokens`` is the prompt
-            self.fill = prompt_filler(commit.tokens, width)
+    def observe(self, event: Committed) -> None:
+        if self.fill is None:  # the prefill: ``event.tokens`` is the prompt
+            self.fill = prompt_filler(event.tokens, self.window - 1)
             self.guess = self.fill
             return
         # Row i of the forward predicts the position after node i. The root and
-        # the accepted guesses are rows 0..a; row a chose the next root, so rows
-        # a+1..n-1 predict the positions after it: the Jacobi update.
-        accepted = commit.nodes.numel() - 1
-        update = commit.logits[accepted + 1 :].argmax(dim=-1)
-        self.guess = torch.cat([update, self.fill[: width - update.numel()]])
+        # the accepted guesses are rows 0..a (a = depth); row a chose the next
+        # root, so rows a+1..n-1 predict the positions after it: the Jacobi
+        # update. After those n-1-a predictions come the first a filler tokens.
+        predictions = torch.cat([event.logits.argmax(dim=-1), self.fill])  # (n + n-1,)
+        self.guess = predictions.index_select(0, event.depth + 1 + self.offsets)
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         return self.guess

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Accepted, Commit, Proposer, SlotProposers
-from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree
+from fastchat_spec.generate.proposers.base import Committed, Proposer, SlotProposers
+from fastchat_spec.generate.proposers.base import last_hidden_buffer
 from fastchat_spec.generate.tree import Tree
 
 
@@ -22,13 +22,10 @@ class MedusaProposer(Proposer):
 
     @classmethod
     def build(cls, model, device, options):
-        return cls(model.drafter, model.base, model_tree(model).to(device))
+        return cls(model.drafter, model.base, cls.tree_for(model, options).to(device))
 
-    def observe(self, commit: Commit) -> None:
-        self.hidden.copy_(commit.hidden[-1:])
-
-    def advance(self, accepted: Accepted) -> None:
-        self.hidden.copy_(accepted.hidden.index_select(0, accepted.node))
+    def observe(self, event: Committed) -> None:
+        self.hidden.copy_(event.last_hidden())
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         return self.draft(self.hidden)[0]
@@ -52,14 +49,12 @@ class MedusaSlots(SlotProposers):
         self.tree = proposer.tree
         self.hidden = proposer.hidden.new_zeros(slots, proposer.hidden.shape[1])
 
-    def reset(self, slot: int, commit: Commit) -> None:
-        self.hidden[slot].copy_(commit.hidden[-1])
+    def reset(self, slot: int, event: Committed) -> None:
+        self.hidden[slot].copy_(event.last_hidden()[0])
 
     def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
         return self.proposer.draft(self.hidden[rows])
 
-    def advance(self, rows: slice, accepted: Accepted) -> None:
-        b = accepted.node.shape[0]
-        picked = accepted.hidden[torch.arange(b, device=accepted.node.device), accepted.node]  # (b, H)
-        self.hidden[rows].copy_(picked)
+    def observe(self, rows: slice, event: Committed) -> None:
+        self.hidden[rows].copy_(event.last_hidden()[:, 0])
 

@@ -1,0 +1,131 @@
+"""A request's prompt forward into its KV slot: graphed per prompt-length bucket on CUDA.
+
+The engine loop admits a request by running the base over its prompt. Run
+eagerly, Hugging Face's forward launches a few hundred kernels from Python,
+and on a small model that launch cost (milliseconds) stalls every other
+request's next step. On CUDA the loop therefore captures one graph per prompt
+length bucket at warm-up (``bucket_lengths``): the prompt is padded to its
+bucket, run into a one-row scratch cache, and the scratch is copied into the
+request's slot, all inside the graph (the slot is an index tensor, so one graph
+serves every slot). Padding sits after the prompt, where causal attention keeps
+it out of the prompt's rows; its cache entries lie past the request's length,
+which every later step masks until it overwrites them.
+
+Only the last prompt position's logits are computed: they give the first token.
+Without graphs (CPU, ``FASTCHAT_SPEC_CUDA_GRAPHS=0``) the prompt runs at its
+exact length straight into its slot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastchat_spec.generate.cuda_graphs import capture
+from fastchat_spec.generate.kv_cache import _kv_shape
+from fastchat_spec.generate.slots import RowsLayer, SlotStore, rows_mask
+from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
+
+from transformers.cache_utils import Cache
+
+
+@dataclass
+class Prefilled:
+    tokens: torch.Tensor  # (p,) the prompt's ids on the device
+    hidden: torch.Tensor  # (p, H) the base's last hidden states over the prompt
+    first: int  # the greedy token after the prompt
+
+
+def bucket_lengths(capacity: int) -> list[int]:
+    """Padded prompt lengths with a graph each: every 64 up to 256, then about x1.5 (padding <= 50%)."""
+    sizes, n = [], 64
+    while n < capacity:
+        sizes.append(n)
+        n = n + 64 if n < 256 else _round_up(n * 3 // 2, 64)
+    return sizes + [capacity]
+
+
+class SlotPrefill:
+    """Prefill of one prompt into a slot of ``store``; graphs per length bucket once ``capture_all`` ran."""
+
+    def __init__(self, base, store: SlotStore, device, decoder=None):
+        self.base, self.store, self.device, self.decoder = base, store, device, decoder
+        self.dtype = compute_dtype(base)
+        self._graphs: dict[int, _GraphedPrefill] = {}
+
+    def capture_all(self, pool) -> None:
+        """One graph per bucket (call only while no slot holds a request: warm-up runs write slot 0)."""
+        scratch = _Scratch(self.base.config, self.store.capacity, self.device, self.store.keys[0].dtype)
+        for length in bucket_lengths(self.store.capacity):
+            self._graphs[length] = _GraphedPrefill(self, scratch, length, pool)
+
+    def __call__(self, slot: int, prompt_ids: list[int]) -> Prefilled:
+        p = len(prompt_ids)
+        tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
+        graph = next((g for length, g in sorted(self._graphs.items()) if length >= p), None)
+        if graph is not None:
+            hidden, first = graph(slot, tokens)
+        else:
+            hidden, first = self._eager(slot, tokens)
+        return Prefilled(tokens, hidden, int(first))
+
+    def _eager(self, slot: int, tokens: torch.Tensor):
+        p = tokens.numel()
+        positions = torch.arange(p, device=self.device).view(1, p)
+        length = _round_up(p, 64)
+        cache = self.store.rows(slot, 1, length, positions)
+        mask = rows_mask(torch.zeros(1, dtype=torch.long, device=self.device),
+                         causal_visibility(p, self.device), length, self.dtype)
+        out = forward_rows(self.base, cache, tokens.view(1, p), positions, mask, positions[0],
+                           logits_at=torch.full((1,), p - 1, device=self.device))
+        return out.hidden[0], out.logits[0, 0].argmax()
+
+
+class _Scratch:
+    """One row of KV for every layer, as long as a slot: where graphed prefills write first."""
+
+    def __init__(self, config, capacity: int, device, dtype):
+        num_layers, kv_heads, head_dim = _kv_shape(config)
+        shape = (1, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+
+
+class _GraphedPrefill:
+    """The prefill of prompts up to ``length`` tokens, captured once, replayed for any slot."""
+
+    def __init__(self, prefill: SlotPrefill, scratch: _Scratch, length: int, pool):
+        device = prefill.device
+        self.length = length
+        self.tokens = torch.zeros(1, length, dtype=torch.long, device=device)
+        self.last = torch.zeros(1, dtype=torch.long, device=device)  # position of the prompt's last token
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        positions = torch.arange(length, device=device).view(1, length)
+        mask = rows_mask(torch.zeros(1, dtype=torch.long, device=device), causal_visibility(length, device),
+                         length, prefill.dtype)
+        cache = Cache(layers=[RowsLayer(k[:, :, :length], v[:, :, :length], positions)
+                              for k, v in zip(scratch.keys, scratch.values)])
+        store = prefill.store
+
+        def run():
+            out = forward_rows(prefill.base, cache, self.tokens, positions, mask, positions[0], prefill.decoder,
+                               logits_at=self.last)
+            for layer, (k, v) in zip(cache.layers, zip(store.keys, store.values)):
+                k[:, :, :length].index_copy_(0, self.slot, layer.keys)
+                v[:, :, :length].index_copy_(0, self.slot, layer.values)
+            return out.hidden[0], out.logits[0, 0].argmax()
+
+        self.replay, (self.hidden, self.first) = capture(run, device, pool=pool)
+
+    def __call__(self, slot: int, tokens: torch.Tensor):
+        p = tokens.numel()
+        self.tokens[0, :p].copy_(tokens)
+        self.tokens[0, p:].zero_()
+        self.last.fill_(p - 1)
+        self.slot.fill_(slot)
+        self.replay()
+        return self.hidden[:p], self.first
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
