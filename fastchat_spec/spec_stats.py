@@ -23,6 +23,14 @@ class SpecStats:
         if not prefill:
             self.accepted.append(emitted - 1)
 
+    def first_steps(self, n: int) -> "SpecStats":
+        """The stats of the first ``n`` steps only (the prefill, when recorded, is the first)."""
+        if n >= self.steps:
+            return self
+        prefills = min(n, self.steps - len(self.accepted))  # one token each
+        accepted = self.accepted[: n - prefills]
+        return SpecStats(n, prefills + sum(accepted) + len(accepted), accepted)
+
     @classmethod
     def one_token_steps(cls, completion_tokens: int) -> "SpecStats":
         """What plain decoding reports: the prefill's token, then one token per step."""

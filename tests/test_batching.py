@@ -165,3 +165,22 @@ def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa
     together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])])
     assert [t["text"] for t in together] == [a["text"] for a in alone]
     assert engine_for(model, CONTEXT).invariant
+
+
+def test_a_reader_that_falls_behind_gets_the_same_answer_and_stats(medusa):
+    """A slow client reads many steps at once: fewer chunks, same text, usage and ``spec`` as a prompt reader."""
+    model, tok, stream = medusa
+    whole = run_alone(medusa, PROMPTS[1], 48)["text"]
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]  # a stop string mid-answer (it may land mid-step)
+    request = params(PROMPTS[1], 48, stop=stop)
+    prompt_reader = list(stream(model, tok, dict(request), "cpu", CONTEXT))
+    slow = stream(model, tok, dict(request), "cpu", CONTEXT)
+    loop = engine_for(model, CONTEXT)
+    first = next(slow)  # the request is in the loop; let it finish before reading on
+    while loop.busy_slots():
+        threading.Event().wait(0.05)
+    slow_reader = [first, *slow]
+    assert prompt_reader[-1]["finish_reason"] == "stop"
+    assert len(slow_reader) <= 2 < len(prompt_reader)
+    for key in ("text", "usage", "finish_reason", "spec"):
+        assert slow_reader[-1][key] == prompt_reader[-1][key], key

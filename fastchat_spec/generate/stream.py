@@ -30,35 +30,35 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
     ticket = loop.submit(Job(request.prompt_ids, request.max_new_tokens, request.sampling,
                              request.stop_token_ids, request.acceptance, request.options))
     try:
-        yield from _stream(ticket.steps(loop.alive), tokenizer, request, max(1, int(stream_interval)))
+        yield from _stream(ticket.batches(loop.alive), tokenizer, request, max(1, int(stream_interval)))
     finally:
         ticket.cancel()  # a finished request is already out; a client gone frees its slot
 
 
-def _stream(steps, tokenizer, request: Request, stream_interval: int):
+def _stream(batches, tokenizer, request: Request, stream_interval: int):
+    """FastChat's chunks from the loop's steps, read a batch at a time (what arrived since the last read)."""
     prompt_len = len(request.prompt_ids)
     text = IncrementalText(tokenizer, request)
     stats = SpecStats()
+    starts: list[int] = []  # where each step's tokens begin in ``generated``
     generated: list[int] = []
     finish_reason = None
     counted = 0  # tokens that count as completion tokens
     last_yield_at = 0
-    for step in steps:
-        stats.record(len(step.tokens), step.prefill)
+    for batch in batches:
         before = len(generated)
-        for token in step.tokens:
-            generated.append(token)
-            if token in request.stop_token_ids:
-                finish_reason = "stop"
-                break
-            counted += 1
-            if counted >= request.max_new_tokens:
-                finish_reason = "length"
+        for step in batch:
+            starts.append(len(generated))
+            stats.record(len(step.tokens), step.prefill)
+            counted, finish_reason = _take(step.tokens, generated, counted, request)
+            if finish_reason:
                 break
         text.extend(generated[before:])
         if text.hit_stop:
             finish_reason = "stop"
-            counted = text.tokens_before_stop(generated, before)
+            # The stop may end in ids held back from the text before this batch (split UTF-8).
+            counted = text.tokens_before_stop(generated, max(0, before - text.held))
+            stats = stats.first_steps(sum(1 for start in starts if start <= counted))
         if finish_reason:
             break
         if counted - last_yield_at >= stream_interval and text.can_yield():
@@ -67,6 +67,18 @@ def _stream(steps, tokenizer, request: Request, stream_interval: int):
     if finish_reason is None:  # the loop ended the request first (a stop id it saw, or max_new_tokens)
         finish_reason = "length" if counted >= request.max_new_tokens else "stop"
     yield _chunk(text.final(generated), prompt_len, counted, finish_reason, stats)
+
+
+def _take(tokens: list[int], generated: list[int], counted: int, request: Request):
+    """Append one step's tokens up to a stop id or max_new_tokens: (completion tokens, finish reason or None)."""
+    for token in tokens:
+        generated.append(token)
+        if token in request.stop_token_ids:
+            return counted, "stop"
+        counted += 1
+        if counted >= request.max_new_tokens:
+            return counted, "length"
+    return counted, None
 
 
 class IncrementalText:
@@ -96,6 +108,7 @@ class IncrementalText:
         self.read = len(self.ids)  # ids already turned into ``text``
         self.window_text = self._decode(self.ids[self.prefix :])  # decode(ids[prefix:read])
         self.hit_stop = False
+        self.held = 0
         self.partial = False
         self.shown = ""  # the text as the client has it
         self.last_yielded = ""
@@ -107,6 +120,7 @@ class IncrementalText:
 
     def extend(self, new_ids: list[int]) -> None:
         checked = len(self.text)  # text already searched for stop strings
+        self.held = len(self.ids) - self.read  # earlier ids not yet in ``text`` (a character split across ids)
         self.ids.extend(i for i in new_ids if i not in self.special)
         if len(self.ids) > self.read:
             after = self._decode(self.ids[self.prefix :])

@@ -56,6 +56,16 @@ class Ticket:
 
     def steps(self, alive, poll_s: float = 1.0):
         """Yield ``Emitted`` until the loop finishes the request; raise what failed it."""
+        for batch in self.batches(alive, poll_s):
+            yield from batch
+
+    def batches(self, alive, poll_s: float = 1.0):
+        """Yield lists of ``Emitted``: every step the loop has handed over since the last list.
+
+        A reader that falls behind the loop (many requests, a slow client) gets
+        the steps it missed in one list, so it detokenises and yields once for
+        all of them instead of once per step.
+        """
         while True:
             try:
                 event = self.events.get(timeout=poll_s)
@@ -63,8 +73,16 @@ class Ticket:
                 if not alive():
                     raise RuntimeError("fastchat-spec: the engine loop stopped; retry the request") from None
                 continue
+            batch: list[Emitted] = []
+            while isinstance(event, Emitted):
+                batch.append(event)
+                try:
+                    event = self.events.get_nowait()
+                except queue.Empty:
+                    event = None
+            if batch:
+                yield batch
             if isinstance(event, StopIteration):
                 return
             if isinstance(event, BaseException):
                 raise event
-            yield event
