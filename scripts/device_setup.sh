@@ -1,7 +1,7 @@
 # Sourced at the start of every lent-GPU run: install the carried wheels
 # (transformers 4.x, FastChat and what its worker needs) over the image's torch.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PATH=/tmp/site/bin:$PATH
 # The hook's .pth is not processed from PYTHONPATH: register explicitly via sitecustomize.
 mkdir -p /tmp/sc && echo "import fastchat_spec_hook; fastchat_spec_hook.install()" > /tmp/sc/sitecustomize.py
 export PYTHONPATH=/tmp/sc:$PYTHONPATH

@@ -22,6 +22,9 @@
 #   STOCK_LEVELS [LEVELS]  STOCK_REQUESTS [REQUESTS] for the stock worker (it is slow: fewer saves time)
 #   LIMIT_WORKER_CONCURRENCY [32]  LOAD_ARGS [] extra flags for every bench.load run (e.g. "--max-tokens 64,256")
 #   START_TIMEOUT [900] seconds a server may take to come up; RUN_TIMEOUT [5400] seconds one load run may take
+#   PROFILE_WORKER [] set to 1: py-spy (if installed) samples the spec worker and the API server while they
+#     hold the GIL during the levels run: OUT_DIR/{worker_spec,api}_gil.txt (collapsed stacks) and
+#     OUT_DIR/{worker_spec,api}_gil_top.txt (per thread and per function)
 # Logs: OUT_DIR/logs/ (servers, load runs; FastChat's own log files under OUT_DIR/logs/fastchat/).
 # Every server is stopped at the end, also on an error or Ctrl-C.
 # Exit status: 0 when every request of every run came back right; 1 when any failed, was empty,
@@ -89,7 +92,22 @@ start_api "$API_PORT"
 
 worker spec "$CKPT" "$SPEC_PORT"
 check_decoder "http://127.0.0.1:$SPEC_PORT" spec yes
+SPY_PIDS=()
+if [ -n "${PROFILE_WORKER:-}" ] && command -v py-spy >/dev/null; then
+    for server in worker_spec api; do
+        py-spy record --gil --threads --format raw --rate 200 --pid "${SERVER_PID[$server]}" \
+            --output "$OUT_DIR/${server}_gil.txt" >"$LOGS/py-spy_$server.log" 2>&1 &
+        SPY_PIDS+=($!)
+    done
+fi
 run_load spec_levels spec --concurrency "$LEVELS" --num-requests "$REQUESTS"
+if [ ${#SPY_PIDS[@]} -gt 0 ]; then
+    kill -INT "${SPY_PIDS[@]}" 2>/dev/null || true
+    wait "${SPY_PIDS[@]}" || true
+    for server in worker_spec api; do
+        "$PYTHON" "$ROOT/scripts/pyspy_top.py" "$OUT_DIR/${server}_gil.txt" >"$OUT_DIR/${server}_gil_top.txt" || true
+    done
+fi
 run_load spec_reliability spec --concurrency "$RELIABILITY_CLIENTS" --num-requests "$RELIABILITY_REQUESTS"
 stop_server worker_spec
 

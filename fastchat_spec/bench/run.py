@@ -126,6 +126,9 @@ def run_concurrent(model, prompts: list[list[int]], max_new_tokens: int, tempera
         "tau": statistics.median([(r["tokens"] - 1) / (r["steps"] - 1) for r in runs if r["steps"] > 1] or [1.0]),
         "rows_per_step": (after["rows"] - before["rows"]) / steps if steps else 0.0,
         "ms_per_batched_step": 1000 * (after["seconds"] - before["seconds"]) / steps if steps else 0.0,
+        # Where the loop thread's time went over the wall time: batched steps, prefills, host steps.
+        "loop_split_s": {k: after[f] - before[f] for k, f in
+                         (("steps", "seconds"), ("prefill", "prefill_seconds"), ("host", "host_seconds"))},
         "text_ids": [r["text_ids"] for r in runs],
     }
 
