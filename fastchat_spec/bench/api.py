@@ -31,7 +31,8 @@ import statistics
 import sys
 
 from fastchat_spec.bench.client import Reply, generated_tokens, send_chat, session_for
-from fastchat_spec.bench.load import CONTEXT_OVERFLOW, Reference, api_parser, build_plan, parse_int_list, run_level
+from fastchat_spec.bench.checks import CONTEXT_OVERFLOW, Reference
+from fastchat_spec.bench.load import api_parser, build_plan, parse_int_list, run_level
 
 
 class APIError(RuntimeError):
