@@ -115,6 +115,7 @@ class _GraphedPrefill:
                 v[:, :, :length].index_copy_(0, self.slot, layer.values)
             return out.hidden[0], out.logits[0, 0].argmax()
 
+        self._run = run  # the graph reads the buffers ``run`` holds (positions, mask, cache): they must outlive it
         self.replay, (self.hidden, self.first) = capture(run, device, pool=pool)
 
     def __call__(self, slot: int, tokens: torch.Tensor):
