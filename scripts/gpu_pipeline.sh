@@ -24,14 +24,9 @@ else
   BENCH="--num-prompts ${BENCH_PROMPTS:-20} --max-new-tokens 256 --baselines fastchat,ar --dtype bfloat16"
 fi
 
-stage() {  # stage NAME command...
-  local name=$1; shift
-  echo "=== start $name $(date +%T)" >> "$RUN/stages.log"
-  "$@" > "$RUN/$name.log" 2>&1
-  local rc=$?
-  echo "=== done  $name rc=$rc $(date +%T)" >> "$RUN/stages.log"
-  return $rc
-}
+STAGES_DIR=$RUN
+# shellcheck source=scripts/stages.sh
+. "$(dirname "$0")/stages.sh"
 
 if [ "${PHASE:-all}" != "bench" ]; then  # PHASE=train|bench|all (default all)
   # 1. Data and tokenizer (the split is recomputed with the real tokenizer afterwards).

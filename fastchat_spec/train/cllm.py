@@ -56,6 +56,7 @@ from fastchat_spec.train.arguments import (COMMON_DEFAULTS, ModelArguments, chec
 from fastchat_spec.train.checkpoint import SAVE_DTYPES, without_prefix
 from fastchat_spec.train.cllm_eval import evaluate, heldout_prompts
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, supervised_dataset
+from fastchat_spec.train.domain import DOMAINS
 from fastchat_spec.train.report import save_and_report
 from fastchat_spec.train.trainer import HeadTrainer, load_base
 
@@ -100,6 +101,9 @@ class CllmArguments:
         "help": "Held-out prompts decoded with the Jacobi engine before and after training (0: skip)."})
     eval_jacobi_tokens: int = field(default=128, metadata={
         "help": "Tokens decoded per prompt when measuring Jacobi tokens per step."})
+    eval_domain: str = field(default="all", metadata={
+        "help": "Held-out prompts of this domain only for the Jacobi speed (rules: fastchat_spec/train/domain.py).",
+        "choices": list(DOMAINS)})
 
 
 # --------------------------------------------------------------------------- data
@@ -303,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         heldout = supervised_dataset(tokenizer, data_args.eval_data_path, data_args.model_max_length)
         template = conversation_template(model_args.model_name_or_path)
         prompts = heldout_prompts(read_fastchat_json(data_args.eval_data_path), template,
-                                  cllm_args.eval_jacobi_prompts)
+                                  cllm_args.eval_jacobi_prompts, cllm_args.eval_domain)
     measure = (cllm_args.eval_batch_size, cllm_args.eval_jacobi_tokens)
     before = evaluate(base, tokenizer, heldout, prompts, window, *measure, what="before") if verbose else {}
 

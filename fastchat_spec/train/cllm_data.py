@@ -14,7 +14,8 @@ stops changing. The fixed point equals greedy autoregressive decoding, so the
 windows, concatenated, are the base model's greedy answer. Every intermediate
 window is a point of the trajectory that consistency training maps to the
 fixed point. Decoding stops after an end-of-sequence token or
-``--max_new_seq_len`` tokens.
+``--max_new_seq_len`` tokens. ``--domain code|math`` keeps only the
+conversations of one domain (``domain.py``).
 
 Output: a JSON list with one record per window (per n-token block of an answer):
 
@@ -49,6 +50,8 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
 
 import torch
+
+from fastchat_spec.train.domain import DOMAINS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -268,6 +271,10 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="answer tokens decoded per prompt at most; default 512")
     parser.add_argument("--use_labels", action="store_true",
                         help="also store the dataset's first answer (labels_ids) for the AR loss")
+    parser.add_argument("--domain", choices=list(DOMAINS), default="all",
+                        help="only conversations of this domain (rules: fastchat_spec/train/domain.py); default all")
+    parser.add_argument("--skip_prompts", type=int, default=0,
+                        help="leave out the first N conversations (of the domain): later rounds take fresh ones")
     parser.add_argument("--max_prompts", type=int, default=None, help="use only the first N conversations")
     parser.add_argument("--max_prompt_len", type=int, default=512,
                         help="skip prompts longer than this many tokens; default 512")
@@ -304,18 +311,22 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
     from fastchat_spec.conversation import conversation_template
     from fastchat_spec.train.data import read_fastchat_json
+    from fastchat_spec.train.domain import select
 
     args = _parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     batch_size = args.batch_size or (64 if device.startswith("cuda") else 4)
     model, tokenizer = load_base(args.model, device, dtype)
-    convs = read_fastchat_json(args.data_path)[: args.max_prompts]
+    convs = select(read_fastchat_json(args.data_path), args.domain)
+    stop = None if args.max_prompts is None else args.skip_prompts + args.max_prompts
+    convs = convs[args.skip_prompts : stop]
     prompts = build_prompts(convs, tokenizer, conversation_template(args.model), args.max_prompt_len, args.use_labels)
     if not prompts:
-        raise ValueError(f"{args.data_path}: no conversation starts with a user turn of at most "
+        raise ValueError(f"{args.data_path}: no conversation{'' if args.domain == 'all' else ' of ' + args.domain} "
+                         f"(after --skip_prompts {args.skip_prompts}) starts with a user turn of at most "
                          f"{args.max_prompt_len} tokens{' followed by an answer' if args.use_labels else ''}; "
-                         "check the file or raise --max_prompt_len")
+                         "check the file, --domain, or raise --max_prompt_len")
     started = time.perf_counter()
     records = collect(model, tokenizer, prompts, args.max_new_tokens, args.max_new_seq_len, batch_size, args.seed)
     seconds = time.perf_counter() - started
