@@ -228,3 +228,38 @@ def test_spec_disable_gives_fastchat_stock_output(base, spec):
     assert [c["finish_reason"] for c in ours] == [c["finish_reason"] for c in stock]
     # One token per step, said so in the same ``spec`` field.
     assert all(c["spec"]["steps"] == c["spec"]["tokens"] and not any(c["spec"]["accepted"]) for c in ours)
+
+
+@pytest.mark.parametrize("tokenizer_of", ["tiny", "bundled"])
+def test_streamed_text_is_the_same_with_sentencepieces_own_decode(base, tokenizer_of):
+    """The fast window decode of a slow SentencePiece tokenizer streams exactly what the tokenizer's decode does."""
+    import random
+
+    import fastchat_spec
+    from transformers import AutoTokenizer
+
+    from fastchat_spec.generate import stream
+    from fastchat_spec.generate.request import parse_request
+
+    tok = base[1] if tokenizer_of == "tiny" else AutoTokenizer.from_pretrained(
+        fastchat_spec.default_model_path(), use_fast=False)
+    assert stream.window_decoder(tok) is not None
+    rng = random.Random(0)
+    corpus = " ".join(PROMPTS) + " Üñïçødé — ✓ 12345 (a, b). Don't stop!"
+    for echo in (False, True):
+        request = parse_request({"prompt": corpus[:40], "echo": echo}, tok, CONTEXT)
+        ids = tok(corpus).input_ids[1:] + [rng.randrange(3, len(tok)) for _ in range(300)]
+        texts = {}
+        for fast in (True, False):
+            text = stream.IncrementalText(tok, request)
+            if not fast:
+                text.window = text._decode
+                text.window_text = text._decode(text.ids[text.prefix:])
+            seen, i = [], 0
+            while i < len(ids):
+                step = (i % 5) + 1  # steps of 1 to 5 ids
+                text.extend(ids[i:i + step])
+                seen.append(text.text)
+                i += step
+            texts[fast] = seen
+        assert texts[True] == texts[False]
