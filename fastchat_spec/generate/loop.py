@@ -11,13 +11,15 @@ Requests whose step needs the host (sampling, repetition penalty, Jacobi
 windows) run through the same loop with their own cache, one host step each
 per iteration, between the batched steps.
 
-Graphs are captured only by this thread, at warm-up or on a shape's first use,
-never while another thread of ours launches work on the device. With
+Graphs (every batched step shape, and the prompt prefill per length bucket,
+``prefill.py``) are captured at warm-up only: at worker load, or by this
+thread before it admits its first request; never while serving. With
 ``FASTCHAT_SPEC_BATCH_INVARIANT=1`` every row runs alone at a fixed shape, so a
 request's numerics do not depend on what else is being served (slower).
 
-(A little over 400 lines: admission, stepping and the step shapes are one
-scheduler's state and stay together; the request side is ``tickets.py``.)
+(About 460 lines: admission, stepping, the step shapes and the per-model
+registry of loops are one scheduler's state and stay together; the request
+side is ``tickets.py``, the prompt forward ``prefill.py``.)
 """
 from __future__ import annotations
 
