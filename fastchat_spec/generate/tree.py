@@ -7,13 +7,18 @@ committed token, which has not been through the base model yet.
 
 ``Tree`` turns the paths into the index tensors that the engine needs once, so
 nothing about the tree shape is recomputed per step.
+
+Choosing a tree: ``build_tree`` grows one from per-depth accuracies assuming
+independent heads (the Medusa paper); ``most_frequent_tree`` picks the paths
+most often accepted on held-out data, measured jointly
+(``accepted_path_frequencies``; ``fastchat_spec/train/tree_search.py`` measures).
 """
 from __future__ import annotations
 
 import functools
 import heapq
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -163,3 +168,75 @@ def default_tree(num_heads: int, num_nodes: int = 63) -> Tree:
     if num_heads < 1:
         raise ValueError(f"a draft tree needs at least 1 head, got {num_heads}")
     return build_tree(assumed_accuracy(num_heads), num_nodes)
+
+
+# --------------------------------------------------------------------------- trees from joint acceptance
+# With greedy verification at most one child of a node can be accepted (the one
+# holding the base's own next token), so a node is accepted exactly when its
+# rank path is the one the true continuation takes, whatever else the tree
+# holds. The expected accepted length of a tree is then the sum, over its
+# nodes, of how often its rank path was taken: no independence assumption.
+def accepted_path_frequencies(rank_tuples: Mapping[Sequence[int], int], max_rank: int) -> dict[Path, float]:
+    """How often each rank path is accepted, from measured rank tuples.
+
+    ``rank_tuples`` maps a tuple ``(r_1, ..., r_D)`` (at one held-out position,
+    r_k is the rank of the true token among draft depth k's candidates, given
+    the true tokens before it) to the number of positions that had it. A tuple
+    stops at its first rank that is negative (no target there) or
+    ``>= max_rank`` (no tree node reaches it). Returns ``{path: share of all
+    positions whose tuple starts with path}``; every prefix of a counted path
+    is counted at least as often.
+    """
+    total = sum(rank_tuples.values())
+    if total <= 0:
+        raise ValueError("no rank tuples to count: the held-out data gave no position with a draft target")
+    counts: dict[Path, int] = {}
+    for ranks, n in rank_tuples.items():
+        path: Path = ()
+        for r in ranks:
+            if not 0 <= int(r) < max_rank:
+                break
+            path += (int(r),)
+            counts[path] = counts.get(path, 0) + n
+    return {p: c / total for p, c in counts.items()}
+
+
+def most_frequent_tree(frequencies: Mapping[Path, float], num_nodes: int) -> Tree:
+    """The tree of at most ``num_nodes`` paths with the highest expected accepted length.
+
+    That is the ``num_nodes`` most frequent paths. Ties go to the shorter path,
+    then to the smaller ranks, so a prefix always comes before its extensions
+    (it is at least as frequent) and the tree stays prefix-closed.
+    """
+    ranked = sorted(frequencies, key=lambda p: (-frequencies[p], len(p), p))
+    return Tree.from_paths(ranked[:num_nodes])
+
+
+def joint_expected_length(tree: Tree, frequencies: Mapping[Path, float]) -> float:
+    """Expected tokens per step of ``tree`` (accepted nodes + the bonus token) under measured path frequencies."""
+    return 1.0 + sum(frequencies.get(p, 0.0) for p in tree.paths)
+
+
+def replayed_tokens_per_step(tree: Tree, runs: Sequence[Sequence[Sequence[int]]]) -> float:
+    """Tokens per step of greedy decoding replayed along held-out answers, with ``tree``.
+
+    ``runs``: per answer, the rank tuple of each of its positions in order (as
+    in ``accepted_path_frequencies``). A step at position t accepts the longest
+    prefix of t's tuple that is a tree path, and the next step starts after
+    the tokens it committed (accepted + the bonus). Unlike the average over all
+    positions (``joint_expected_length``), this visits positions as decoding
+    does: a stretch whose drafts land is crossed in few steps, so hard
+    stretches weigh more, as they do in a measured tau.
+    """
+    paths = set(tree.paths)
+    tokens = steps = 0
+    for run in runs:
+        t = 0
+        while t < len(run):
+            ranks, accepted = tuple(run[t]), 0
+            while accepted < len(ranks) and ranks[:accepted + 1] in paths:
+                accepted += 1
+            tokens, steps, t = tokens + accepted + 1, steps + 1, t + accepted + 1
+    if steps == 0:
+        raise ValueError("no positions to replay: the held-out data gave no position with a draft target")
+    return tokens / steps

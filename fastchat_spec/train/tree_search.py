@@ -1,11 +1,45 @@
-"""Grow a checkpoint's candidate tree from the accuracies its heads reach on held-out data.
+"""Search a checkpoint's candidate tree from the acceptance its drafter reaches on held-out data.
 
-The Medusa paper (Cai et al. 2024, section 3.3.3) measures, for every head, how
-often its rank-r candidate is the right token, and builds the sparse tree
-greedily by expected accepted length under the assumption that heads err
-independently. ``head_accuracies`` measures ``acc[depth][rank]``;
-``fastchat_spec.generate.tree.build_tree`` grows the tree; the tree goes into the
-checkpoint's config.json as ``medusa_choices``, which the engine uses by default.
+Greedy verification accepts at most one child of any node: the one holding the
+base's own next token. So a node is accepted exactly when its rank path is the
+one the true continuation takes, with the same probability in every tree that
+holds it, and a tree's expected tokens per step is 1 + the sum of those
+probabilities over its nodes. For every held-out position t this measures the
+rank tuple (r_1, ..., r_D): r_k is the rank, among draft depth k's candidates,
+of the token verification accepts there, with the path before it
+teacher-forced, as it is on an accepted path. Counting every prefix of every
+tuple gives each rank path's acceptance rate, and the best tree of N nodes is
+the N most often taken paths (``--mode joint``, the default;
+``generate/tree.py``: ``accepted_path_frequencies``, ``most_frequent_tree``).
+
+Two estimates are reported for a tree. ``expected tokens/step`` averages over
+every held-out position (1 + the sum of its paths' acceptance rates: what the
+search maximises). ``replayed`` walks each answer as decoding does: a step at
+t accepts the longest prefix of t's tuple that is in the tree and the next
+step starts after it, so stretches where drafts land are crossed in few steps
+and hard stretches weigh more, as they do in a measured tau; it is the lower
+of the two wherever acceptance varies along the text.
+
+``--mode independent`` grows the tree as the Medusa paper does (Cai et al.
+2024, section 3.3.3): from each depth's marginal rank accuracies
+``acc[depth][rank]``, assuming that depths err independently
+(``generate/tree.build_tree``). Both modes report the measured (joint) estimate
+of the new tree and of the checkpoint's current one, and the marginal table.
+
+Teacher-forced predictions are each trainer's own: Medusa
+(``train/medusa.medusa_head_predictions``), Hydra and Hydra++
+(``train/hydra.hydra_predict``) and Chimera, both head layouts
+(``ChimeraTraining.head_predictions``); tests check that they equal what the
+engine's proposers draft. The target at each position is the base's own
+argmax after the held-out tokens before it (what verification compares a
+draft with), and the draft path is teacher-forced with the held-out tokens.
+On the base's own greedy answers (``python -m fastchat_spec.train.distill``)
+both are exactly what the engine sees, so use those; on human answers the
+path leaves the base's greedy continuation wherever the human wrote something
+else, and the estimate is only approximate.
+
+The tree goes into the checkpoint's config.json under the key its method's
+adapter reads (``medusa_choices``, ``hydra_choices`` or ``chimera_choices``).
 
     python -m fastchat_spec.train.tree_search --model-path CKPT --data_path heldout.json --num-nodes 63
 """
@@ -14,84 +48,218 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import Counter
+from itertools import chain
 
 import torch
 
+from fastchat_spec.generate.tree import (
+    accepted_path_frequencies,
+    build_tree,
+    expected_length,
+    joint_expected_length,
+    most_frequent_tree,
+    replayed_tokens_per_step,
+)
+from fastchat_spec.methods import method as method_entry
 from fastchat_spec.train.data import read_fastchat_json
-from fastchat_spec.train.dataset import Collator, supervised_dataset
-from fastchat_spec.train.report import evaluate_heads, format_head_table, tree_from_accuracy
+from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, supervised_dataset
+from fastchat_spec.train.losses import shift_labels, target_ranks
+from fastchat_spec.train.report import evaluate_heads, format_head_table
 from fastchat_spec.train.trainer import base_hidden_states
 
-TREE_KEY = "medusa_choices"
+# The config.json key each method's adapter reads its tree from (fastchat_spec/adapters/).
+TREE_KEYS = {"medusa": "medusa_choices", "hydra": "hydra_choices", "chimera": "chimera_choices"}
+MODES = ("joint", "independent")
+
+
+# --------------------------------------------------------------------------- teacher-forced predictions
+def _base_pass(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base hidden states, labels whose every answer token is the base's argmax before it)."""
+    hidden, logits = base_hidden_states(model.base, batch["input_ids"], batch["attention_mask"])
+    labels = batch["labels"]
+    greedy = torch.full_like(labels, IGNORE_TOKEN_ID)
+    greedy[:, 1:] = torch.where(labels[:, 1:] != IGNORE_TOKEN_ID, logits[:, :-1].argmax(-1), IGNORE_TOKEN_ID)
+    return hidden, greedy
 
 
 def _medusa_predict(model, batch):
     from fastchat_spec.train.medusa import medusa_head_predictions
 
-    hidden, _ = base_hidden_states(model.base, batch["input_ids"], batch["attention_mask"], with_logits=False)
-    return medusa_head_predictions(model.base, model.drafter, hidden, batch["labels"])
+    hidden, greedy = _base_pass(model, batch)
+    return medusa_head_predictions(model.base, model.drafter, hidden, greedy)
+
+
+def _hydra_predict(model, batch):
+    from fastchat_spec.train.hydra import HydraArguments, HydraTraining, hydra_predict
+
+    # hydra_predict already targets the base's argmax; HydraArguments() adds no training noise
+    return hydra_predict(HydraTraining(model.base, model.drafter, HydraArguments()).eval(), batch)
+
+
+def _chimera_predict(model, batch):
+    from fastchat_spec.train.chimera import ChimeraTraining
+
+    hidden, greedy = _base_pass(model, batch)
+    return ChimeraTraining(model.base, model.drafter).head_predictions(batch["input_ids"], greedy, hidden)
 
 
 # method -> predict_fn(spec_model, batch) -> [(logits, targets)] per draft depth (see report.evaluate_heads).
-PREDICTORS = {"medusa": _medusa_predict}
+PREDICTORS = {"medusa": _medusa_predict, "hydra": _hydra_predict, "chimera": _chimera_predict}
 
 
-def head_accuracies(model, dataset, batch_size: int = 8, max_rank: int = 10, pad_token_id: int = 0) -> dict:
-    """``{"rank_accuracy": acc[depth][rank], "heads": {name: top1/top5/tokens}}`` of a loaded SpecModel."""
+# --------------------------------------------------------------------------- rank tuples
+def rank_grid(preds: list, labels: torch.Tensor) -> torch.Tensor:
+    """(D, B, T) rank of each position's target at each draft depth; -1 where it has none.
+
+    A depth's ``(logits, targets)`` come either per sequence (targets (B, T-k-2)
+    for positions 0.., Chimera) or only at the positions that have a target, in
+    order (targets (N,), Medusa and Hydra): those of ``shift_labels(labels, k + 2)``.
+    """
+    grid = torch.full((len(preds),) + tuple(labels.shape), -1, dtype=torch.long, device=labels.device)
+    for k, (logits, targets) in enumerate(preds):
+        ranks = target_ranks(logits, targets).to(labels.device)
+        if targets.dim() == 2:
+            rows, cols = (targets != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
+        else:
+            rows, cols = (shift_labels(labels, k + 2) != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
+        if rows.numel() != ranks.numel():
+            raise ValueError(f"depth {k + 1}: {ranks.numel()} predictions for {rows.numel()} positions with a "
+                             "target; the predictor must keep the positions of shift_labels(labels, k + 2)")
+        grid[k, rows.to(labels.device), cols.to(labels.device)] = ranks
+    return grid
+
+
+def rank_runs(grid: torch.Tensor, max_rank: int) -> list[list[tuple]]:
+    """Each sequence's runs of consecutive positions with a depth-1 target (its answers), as the positions'
+    rank tuples in order, each tuple cut before its first miss (no target, or a rank ``>= max_rank``)."""
+    hit = grid.ge(0) & grid.lt(max_rank)
+    lengths = hit.long().cumprod(0).sum(0).tolist()  # (B, T) leading hits over depth
+    ranks, anchors = grid.permute(1, 2, 0).tolist(), grid[0].ge(0).tolist()  # (B, T, D), (B, T)
+    runs = []
+    for row_ranks, row_lengths, row_anchors in zip(ranks, lengths, anchors):
+        run: list[tuple] = []
+        for r, n, anchor in zip(row_ranks, row_lengths, row_anchors):
+            if anchor:
+                run.append(tuple(r[:n]))
+            elif run:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+    return runs
+
+
+class RecordingPredictor:
+    """A ``predict_fn`` for ``evaluate_heads`` that also records every position's rank tuple, by answer."""
+
+    def __init__(self, predict, max_rank: int):
+        self.predict, self.max_rank = predict, max_rank
+        self.runs: list[list[tuple]] = []
+
+    def __call__(self, model, batch):
+        preds = self.predict(model, batch)
+        self.runs += rank_runs(rank_grid(preds, batch["labels"]), self.max_rank)
+        return preds
+
+
+def measure(model, dataset, batch_size: int = 8, max_rank: int = 10, pad_token_id: int = 0) -> dict:
+    """``{"heads", "rank_accuracy": acc[depth][rank], "rank_runs": [[tuple]], "rank_tuples": Counter}`` of a
+    loaded SpecModel: the marginal table and every held-out position's rank tuple (by answer, and counted)."""
     method = model.spec.method
     if method not in PREDICTORS:
-        raise ValueError(f"tree_search measures {sorted(PREDICTORS)} checkpoints; this one is {method!r}. "
-                         "Its trainer writes its tree itself.")
-    return evaluate_heads(model, dataset, PREDICTORS[method], Collator(pad_token_id), batch_size=batch_size,
-                          max_rank=max_rank, print_table=False, desc="measuring heads")
+        raise ValueError(f"tree_search measures {sorted(PREDICTORS)} checkpoints; this one is {method!r}, "
+                         "which drafts no tree")
+    recording = RecordingPredictor(PREDICTORS[method], max_rank)
+    measured = evaluate_heads(model, dataset, recording, Collator(pad_token_id), batch_size=batch_size,
+                              max_rank=max_rank, print_table=False, desc="measuring heads")
+    return {**measured, "rank_runs": recording.runs, "rank_tuples": Counter(chain.from_iterable(recording.runs))}
 
 
-def write_tree(ckpt: str, tree: list) -> None:
-    """Replace the tree in ``ckpt``/config.json, keeping every other key."""
+# --------------------------------------------------------------------------- the search
+def choose_tree(measured: dict, num_nodes: int, mode: str = "joint", max_rank: int = 10):
+    """(tree, path frequencies) for ``num_nodes`` nodes from ``measure``'s result."""
+    frequencies = accepted_path_frequencies(measured["rank_tuples"], max_rank)
+    if mode == "joint":
+        return most_frequent_tree(frequencies, num_nodes), frequencies
+    if mode == "independent":
+        return build_tree(measured["rank_accuracy"], num_nodes), frequencies
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def write_tree(ckpt: str, tree: list, key: str = "medusa_choices") -> None:
+    """Replace the tree under ``key`` in ``ckpt``/config.json, keeping every other key."""
     file = os.path.join(ckpt, "config.json")
     with open(file, encoding="utf-8") as f:
         config = json.load(f)
-    config[TREE_KEY] = tree
+    config[key] = tree
     tmp = file + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     os.replace(tmp, file)
 
 
-def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 2048, batch_size: int = 8,
-           device: str | None = None, max_conversations: int | None = None, write: bool = True) -> dict:
+def load_spec_model(model_path: str, device: str | None = None):
+    """(SpecModel, tokenizer) through FastChat's load_model, which picks our adapter."""
     from fastchat.model.model_adapter import load_model
-
-    from fastchat_spec.generate.tree import Tree, default_tree, expected_length
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(model_path, device=device, num_gpus=1)
     if not hasattr(model, "spec"):
-        raise ValueError(f"{model_path} is not a speculative checkpoint (no medusa_num_heads or similar in "
-                         "config.json); pass the checkpoint folder, not its base")
+        raise ValueError(f"{model_path} is not a speculative checkpoint (no medusa_num_heads, hydra_num_heads or "
+                         "chimera_num_heads in config.json); pass the checkpoint folder, not its base")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return model, tokenizer
+
+
+def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 2048, batch_size: int = 8,
+           device: str | None = None, max_conversations: int | None = None, write: bool = True,
+           mode: str = "joint", max_rank: int = 10) -> dict:
+    model, tokenizer = load_spec_model(model_path, device)
+    name = model.spec.method
+    if name not in TREE_KEYS:
+        raise ValueError(f"tree_search searches trees for {sorted(TREE_KEYS)} checkpoints; {model_path} is "
+                         f"{name!r}, which drafts no tree")
+    current = method_entry(name).proposer_class.tree_for(model)  # the tree the engine drafts today
+    # Count deep enough in rank to estimate the current tree whole.
+    max_rank = max([max_rank] + [current.max_rank(d) for d in range(1, current.max_depth + 1)])
     convs = read_fastchat_json(data_path)[:max_conversations]
     dataset = supervised_dataset(tokenizer, convs, max_len)
-    measured = head_accuracies(model, dataset, batch_size, pad_token_id=tokenizer.pad_token_id)
+    measured = measure(model, dataset, batch_size, max_rank, pad_token_id=tokenizer.pad_token_id)
+    tree, frequencies = choose_tree(measured, num_nodes, mode, max_rank)
     acc = measured["rank_accuracy"]
-    tree, expected = tree_from_accuracy(acc, num_nodes)
-    old = Tree.from_paths(model.spec.tree) if model.spec.tree else default_tree(model.spec.num_heads)
-    result = {"medusa_choices": tree, "expected_tokens_per_step": round(expected, 4),
-              "previous_expected_tokens_per_step": round(expected_length(old, acc), 4),
-              "heads": measured["heads"], "rank_accuracy": acc}
+    key = TREE_KEYS[name]
+    result = {
+        "method": name, "mode": mode, "tree_key": key, key: tree.to_list(), "num_nodes": tree.num_nodes - 1,
+        "expected_tokens_per_step": round(joint_expected_length(tree, frequencies), 4),
+        "previous_expected_tokens_per_step": round(joint_expected_length(current, frequencies), 4),
+        "previous_num_nodes": current.num_nodes - 1,
+        "replayed_tokens_per_step": round(replayed_tokens_per_step(tree, measured["rank_runs"]), 4),
+        "previous_replayed_tokens_per_step": round(replayed_tokens_per_step(current, measured["rank_runs"]), 4),
+        "independent_estimate": round(expected_length(tree, acc), 4),
+        "positions": sum(measured["rank_tuples"].values()), "max_rank": max_rank,
+        "heads": measured["heads"], "rank_accuracy": acc,
+    }
     if write:
-        write_tree(model_path, tree)
+        write_tree(model_path, result[key], key)
     return result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", "--model_path", required=True, help="Medusa checkpoint folder (rewritten).")
+    p.add_argument("--model-path", "--model_path", required=True,
+                   help="Medusa, Hydra or Chimera checkpoint folder (its config.json is rewritten).")
     p.add_argument("--data_path", "--data-path", required=True,
-                   help="Held-out conversations in FastChat JSON (not the training file).")
+                   help="Held-out conversations in FastChat JSON (not the training file); best the base's own "
+                        "answers from `python -m fastchat_spec.train.distill`.")
     p.add_argument("--num-nodes", "--num_nodes", type=int, default=63,
                    help="Tree nodes besides the root (Medusa's default trees have 63); more nodes cost verify time.")
+    p.add_argument("--mode", choices=MODES, default="joint",
+                   help="joint: the most often accepted rank paths (measured, no assumption); independent: the "
+                        "Medusa paper's greedy growth from per-depth accuracies, assuming depths err independently.")
+    p.add_argument("--max-rank", type=int, default=10,
+                   help="Candidates counted per depth (raised to cover the checkpoint's current tree).")
     p.add_argument("--max-len", "--model_max_length", type=int, default=2048, help="Tokens per conversation.")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-conversations", type=int, default=None, help="Use only the first N conversations.")
@@ -103,12 +271,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     result = search(args.model_path, args.data_path, args.num_nodes, args.max_len, args.batch_size, args.device,
-                    args.max_conversations, write=not args.dry_run)
+                    args.max_conversations, write=not args.dry_run, mode=args.mode, max_rank=args.max_rank)
     print(format_head_table(result["heads"]))
-    print(f"expected tokens/step: {result['expected_tokens_per_step']:.3f} with the new {args.num_nodes}-node tree "
-          f"(previous tree: {result['previous_expected_tokens_per_step']:.3f})")
-    print(("would write" if args.dry_run else f"wrote {TREE_KEY} to {os.path.join(args.model_path, 'config.json')}:"),
-          json.dumps(result["medusa_choices"]))
+    print(f"expected tokens/step: {result['expected_tokens_per_step']:.3f} with the new {result['num_nodes']}-node "
+          f"tree (previous tree: {result['previous_expected_tokens_per_step']:.3f})")
+    print(f"  measured on {result['positions']} held-out positions; the previous tree has "
+          f"{result['previous_num_nodes']} nodes; the {args.mode} tree under the independence assumption: "
+          f"{result['independent_estimate']:.3f}")
+    print(f"  replayed along the held-out answers (steps as decoding takes them, closer to a measured tau): "
+          f"{result['replayed_tokens_per_step']:.3f} (previous tree: {result['previous_replayed_tokens_per_step']:.3f})")
+    if result["num_nodes"] < args.num_nodes:
+        print(f"  only {result['num_nodes']} rank paths (ranks below {result['max_rank']}) were ever accepted on "
+              "this data: the tree has no more nodes")
+    key = result["tree_key"]
+    print(("would write" if args.dry_run else f"wrote {key} to {os.path.join(args.model_path, 'config.json')}:"),
+          json.dumps(result[key]))
     return result
 
 

@@ -1,0 +1,134 @@
+"""Trees searched from measured joint acceptance: the counting by hand, then the command on tiny checkpoints.
+
+The command must write a tree that the engine serves losslessly (greedy text
+equal to FastChat's) under the key the method's adapter reads, and the tree it
+picks is never worse, by its own measurement, than the checkpoint's current
+tree or the tree grown under the independence assumption.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import pytest
+import torch
+from fastchat.model.model_adapter import get_generate_stream_function, load_model
+
+from fastchat_spec.generate.tree import (
+    Tree,
+    accepted_path_frequencies,
+    joint_expected_length,
+    most_frequent_tree,
+    replayed_tokens_per_step,
+)
+from fastchat_spec.methods import method
+from fastchat_spec.train import tree_search
+from tests import tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# (r_1, r_2, r_3) per held-out position, with how many positions had it (max_rank 3).
+TUPLES = Counter({(0, 0, 0): 3, (0, 1, -1): 2, (1, 0, 5): 2, (0, 0, 2): 1, (4, 0, 0): 1, (2, -1, -1): 1})
+
+
+def test_path_frequencies_count_every_prefix_and_stop_at_the_first_miss():
+    freq = accepted_path_frequencies(TUPLES, max_rank=3)
+    assert freq == pytest.approx({(0,): 0.6, (0, 0): 0.4, (0, 0, 0): 0.3, (0, 1): 0.2, (1,): 0.2, (1, 0): 0.2,
+                                  (0, 0, 2): 0.1, (2,): 0.1})
+
+
+def test_the_most_frequent_paths_make_the_tree_and_its_estimate():
+    freq = accepted_path_frequencies(TUPLES, max_rank=3)
+    tree = most_frequent_tree(freq, 4)
+    # (1,), (0, 1) and (1, 0) tie at 0.2: the shorter path first, then the smaller ranks
+    assert tree.to_list() == [[0], [1], [0, 0], [0, 0, 0]]
+    assert joint_expected_length(tree, freq) == pytest.approx(1 + 0.6 + 0.4 + 0.3 + 0.2)
+    assert most_frequent_tree(freq, 6).to_list() == [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]]
+    # a tree the data never reaches is estimated at one token per step; more nodes than paths: all of them
+    assert joint_expected_length(Tree.from_paths([[3], [3, 0]]), freq) == 1.0
+    assert len(most_frequent_tree(freq, 100).paths) == len(freq)
+
+
+def test_a_child_tied_with_its_parent_never_comes_first():
+    freq = accepted_path_frequencies(Counter({(1, 0, 0): 1, (0,): 1}), max_rank=3)
+    for n in range(1, 5):
+        paths = set(most_frequent_tree(freq, n).paths)  # Tree.from_paths refuses a path without its parent
+        assert len(paths) == n
+
+
+def test_rank_runs_from_a_grid_of_teacher_forced_ranks():
+    # depth x (batch 1, 6 positions); -1: no target at that depth (position 2: between two answers)
+    grid = torch.tensor([[[0, 2, -1, 0, 11, -1]], [[1, 0, -1, 0, 0, -1]], [[0, 0, -1, -1, 0, -1]]])
+    assert tree_search.rank_runs(grid, max_rank=10) == [[(0, 1, 0), (2, 0, 0)], [(0, 0), ()]]
+
+
+def test_replay_steps_over_what_each_step_accepted():
+    tree = Tree.from_paths([[0], [1], [0, 0]])
+    runs = [[(0, 0, 1), (5,), (0,), (1, 0), (0, 0), (2,)],  # steps at 0 (3 tokens), 3 (2 tokens), 5 (1 token)
+            [(0, 0), (0, 0), (0, 0)]]  # one step of 3 tokens
+    assert replayed_tokens_per_step(tree, runs) == pytest.approx(9 / 4)
+    # the average over all positions counts the easy second answer at every position
+    freq = accepted_path_frequencies(Counter(t for run in runs for t in run), max_rank=10)
+    assert joint_expected_length(tree, freq) == pytest.approx(1 + 12 / 9)
+
+
+# --------------------------------------------------------------------------- the command on tiny checkpoints
+def heldout_answers(path: str, stock_texts, prompts=tiny.PROMPTS[8:20]) -> str:
+    """The base's own greedy answers to prompts the serving check does not use (what verification accepts)."""
+    convs = [{"id": f"held_{i}", "conversations": [{"from": "human", "value": prompt},
+                                                    {"from": "gpt", "value": stock_texts[prompt]}]}
+             for i, prompt in enumerate(prompts)]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(convs, f)
+    return path
+
+
+CASES = {  # (method, tiny checkpoint, nodes); "-vicuna-" keeps FastChat's template and tokenizer choices
+    "medusa": ("medusa", tiny.TinyCheckpoint("3-heads", tiny._medusa(3, noise=0.02)), 7),
+    "hydra": ("hydra", tiny.TinyCheckpoint("mlp-3-heads", tiny._hydra(3, "mlp", [[0], [1], [0, 0]])), 9),
+    "hydra++": ("hydra", tiny.TinyCheckpoint("prefix-mlp-3-heads", tiny._hydra(3, "prefix-mlp")), 9),
+    "chimera": ("chimera", tiny.TinyCheckpoint("residual-3-heads", tiny._chimera(3, "residual")), 9),
+    "chimera-published": ("chimera", tiny.TinyCheckpoint("published-3-heads", tiny._chimera(3, "published")), 9),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_searched_tree_is_written_and_served_losslessly(tmp_path, base_dir, base_model, stock_texts, case):
+    name, checkpoint, nodes = CASES[case]
+    entry = method(name)
+    path = checkpoint.write(entry.write_checkpoint, str(tmp_path / f"{name}-vicuna-{checkpoint.name}"), base_dir,
+                            base_model)
+    data = heldout_answers(str(tmp_path / "heldout.json"), stock_texts)
+    independent = tree_search.main(["--model-path", path, "--data_path", data, "--num-nodes", str(nodes),
+                                    "--max-len", "256", "--mode", "independent", "--dry-run"])
+    result = tree_search.main(["--model-path", path, "--data_path", data, "--num-nodes", str(nodes),
+                               "--max-len", "256"])
+
+    key = tree_search.TREE_KEYS[name]
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    assert config[key] == result[key] and result["tree_key"] == key
+    # as many nodes as asked, unless fewer rank paths were ever accepted (the untrained trigram heads)
+    assert Tree.from_paths(config[key]).num_nodes == result["num_nodes"] + 1
+    assert result["num_nodes"] == nodes or (case == "chimera-published" and 0 < result["num_nodes"] < nodes)
+    assert result["positions"] > 100 and result["expected_tokens_per_step"] > 1.0
+    # the N most often accepted paths beat any other tree of at most N nodes, by the same measurement
+    assert result["expected_tokens_per_step"] >= independent["expected_tokens_per_step"] - 1e-9
+    if result["previous_num_nodes"] <= nodes:
+        assert result["expected_tokens_per_step"] >= result["previous_expected_tokens_per_step"] - 1e-9
+
+    model, tok = load_model(path, device="cpu")
+    assert Tree.from_paths(model.spec.tree).to_list() == result[key]
+    assert entry.proposer_class.tree_for(model).to_list() == result[key]  # what the engine drafts with
+    stream = get_generate_stream_function(model, path)
+    steps, tokens = tiny.stream_greedy(stream, model, tok, tiny.PROMPTS[:4], stock_texts)
+    assert tokens / steps > 1.0
+
+
+def test_a_checkpoint_without_a_tree_is_refused_with_the_reason(tmp_path, base_dir, base_model, stock_texts):
+    entry = method("cllm")
+    path = tiny._cllm(4)(entry.write_checkpoint, str(tmp_path / "cllm-vicuna-tiny"), base_dir, base_model)
+    data = heldout_answers(str(tmp_path / "heldout.json"), stock_texts, tiny.PROMPTS[8:9])
+    with pytest.raises(ValueError, match="drafts no tree"):
+        tree_search.main(["--model-path", path, "--data_path", data, "--max-len", "128", "--dry-run"])
