@@ -12,6 +12,7 @@ it out of the prompt's rows; its cache entries lie past the request's length,
 which every later step masks until it overwrites them.
 
 Only the last prompt position's logits are computed: they give the first token.
+Prompts longer than ``GRAPHED_PROMPT_MAX`` tokens run eagerly.
 Without graphs (CPU, ``FASTCHAT_SPEC_CUDA_GRAPHS=0``) the prompt runs at its
 exact length straight into its slot.
 """
@@ -29,6 +30,9 @@ from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forw
 from transformers.cache_utils import Cache
 
 
+GRAPHED_PROMPT_MAX = 4096  # longest prompt (tokens) prefilled through a graph
+
+
 @dataclass
 class Prefilled:
     tokens: torch.Tensor  # (p,) the prompt's ids on the device
@@ -36,13 +40,18 @@ class Prefilled:
     first: int  # the greedy token after the prompt
 
 
-def bucket_lengths(capacity: int) -> list[int]:
-    """Padded prompt lengths with a graph each: every 64 up to 256, then about x1.5 (padding <= 50%)."""
+def bucket_lengths(capacity: int, longest: int = GRAPHED_PROMPT_MAX) -> list[int]:
+    """Padded prompt lengths with a graph each: every 64 up to 256, then about x1.5 (padding <= 50%).
+
+    Prompts longer than ``longest`` run eagerly: their forward is long enough
+    that launches no longer matter, and a graph's (L, L) mask would not be small.
+    """
+    top = min(capacity, longest)
     sizes, n = [], 64
-    while n < capacity:
+    while n < top:
         sizes.append(n)
         n = n + 64 if n < 256 else _round_up(n * 3 // 2, 64)
-    return sizes + [capacity]
+    return sizes + [top]
 
 
 class SlotPrefill:
@@ -55,8 +64,9 @@ class SlotPrefill:
 
     def capture_all(self, pool) -> None:
         """One graph per bucket (call only while no slot holds a request: warm-up runs write slot 0)."""
-        scratch = _Scratch(self.base.config, self.store.capacity, self.device, self.store.keys[0].dtype)
-        for length in bucket_lengths(self.store.capacity):
+        lengths = bucket_lengths(self.store.capacity)
+        scratch = _Scratch(self.base.config, lengths[-1], self.device, self.store.keys[0].dtype)
+        for length in lengths:
             self._graphs[length] = _GraphedPrefill(self, scratch, length, pool)
 
     def __call__(self, slot: int, prompt_ids: list[int]) -> Prefilled:
