@@ -39,6 +39,11 @@ def bucket(length: int) -> int:
     return size
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (cache and bucket lengths)."""
+    return -(-n // multiple) * multiple
+
+
 def capacity(cache: Cache) -> int:
     return cache.layers[0].max_cache_len
 

@@ -40,6 +40,7 @@ from fastchat.constants import ErrorCode
 from fastchat_spec.generate.batch_step import BatchStep, SlotState, supports_device_step
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
 from fastchat_spec.generate.engine import Generation
+from fastchat_spec.generate.kv_cache import round_up
 from fastchat_spec.generate.prefill import SlotPrefill
 from fastchat_spec.generate.proposers import Committed, proposer_class
 from fastchat_spec.generate.request import RequestError
@@ -121,7 +122,7 @@ class EngineLoop:
         if self.batched:
             tree = cls.tree_for(model)
             # Room for the longest request, its tree, and a padded accepted path written past its end.
-            self.capacity = _round_up(context_len + tree.num_nodes + tree.max_depth + 2, 64)
+            self.capacity = round_up(context_len + tree.num_nodes + tree.max_depth + 2, 64)
             self.store = self._allocate_slots(model.dtype)
             self.proposers = cls.for_slots(model, self.device, self.slots, self.capacity)
             self.tree = self.proposers.tree
@@ -373,7 +374,7 @@ class EngineLoop:
         """Positions a step attends to: past the longest request's tree and padded path."""
         need = longest + self.tree.num_nodes + self.tree.max_depth + 2
         if not self.graphs:
-            return min(_round_up(need, 64), self.capacity)
+            return min(round_up(need, 64), self.capacity)
         size = 256
         while size < need:
             size *= 2
@@ -406,10 +407,6 @@ class EngineLoop:
 
     def _batch_step(self, first: int, count: int, length: int) -> BatchStep:
         return BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 _LOOPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()

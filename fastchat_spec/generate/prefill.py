@@ -18,16 +18,15 @@ exact length straight into its slot.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
 
 from fastchat_spec.generate.cuda_graphs import capture
-from fastchat_spec.generate.kv_cache import _kv_shape
-from fastchat_spec.generate.slots import RowsLayer, SlotStore, rows_mask
+from fastchat_spec.generate.kv_cache import round_up
+from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
-
-from transformers.cache_utils import Cache
 
 
 GRAPHED_PROMPT_MAX = 4096  # longest prompt (tokens) prefilled through a graph
@@ -50,7 +49,7 @@ def bucket_lengths(capacity: int, longest: int = GRAPHED_PROMPT_MAX) -> list[int
     sizes, n = [], 64
     while n < top:
         sizes.append(n)
-        n = n + 64 if n < 256 else _round_up(n * 3 // 2, 64)
+        n = n + 64 if n < 256 else round_up(n * 3 // 2, 64)
     return sizes + [top]
 
 
@@ -60,21 +59,22 @@ class SlotPrefill:
     def __init__(self, base, store: SlotStore, device, decoder=None):
         self.base, self.store, self.device, self.decoder = base, store, device, decoder
         self.dtype = compute_dtype(base)
-        self._graphs: dict[int, _GraphedPrefill] = {}
+        self._lengths: list[int] = []  # bucket lengths with a graph, ascending
+        self._graphs: list[_GraphedPrefill] = []
 
     def capture_all(self, pool) -> None:
         """One graph per bucket (call only while no slot holds a request: warm-up runs write slot 0)."""
         lengths = bucket_lengths(self.store.capacity)
-        scratch = _Scratch(self.base.config, lengths[-1], self.device, self.store.keys[0].dtype)
-        for length in lengths:
-            self._graphs[length] = _GraphedPrefill(self, scratch, length, pool)
+        scratch = SlotStore(self.base.config, 1, lengths[-1], self.device, self.store.keys[0].dtype)
+        self._graphs = [_GraphedPrefill(self, scratch, length, pool) for length in lengths]
+        self._lengths = lengths
 
     def __call__(self, slot: int, prompt_ids: list[int]) -> Prefilled:
         p = len(prompt_ids)
         tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        graph = next((g for length, g in sorted(self._graphs.items()) if length >= p), None)
-        if graph is not None:
-            hidden, first = graph(slot, tokens)
+        bucket = bisect.bisect_left(self._lengths, p)  # the shortest graphed length that holds the prompt
+        if bucket < len(self._graphs):
+            hidden, first = self._graphs[bucket](slot, tokens)
         else:
             hidden, first = self._eager(slot, tokens)
         return Prefilled(tokens, hidden, int(first))
@@ -82,7 +82,7 @@ class SlotPrefill:
     def _eager(self, slot: int, tokens: torch.Tensor):
         p = tokens.numel()
         positions = torch.arange(p, device=self.device).view(1, p)
-        length = _round_up(p, 64)
+        length = round_up(p, 64)
         cache = self.store.rows(slot, 1, length, positions)
         mask = rows_mask(torch.zeros(1, dtype=torch.long, device=self.device),
                          causal_visibility(p, self.device), length, self.dtype)
@@ -91,30 +91,18 @@ class SlotPrefill:
         return out.hidden[0], out.logits[0, 0].argmax()
 
 
-class _Scratch:
-    """One row of KV for every layer, as long as a slot: where graphed prefills write first."""
-
-    def __init__(self, config, capacity: int, device, dtype):
-        num_layers, kv_heads, head_dim = _kv_shape(config)
-        shape = (1, kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-
-
 class _GraphedPrefill:
     """The prefill of prompts up to ``length`` tokens, captured once, replayed for any slot."""
 
-    def __init__(self, prefill: SlotPrefill, scratch: _Scratch, length: int, pool):
+    def __init__(self, prefill: SlotPrefill, scratch: SlotStore, length: int, pool):
         device = prefill.device
-        self.length = length
         self.tokens = torch.zeros(1, length, dtype=torch.long, device=device)
         self.last = torch.zeros(1, dtype=torch.long, device=device)  # position of the prompt's last token
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         positions = torch.arange(length, device=device).view(1, length)
         mask = rows_mask(torch.zeros(1, dtype=torch.long, device=device), causal_visibility(length, device),
                          length, prefill.dtype)
-        cache = Cache(layers=[RowsLayer(k[:, :, :length], v[:, :, :length], positions)
-                              for k, v in zip(scratch.keys, scratch.values)])
+        cache = scratch.rows(0, 1, length, positions)
         store = prefill.store
 
         def run():
@@ -130,13 +118,8 @@ class _GraphedPrefill:
 
     def __call__(self, slot: int, tokens: torch.Tensor):
         p = tokens.numel()
-        self.tokens[0, :p].copy_(tokens)
-        self.tokens[0, p:].zero_()
+        self.tokens[0, :p].copy_(tokens)  # what lies after it is masked out of the prompt's rows
         self.last.fill_(p - 1)
         self.slot.fill_(slot)
         self.replay()
         return self.hidden[:p], self.first
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple

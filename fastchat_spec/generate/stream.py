@@ -14,6 +14,8 @@ and a few before them (``IncrementalText``), so streaming costs O(new tokens).
 """
 from __future__ import annotations
 
+import bisect
+
 from fastchat_spec.generate.loop import engine_for
 from fastchat_spec.generate.tickets import Job
 from fastchat_spec.generate.request import Request, parse_request
@@ -58,7 +60,7 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int):
             finish_reason = "stop"
             # The stop may end in ids held back from the text before this batch (split UTF-8).
             counted = text.tokens_before_stop(generated, max(0, before - text.held))
-            stats = stats.first_steps(sum(1 for start in starts if start <= counted))
+            stats = stats.first_steps(bisect.bisect_right(starts, counted))  # up to the step holding the stop
         if finish_reason:
             break
         if counted - last_yield_at >= stream_interval and text.can_yield():
