@@ -56,6 +56,12 @@ from fastchat_spec.train.domain import DOMAINS
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, torch.dtype]:
+    """The CLLM tools' defaults: cuda when there is one, bfloat16 there and float32 on the CPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+
+
 @dataclass
 class Prompt:
     data_id: str
@@ -314,8 +320,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from fastchat_spec.train.domain import select
 
     args = _parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     batch_size = args.batch_size or (64 if device.startswith("cuda") else 4)
     model, tokenizer = load_base(args.model, device, dtype)
     convs = select(read_fastchat_json(args.data_path), args.domain)

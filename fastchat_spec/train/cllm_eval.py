@@ -194,7 +194,7 @@ def measure(path: str, heldout: Sequence[dict], domains: Sequence[str], num_prom
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    from fastchat_spec.train.cllm_data import DTYPES
+    from fastchat_spec.train.cllm_data import DTYPES, device_and_dtype
     from fastchat_spec.train.data import read_fastchat_json
     from fastchat_spec.train.domain import DOMAINS
 
@@ -222,8 +222,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     domains = [d for d in args.domains.split(",") if d]
     if not domains or any(d not in DOMAINS for d in domains):
         parser.error(f"--domains {args.domains!r}: use a comma list of {', '.join(DOMAINS)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     result = measure(args.model_path, read_fastchat_json(args.data_path), domains, args.num_prompts,
                      args.max_new_tokens, args.window, device, dtype, args.ppl_conversations, args.max_len)
     text = json.dumps(result, indent=2)

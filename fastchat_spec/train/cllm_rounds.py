@@ -40,6 +40,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from fastchat_spec.train.cllm_data import device_and_dtype
+
 DOMAIN_TARGET = 1.6
 GENERAL_TARGET = 1.3
 PPL_TOLERANCE = 0.10
@@ -185,15 +187,11 @@ def measure(args, model: str, heldout: List[dict]) -> dict:
 
 
 def _device(args) -> str:
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device_and_dtype(args.device, args.dtype)[0]
 
 
 def _dtype(args) -> torch.dtype:
-    from fastchat_spec.train.cllm_data import DTYPES
-
-    if args.dtype:
-        return DTYPES[args.dtype]
-    return torch.bfloat16 if _device(args).startswith("cuda") else torch.float32
+    return device_and_dtype(args.device, args.dtype)[1]
 
 
 # ---------------------------------------------------------------- the summary
