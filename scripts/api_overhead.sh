@@ -13,6 +13,7 @@ SERVER_LOGS=$LOGS/
 # shellcheck source=scripts/fastchat_servers.sh
 . "$ROOT/scripts/fastchat_servers.sh"
 fastchat_env "$ROOT"
+export LOGDIR=$LOGS  # FastChat writes its own log files there, not into the working directory
 trap stop_servers EXIT
 read -r CONTROLLER_PORT WORKER_PORT API_PORT < <(free_ports 3)
 start_controller "$CONTROLLER_PORT"
