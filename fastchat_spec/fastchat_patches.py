@@ -260,36 +260,52 @@ def _patch_worker_class(worker_cls, model_worker) -> None:
     import torch
 
     from fastchat_spec.generate.request import RequestError
+    from fastchat_spec.generate.stream import LAST_CHUNK_ONLY, generate_stream as spec_generate_stream
 
     logger = logging.getLogger("model_worker")  # FastChat's worker logger (build_logger)
 
-    def error_chunk(text: str, error_code: int) -> bytes:
-        return json.dumps({"text": text, "error_code": int(error_code)}).encode() + b"\0"
+    def error(text: str, error_code: int) -> dict:
+        return {"text": text, "error_code": int(error_code)}
 
-    def generate_stream_gate(self, params):
+    def outputs(self, params, stream_interval: int):
+        """The worker's answers to one request as dicts (FastChat's chunk fields), or one error."""
         self.call_ct += 1
         try:
             if self.seed is not None:
                 model_worker.set_seed(self.seed)
             for output in self.generate_stream_func(self.model, self.tokenizer, params, self.device,
-                                                    self.context_len, self.stream_interval):
+                                                    self.context_len, stream_interval):
                 ret = {"text": output["text"], "error_code": 0}
                 for key in ("usage", "finish_reason", "logprobs", "spec"):
                     if key in output:
                         ret[key] = output[key]
-                yield json.dumps(ret).encode() + b"\0"
+                yield ret
         except torch.cuda.OutOfMemoryError as e:
-            yield error_chunk(f"{model_worker.SERVER_ERROR_MSG}\n\n({e})", model_worker.ErrorCode.CUDA_OUT_OF_MEMORY)
+            yield error(f"{model_worker.SERVER_ERROR_MSG}\n\n({e})", model_worker.ErrorCode.CUDA_OUT_OF_MEMORY)
         except RequestError as e:  # the client's to fix: no "network error, regenerate" banner
-            yield error_chunk(str(e), e.error_code)
+            yield error(str(e), e.error_code)
         except Exception as e:  # whatever one request does, the worker answers it and keeps serving
             logger.exception("generate_stream failed")
-            yield error_chunk(f"{model_worker.SERVER_ERROR_MSG}\n\n({type(e).__name__}: {e})",
-                              model_worker.ErrorCode.INTERNAL_ERROR)
+            yield error(f"{model_worker.SERVER_ERROR_MSG}\n\n({type(e).__name__}: {e})",
+                        model_worker.ErrorCode.INTERNAL_ERROR)
+
+    def generate_stream_gate(self, params):
+        for ret in outputs(self, params, self.stream_interval):
+            yield json.dumps(ret).encode() + b"\0"
+
+    def generate_gate(self, params):
+        """The non-streamed answer: the last chunk. Our decoder is asked for that chunk alone (a stream
+        interval past any answer), so no chunk before it is built, encoded to JSON and read back."""
+        interval = LAST_CHUNK_ONLY if self.generate_stream_func is spec_generate_stream else self.stream_interval
+        ret = None
+        for ret in outputs(self, params, interval):
+            pass
+        return ret
 
     generate_stream_gate.__doc__ = worker_cls.generate_stream_gate.__doc__
     setattr(generate_stream_gate, _WRAPPED, True)
     worker_cls.generate_stream_gate = generate_stream_gate
+    worker_cls.generate_gate = generate_gate
     _patch_worker_engine(worker_cls)
 
 

@@ -10,6 +10,7 @@
 #   python -m fastchat.serve.openai_api_server
 # checks that "spec" runs fastchat-spec's decoder, and runs python -m fastchat_spec.bench.load:
 #   OUT_DIR/spec_levels.json       LEVELS concurrent clients, one level after another, REQUESTS each
+#                                  (with the engine loop's rows/step, ms/step and busy share per level)
 #   OUT_DIR/spec_reliability.json  RELIABILITY_REQUESTS requests from RELIABILITY_CLIENTS clients
 # Then it stops that worker with SIGTERM, starts
 #   FASTCHAT_SPEC_DISABLE=1 python -m fastchat.serve.model_worker --model-path BASE --model-names stock ...
@@ -19,7 +20,8 @@
 # Environment (defaults in brackets):
 #   PYTHON [python3]  DEVICE [cuda if torch sees one, else cpu]  WORKER_ARGS [] extra flags for both workers
 #   LEVELS [1,4,16,32]  REQUESTS [128]  RELIABILITY_REQUESTS [1000]  RELIABILITY_CLIENTS [16]
-#   STOCK_LEVELS [LEVELS]  STOCK_REQUESTS [REQUESTS] for the stock worker (it is slow: fewer saves time)
+#   STOCK_LEVELS [LEVELS]  STOCK_REQUESTS [REQUESTS] for the stock worker (it is slow: fewer saves time);
+#     STOCK_LEVELS=none skips the stock worker, RELIABILITY_REQUESTS=0 the reliability run
 #   LIMIT_WORKER_CONCURRENCY [32]  LOAD_ARGS [] extra flags for every bench.load run (e.g. "--max-tokens 64,256")
 #   START_TIMEOUT [900] seconds a server may take to come up; RUN_TIMEOUT [5400] seconds one load run may take
 #   PROFILE_WORKER [] set to 1: py-spy (if installed) samples the spec worker and the API server while they
@@ -49,6 +51,7 @@ SERVER_LOGS=$LOGS/
 fastchat_env "$ROOT"
 export LOGDIR=$LOGS/fastchat
 read -r CONTROLLER_PORT SPEC_PORT STOCK_PORT API_PORT < <(free_ports 4)
+declare -A WORKER_URL=([spec]="http://127.0.0.1:$SPEC_PORT" [stock]="http://127.0.0.1:$STOCK_PORT")
 
 cleanup() {
     if [ -n "${LOAD_PID:-}" ]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; fi  # timeout passes it on
@@ -75,7 +78,8 @@ run_load() {
     log "load run $name (log: $LOGS/$name.log)"
     # shellcheck disable=SC2086  # LOAD_ARGS is a list of flags
     timeout --kill-after=30 "$RUN_TIMEOUT" "$PYTHON" -m fastchat_spec.bench.load --api-base "$API/v1" \
-        --model "$model" --worker-pid "${SERVER_PID[worker_$model]}" --out "$OUT_DIR/$name.json" "$@" \
+        --model "$model" --worker-pid "${SERVER_PID[worker_$model]}" --worker-url "${WORKER_URL[$model]}" \
+        --out "$OUT_DIR/$name.json" "$@" \
         ${LOAD_ARGS:-} >"$LOGS/$name.log" 2>&1 &
     LOAD_PID=$!
     wait "$LOAD_PID" || rc=$?
@@ -95,7 +99,7 @@ check_decoder "http://127.0.0.1:$SPEC_PORT" spec yes
 SPY_PIDS=()
 if [ -n "${PROFILE_WORKER:-}" ] && command -v py-spy >/dev/null; then
     for server in worker_spec api; do
-        py-spy record --gil --threads --format raw --rate 200 --pid "${SERVER_PID[$server]}" \
+        py-spy record --nonblocking --gil --threads --format raw --rate 200 --pid "${SERVER_PID[$server]}" \
             --output "$OUT_DIR/${server}_gil.txt" >"$LOGS/py-spy_$server.log" 2>&1 &
         SPY_PIDS+=($!)
     done
@@ -108,13 +112,17 @@ if [ ${#SPY_PIDS[@]} -gt 0 ]; then
         "$PYTHON" "$ROOT/scripts/pyspy_top.py" "$OUT_DIR/${server}_gil.txt" >"$OUT_DIR/${server}_gil_top.txt" || true
     done
 fi
-run_load spec_reliability spec --concurrency "$RELIABILITY_CLIENTS" --num-requests "$RELIABILITY_REQUESTS"
+if [ "$RELIABILITY_REQUESTS" != 0 ]; then
+    run_load spec_reliability spec --concurrency "$RELIABILITY_CLIENTS" --num-requests "$RELIABILITY_REQUESTS"
+fi
 stop_server worker_spec
 
-worker stock "$BASE" "$STOCK_PORT" FASTCHAT_SPEC_DISABLE=1
-check_decoder "http://127.0.0.1:$STOCK_PORT" stock no
-run_load stock_levels stock --concurrency "$STOCK_LEVELS" --num-requests "$STOCK_REQUESTS"
-stop_server worker_stock
+if [ "$STOCK_LEVELS" != none ]; then
+    worker stock "$BASE" "$STOCK_PORT" FASTCHAT_SPEC_DISABLE=1
+    check_decoder "http://127.0.0.1:$STOCK_PORT" stock no
+    run_load stock_levels stock --concurrency "$STOCK_LEVELS" --num-requests "$STOCK_REQUESTS"
+    stop_server worker_stock
+fi
 
 "$PYTHON" - "$OUT_DIR" <<'PY' || FAILED=1
 import json, os, sys
@@ -127,16 +135,17 @@ for name in ("spec_levels", "stock_levels", "spec_reliability"):
             runs[name] = json.load(f)
     except (OSError, ValueError) as e:
         print(f"serving_bench.sh: no usable {name}.json ({e}); summary without it", file=sys.stderr)
-summary = {"levels": side_by_side(runs["spec_levels"], runs["stock_levels"])
-           if {"spec_levels", "stock_levels"} <= runs.keys() else None}
+summary = {"levels": side_by_side(runs["spec_levels"], runs.get("stock_levels"))
+           if "spec_levels" in runs else None}
 if "spec_reliability" in runs:
     summary["reliability"] = {k: v for k, v in runs["spec_reliability"]["levels"][0].items() if k != "requests_detail"}
 with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)
 for row in summary["levels"] or []:
-    spec, stock = row["spec"], row["stock"]
-    print(f"{row['concurrency']:>3} clients: spec {spec['tok_s']:8.1f} tok/s (p50 {spec['latency_s']['p50']}s), "
-          f"stock {stock['tok_s']:8.1f} tok/s (p50 {stock['latency_s']['p50']}s), spec/stock {row['tok_s_ratio']}x")
+    spec, stock = row["spec"], row.get("stock")
+    print(f"{row['concurrency']:>3} clients: spec {spec['tok_s']:8.1f} tok/s (p50 {spec['latency_s']['p50']}s)"
+          + (f", stock {stock['tok_s']:8.1f} tok/s (p50 {stock['latency_s']['p50']}s), spec/stock "
+             f"{row['tok_s_ratio']}x" if stock else ""))
 if "reliability" in summary:
     r = summary["reliability"]
     print(f"reliability: {r['ok']}/{r['requests']} ok, {r['failed']} failed, {r['empty']} empty, "

@@ -19,6 +19,7 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
+from fastchat_spec.generate.stream import LAST_CHUNK_ONLY
 from fastchat_spec.generate.tree import chain
 from tests import tiny
 from tests.tiny import CONTEXT, PROMPTS
@@ -197,6 +198,22 @@ def test_stream_interval_changes_chunks_not_text(base, spec, interval):
     model, tok, stream = spec
     chunks = list(stream(model, tok, greedy(PROMPTS[2]), "cpu", CONTEXT, stream_interval=interval))
     assert chunks[-1]["text"] == stock_run(base, greedy(PROMPTS[2]))[-1]["text"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"stop_token_ids": [7]}, {"stop": "STOP-IN-ANSWER"}, {"echo": True}],
+                         ids=["length", "stop_id", "stop_string", "echo"])
+def test_non_streamed_answer_is_the_streams_last_chunk(base, spec, extra):
+    """The worker's /worker_generate asks for the last chunk alone: the same text, usage,
+    finish_reason and spec stats as a stream's last chunk, and no chunk before it."""
+    model, tok, stream = spec
+    params = greedy(PROMPTS[1], **extra)
+    if extra.get("stop"):  # a stop string the answer really contains
+        params["stop"] = unique_substring(stock_run(base, greedy(PROMPTS[1]))[-1]["text"])
+    streamed = spec_run(spec, params)
+    only = list(stream(model, tok, dict(params), "cpu", CONTEXT, stream_interval=LAST_CHUNK_ONLY))
+    assert len(only) == 1
+    assert only[0] == streamed[-1]
+    assert only[0]["text"] == stock_run(base, params)[-1]["text"]
 
 
 # -- context and the stock path ----------------------------------------------------------

@@ -47,7 +47,8 @@ def result(servers, tmp_path_factory):
     out = os.path.join(tmp_path_factory.mktemp("load"), "load.json")
     load.main(["--api-base", servers.api_url + "/v1", "--model", MODEL, "--num-requests", str(REQUESTS),
                "--concurrency", f"{CLIENTS},{CLIENTS}", "--num-prompts", "6", "--max-tokens", "12,32",
-               "--worker-pid", str(servers.worker_pid()), "--timeout", "300", "--out", out])
+               "--worker-pid", str(servers.worker_pid()), "--worker-url", servers.worker_url,
+               "--timeout", "300", "--out", out])
     servers.check_alive()
     with open(out, encoding="utf-8") as f:
         return json.load(f)
@@ -77,11 +78,20 @@ def test_worker_memory_levels_off_after_a_warm_up(result):
     assert measured["end_mb"] <= warm["end_mb"] + RSS_GROWTH_MB, (warm, measured)
 
 
+def test_each_level_says_what_the_engine_loop_did(result):
+    """Rows shared per batched step and how busy the worker's loop was: where a level's time went."""
+    for level in result["levels"]:
+        engine = level["engine"]
+        assert engine["steps"] > 0 and 1 <= engine["rows_per_step"] <= CLIENTS
+        assert engine["ms_per_step"] > 0 and 0 < engine["busy_fraction"] <= 1.0
+    assert result["levels"][0]["engine"]["prefill_s"] > 0
+
+
 def test_help_names_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--api-base", "--concurrency", "--num-requests", "--max-tokens", "--stream-fraction",
-                   "--worker-pid", "--out"):
+                   "--worker-pid", "--worker-url", "--out"):
         assert option in text

@@ -150,9 +150,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_level(send, questions: list[str], plan: list[Planned], references: dict, concurrency: int,
-              worker_pid: int | None = None, progress: bool = False) -> dict:
+              worker_pid: int | None = None, progress: bool = False, engine_counters=None) -> dict:
     """The planned requests from ``concurrency`` client threads; returns the level's summary
-    with every request's outcome under "requests"."""
+    with every request's outcome under "requests". ``engine_counters``: a callable giving the
+    worker's engine loop counters (``engine_counters_of``), read before and after the level."""
     bar = _progress(len(plan), f"{concurrency} clients") if progress else None
 
     def one(planned: Planned) -> Outcome:
@@ -162,13 +163,41 @@ def run_level(send, questions: list[str], plan: list[Planned], references: dict,
             bar.update(1)
         return outcome
 
+    before = engine_counters() if engine_counters else None
     with RSSSampler(worker_pid) as rss, ThreadPoolExecutor(max_workers=concurrency) as pool:
         t0 = time.perf_counter()
         outcomes = list(pool.map(one, plan))
         wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    return summarize_level(outcomes, concurrency, wall, rss.summary())
+    summary = summarize_level(outcomes, concurrency, wall, rss.summary())
+    if before is not None:
+        summary["engine"] = engine_during(before, engine_counters(), wall)
+    return summary
+
+
+def engine_counters_of(session, worker_url: str):
+    """A callable reading the speculative engine loop's counters from the worker's /worker_get_status
+    (steps, rows, seconds in steps, prefills and host steps); it gives None for a stock worker."""
+    def read() -> dict | None:
+        r = session.post(worker_url.rstrip("/") + "/worker_get_status", timeout=30)
+        r.raise_for_status()
+        engines = r.json().get("spec_engine") or []
+        return engines[0] if engines else None
+    return read
+
+
+def engine_during(before: dict | None, after: dict | None, wall: float) -> dict | None:
+    """What the engine loop did during a level: steps, rows per batched step, milliseconds per step,
+    and the share of the level's wall time it was busy (the rest it waited for requests)."""
+    if not before or not after:
+        return None
+    d = {k: after[k] - before[k] for k in ("steps", "rows", "seconds", "prefill_seconds", "host_seconds")}
+    busy = d["seconds"] + d["prefill_seconds"] + d["host_seconds"]
+    return {"steps": d["steps"], "rows_per_step": round(d["rows"] / d["steps"], 2) if d["steps"] else None,
+            "ms_per_step": round(1000 * d["seconds"] / d["steps"], 3) if d["steps"] else None,
+            "prefill_s": round(d["prefill_seconds"], 3), "host_s": round(d["host_seconds"], 3),
+            "busy_fraction": round(busy / wall, 3) if wall > 0 else None}
 
 
 def summarize_level(outcomes: list[Outcome], concurrency: int, wall: float, rss: dict | None) -> dict:
@@ -215,6 +244,10 @@ def level_line(summary: dict) -> str:
             f"p90 {fmt(lat['p90'])} p99 {fmt(lat['p99'])}")
     if rss:
         line += f"; worker RSS {rss['start_mb']:.0f} -> {rss['end_mb']:.0f} MiB (max {rss['max_mb']:.0f})"
+    engine = summary.get("engine")
+    if engine and engine["steps"]:
+        line += (f"; engine {engine['rows_per_step']} rows/step, {engine['ms_per_step']} ms/step, "
+                 f"busy {100 * engine['busy_fraction']:.0f}%")
     return line
 
 
@@ -259,8 +292,12 @@ def parse_args(argv=None):
                    help="seconds a request may wait for its answer or for its stream's next bytes (default 300)")
     p.add_argument("--worker-pid", type=int,
                    help="the model worker's process id (same machine): its RSS is sampled from /proc")
+    p.add_argument("--worker-url", help="the model worker's address (e.g. http://127.0.0.1:21002): each level "
+                                        "then reports what its engine loop did (rows per step, ms per step, busy share)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
+    if args.worker_url and urlparse(args.worker_url).hostname not in LOOPBACK:
+        p.error(f"--worker-url {args.worker_url}: only a worker on this machine (127.0.0.1) is supported")
     if urlparse(args.api_base).hostname not in LOOPBACK:
         p.error(f"--api-base {args.api_base}: only a server on this machine (127.0.0.1) is supported")
     if args.num_requests < 1 or args.num_prompts < 1:
@@ -287,9 +324,10 @@ def served_model(session, api_base: str, model: str | None) -> str:
 
 
 def run(api_base: str, model: str, questions: list[str], plan: list[Planned], levels: list[int], timeout: float,
-        worker_pid: int | None = None, progress: bool = False) -> dict:
+        worker_pid: int | None = None, progress: bool = False, worker_url: str | None = None) -> dict:
     """References, then each level; the dict main() writes (without the command line)."""
     session = session_for(api_base)
+    counters = engine_counters_of(session, worker_url) if worker_url else None
 
     def send(question, max_tokens, stream):
         return send_chat(session, api_base, model, question, max_tokens, stream, timeout)
@@ -300,7 +338,7 @@ def run(api_base: str, model: str, questions: list[str], plan: list[Planned], le
         raise RuntimeError("every prompt is longer than the model's context; pass shorter --prompts")
     results = []
     for level in levels:
-        summary = run_level(send, questions, plan, references, level, worker_pid, progress)
+        summary = run_level(send, questions, plan, references, level, worker_pid, progress, counters)
         print(level_line(summary), file=sys.stderr, flush=True)
         results.append(summary)
     return {
@@ -329,7 +367,8 @@ def main(argv=None) -> dict:
         "prompts_source": args.prompts or "sharegpt-heldout",
         "prompt_chars": [len(q) for q in questions],
         "max_tokens": args.max_tokens, "stream_fraction": args.stream_fraction, "seed": args.seed,
-        **run(api_base, model, questions, plan, args.concurrency, args.timeout, args.worker_pid, progress=True),
+        **run(api_base, model, questions, plan, args.concurrency, args.timeout, args.worker_pid, progress=True,
+              worker_url=args.worker_url),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
@@ -341,21 +380,24 @@ def main(argv=None) -> dict:
     return result
 
 
-def side_by_side(first: dict, second: dict) -> list[dict]:
-    """Two results of this tool (e.g. a spec worker's and a stock worker's, same levels), level by
-    level: aggregate tok/s and latency of each, and the tok/s ratio first/second."""
+def side_by_side(first: dict, second: dict | None) -> list[dict]:
+    """Two results of this tool (e.g. a spec worker's and a stock worker's), level by level: aggregate
+    tok/s and latency of each, and the tok/s ratio first/second where both ran that concurrency.
+    Levels only the first ran (or every level, when ``second`` is None) have the first's figures alone."""
     def brief(level: dict) -> dict:
         return {k: level[k] for k in ("ok", "requests", *PROBLEMS, "tok_s", "latency_s", "rss")}
 
-    if first["model"] == second["model"]:
+    if second is not None and first["model"] == second["model"]:
         raise ValueError(f"both results are for model {first['model']!r}; serve the two under different names")
+    others = {b["concurrency"]: b for b in (second or {}).get("levels", [])}
     rows = []
-    for a, b in zip(first["levels"], second["levels"]):
-        if a["concurrency"] != b["concurrency"]:
-            raise ValueError(f"levels differ: {a['concurrency']} against {b['concurrency']}; run both with the "
-                             "same --concurrency")
-        rows.append({"concurrency": a["concurrency"], first["model"]: brief(a), second["model"]: brief(b),
-                     "tok_s_ratio": round(a["tok_s"] / b["tok_s"], 3) if b["tok_s"] > 0 else None})
+    for a in first["levels"]:
+        row = {"concurrency": a["concurrency"], first["model"]: brief(a)}
+        b = others.get(a["concurrency"])
+        if b is not None:
+            row[second["model"]] = brief(b)
+            row["tok_s_ratio"] = round(a["tok_s"] / b["tok_s"], 3) if b["tok_s"] > 0 else None
+        rows.append(row)
     return rows
 
 

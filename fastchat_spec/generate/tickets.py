@@ -24,6 +24,9 @@ class Job:
     stop_token_ids: list[int] = field(default_factory=list)
     acceptance: str = "lossless"
     options: dict = field(default_factory=dict)
+    # The reader wants only the finished answer (FastChat's non-streamed requests without stop strings):
+    # the steps are handed over all at once when the request ends, so its thread wakes once, not per step.
+    at_end: bool = False
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Ticket:
     def __init__(self, job: Job):
         self.job = job
         self.events: queue.Queue = queue.Queue()
+        self._held: list[Emitted] = []  # steps kept back until the end (``Job.at_end``)
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -49,9 +53,12 @@ class Ticket:
         return self._cancelled.is_set()
 
     def emit(self, tokens: list[int], prefill: bool = False) -> None:
-        self.events.put(Emitted(tokens, prefill))
+        (self._held.append if self.job.at_end else self.events.put)(Emitted(tokens, prefill))
 
     def finish(self, error: Optional[BaseException] = None) -> None:
+        for event in self._held:
+            self.events.put(event)
+        self._held = []
         self.events.put(error if error is not None else StopIteration())
 
     def steps(self, alive, poll_s: float = 1.0):

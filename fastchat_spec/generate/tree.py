@@ -39,7 +39,7 @@ class Tree:
     def num_nodes(self) -> int:
         return len(self.paths) + 1
 
-    @property
+    @functools.cached_property  # read at every step by the loop's length buckets
     def max_depth(self) -> int:
         return max((len(p) for p in self.paths), default=0)
 
