@@ -1,4 +1,4 @@
-"""FastChat's OpenAI API server sends no request to a worker that is gone.
+"""FastChat's OpenAI API server: requests go only to live workers, and streams share one HTTP client.
 
 FastChat 0.2.36's ``openai_api_server`` asks the controller for a worker
 address per request and sends the request there. After a worker dies
@@ -12,12 +12,23 @@ Here the API server's ``get_worker_address`` first checks that the worker it
 was given answers (one status call on the worker's own address, a
 millisecond on a local network); if it does not, it asks the controller to
 drop unreachable workers (``/refresh_all_workers``) and takes the next
-address. The server runs as ``__main__``, so the patch is applied when it
-calls ``uvicorn.run`` (see ``fastchat_patches.patch_uvicorn``).
+address.
+
+Its ``generate_completion_stream`` also opens a new ``httpx.AsyncClient`` for
+every streamed completion, and each one builds a TLS context from certifi's
+bundle (about 20 ms, even for an http:// worker) in the server's only thread,
+where every other request waits. Here one client serves every stream
+(``shared_stream_client``); each stream still opens its own connection, as before.
+
+The server runs as ``__main__``, so both patches are applied when it calls
+``uvicorn.run`` (see ``fastchat_patches.patch_uvicorn``).
 """
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
+import weakref
 
 import aiohttp
 
@@ -49,6 +60,49 @@ def patch_api_server(main) -> None:
 
     setattr(get_worker_address, _WRAPPED, True)
     main.get_worker_address = get_worker_address
+    patch_stream_client(main)
+
+
+def patch_stream_client(main) -> None:
+    """``generate_completion_stream`` with one shared HTTP client (idempotent).
+
+    The same request, headers, timeout and chunks as FastChat's: the worker's
+    NUL-separated JSON chunks, read as they arrive.
+    """
+    if getattr(main.generate_completion_stream, _WRAPPED, False):
+        return
+
+    async def generate_completion_stream(payload: dict, worker_addr: str):
+        client = shared_stream_client()
+        async with client.stream("POST", worker_addr + "/worker_generate_stream", headers=main.headers,
+                                 json=payload, timeout=main.WORKER_API_TIMEOUT) as response:
+            pending = b""
+            async for raw in response.aiter_raw():
+                pending += raw
+                *chunks, pending = pending.split(b"\0")
+                for chunk in chunks:
+                    if chunk:
+                        yield json.loads(chunk.decode())
+
+    generate_completion_stream.__doc__ = main.generate_completion_stream.__doc__
+    setattr(generate_completion_stream, _WRAPPED, True)
+    main.generate_completion_stream = generate_completion_stream
+
+
+_CLIENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # event loop -> its client
+
+
+def shared_stream_client():
+    """The running event loop's client for worker streams, built once (an httpx client is bound to
+    one loop). No kept-alive connections: each stream connects anew, as FastChat's own client did, so
+    a worker that restarted or closed an idle connection never meets a stale one."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None:
+        client = _CLIENTS[loop] = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+    return client
 
 
 async def answers(worker_address: str) -> bool:
