@@ -259,6 +259,7 @@ def _patch_worker_class(worker_cls, model_worker) -> None:
 
     import torch
 
+    from fastchat_spec.generate.prompt_ids import prompt_ids
     from fastchat_spec.generate.request import RequestError
     from fastchat_spec.generate.stream import LAST_CHUNK_ONLY, generate_stream as spec_generate_stream
 
@@ -302,10 +303,22 @@ def _patch_worker_class(worker_cls, model_worker) -> None:
             pass
         return ret
 
+    original_count_token = worker_cls.count_token
+
+    def count_token(self, params):
+        """FastChat's count; the ids are kept for the request for this prompt that usually follows."""
+        if not isinstance(params.get("prompt"), str):
+            return original_count_token(self, params)
+        try:
+            return {"count": len(prompt_ids(self.tokenizer, params["prompt"])), "error_code": 0}
+        except TypeError:  # FastChat's own fallback (a tokenizer that is not callable on text)
+            return original_count_token(self, params)
+
     generate_stream_gate.__doc__ = worker_cls.generate_stream_gate.__doc__
     setattr(generate_stream_gate, _WRAPPED, True)
     worker_cls.generate_stream_gate = generate_stream_gate
     worker_cls.generate_gate = generate_gate
+    worker_cls.count_token = count_token
     _patch_worker_engine(worker_cls)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fastchat.constants import ErrorCode
 
+from fastchat_spec.generate.prompt_ids import prompt_ids as tokenized_prompt
 from fastchat_spec.generate.sampling import SamplingParams
 
 # A tokenizer's normaliser (NFKC) can merge a few characters into one; this margin keeps
@@ -119,7 +120,7 @@ def _refuse_logprobs(params: dict) -> None:
 
 def _prompt_ids(prompt: str, tokenizer, context_len: int) -> list[int]:
     _refuse_prompt_too_long_to_tokenize(prompt, tokenizer, context_len)
-    prompt_ids = tokenizer(prompt).input_ids
+    prompt_ids = tokenized_prompt(tokenizer, prompt)
     if len(prompt_ids) > context_len:
         raise RequestError(
             f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {context_len} tokens; "
