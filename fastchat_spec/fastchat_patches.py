@@ -307,8 +307,6 @@ def _patch_worker_class(worker_cls, model_worker) -> None:
 
     def count_token(self, params):
         """FastChat's count; the ids are kept for the request for this prompt that usually follows."""
-        if not isinstance(params.get("prompt"), str):
-            return original_count_token(self, params)
         try:
             return {"count": len(prompt_ids(self.tokenizer, params["prompt"])), "error_code": 0}
         except TypeError:  # FastChat's own fallback (a tokenizer that is not callable on text)

@@ -7,6 +7,7 @@
 # Prints {"api_ms": [...], "worker_ms": [...]}: two rounds of 30 requests each, medians in milliseconds.
 # TOKENS=N (default 1) asks for N-token answers, 10 per round, and adds the streamed paths
 # (api_stream_ms: SSE from the API; worker_stream_ms: the worker's own /worker_generate_stream).
+# httpx_client_ms: building one httpx.AsyncClient (FastChat's API server built one per streamed request).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CKPT=${1:-$ROOT/fastchat_spec/models/medusa-vicuna-nano}
@@ -87,5 +88,17 @@ for _ in range(2):
         runs = [probe() for _ in range(30 if tokens == 1 else 10)]
         result[key].append(round(1000 * statistics.median(r[0] for r in runs), 2))
         counts[key] = runs[0][1]  # None: the API's stream chunks carry no usage
-print(json.dumps({**result, "completion_tokens": counts}))
+
+
+def client_ms():
+    """What building one httpx.AsyncClient costs (FastChat's API server built one per streamed request)."""
+    import httpx
+
+    t0 = time.perf_counter()
+    for _ in range(20):
+        httpx.AsyncClient()
+    return round(1000 * (time.perf_counter() - t0) / 20, 2)
+
+
+print(json.dumps({**result, "completion_tokens": counts, "httpx_client_ms": client_ms()}))
 PY

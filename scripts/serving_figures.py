@@ -6,7 +6,7 @@ Usage:
 The raw folder holds what the runs wrote (any part may be missing):
   nano/profile.txt         scripts/profile_stream.py: the engine loop alone and generate_stream in threads
   nano/spec_levels.json    scripts/serving_bench.sh levels through FastChat's API (with engine counters)
-  nano/spec_reliability.json, small/spec_levels.json, small/train_report.json, nano-spaced/spec_levels.json
+  nano/spec_reliability.json, small/spec_levels.json, small/train_report.json
   diag/overhead1.json, diag/overhead256.json   scripts/api_overhead.sh (TOKENS=1 and 256)
 Prints the block; with --into, stores it under serving.KEY of that JSON file (other keys kept).
 """
@@ -69,7 +69,6 @@ def figures(raw: str) -> dict:
     nano = levels(read(os.path.join(raw, "nano", "spec_levels.json")))
     small = levels(read(os.path.join(raw, "small", "spec_levels.json")))
     reliability = levels(read(os.path.join(raw, "nano", "spec_reliability.json")))
-    spaced = levels(read(os.path.join(raw, "nano-spaced", "spec_levels.json")))
     report = read(os.path.join(raw, "small", "train_report.json")) or {}
     loop1 = profile["loop"].get("1", {}).get("aggregate_tok_s")
 
@@ -84,7 +83,6 @@ def figures(raw: str) -> dict:
         "nano_in_process": profile,
         "nano_api": nano,
         "nano_reliability": reliability,
-        "nano_api_chunks_20ms_apart": spaced,
         "small_api": small,
         "small_heads": {"expected_tokens_per_step": report.get("expected_tokens_per_step"),
                         "command": report.get("command")},

@@ -53,7 +53,10 @@ class Ticket:
         return self._cancelled.is_set()
 
     def emit(self, tokens: list[int], prefill: bool = False) -> None:
-        (self._held.append if self.job.at_end else self.events.put)(Emitted(tokens, prefill))
+        if self.job.at_end:
+            self._held.append(Emitted(tokens, prefill))
+        else:
+            self.events.put(Emitted(tokens, prefill))
 
     def finish(self, error: Optional[BaseException] = None) -> None:
         for event in self._held:
