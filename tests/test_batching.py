@@ -13,7 +13,10 @@ import threading
 import pytest
 from fastchat.model.model_adapter import get_generate_stream_function, load_model
 
+from fastchat_spec.adapters.medusa import write_medusa_checkpoint
 from fastchat_spec.generate.loop import engine_for, loops_of
+from fastchat_spec.generate.tree import chain
+from tests import tiny
 from tests.servers import logs_on_failure, module_servers
 from tests.tiny import CONTEXT
 from tests.tiny import PROMPTS as TINY_PROMPTS
@@ -39,13 +42,17 @@ def run_alone(medusa, prompt, max_new_tokens, **extra) -> dict:
 
 def run_together(medusa, requests: list[dict]) -> list[dict]:
     """Each request from its own thread, all started together; the last chunk of each."""
+    return run_together_at(medusa, requests, CONTEXT)
+
+
+def run_together_at(medusa, requests: list[dict], context: int) -> list[dict]:
     model, tok, stream = medusa
     results: list = [None] * len(requests)
     start = threading.Barrier(len(requests))
 
     def worker(i):
         start.wait()
-        results[i] = list(stream(model, tok, dict(requests[i]), "cpu", CONTEXT))[-1]
+        results[i] = list(stream(model, tok, dict(requests[i]), "cpu", context))[-1]
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -184,3 +191,44 @@ def test_a_reader_that_falls_behind_gets_the_same_answer_and_stats(medusa):
     assert len(slow_reader) <= 2 < len(prompt_reader)
     for key in ("text", "usage", "finish_reason", "spec"):
         assert slow_reader[-1][key] == prompt_reader[-1][key], key
+
+
+def test_a_request_that_fills_the_whole_context_keeps_its_text_beside_others(base_dir, tmp_path):
+    """The loop runs each request one step past its end before it reads that step (the device works
+    while the host hands out tokens). A request whose prompt and answer fill the model's context
+    must still fit, and its neighbours must not notice. Heads that copy the base accept whole
+    chains, so the last real step can overshoot the answer's end by several tokens."""
+    context = 160
+    ckpt = write_medusa_checkpoint(str(tmp_path / "oracle"), tiny.oracle_medusa_heads(base_dir, 4), base_dir,
+                                   tree=chain(4).to_list())
+    model, tok = load_model(ckpt, device="cpu")  # a loop of its own, sized for this context
+    medusa = (model, tok, get_generate_stream_function(model, ckpt))
+    stream = medusa[2]
+    prompt = PROMPTS[1]  # its answer repeats one token: every step accepts the whole chain
+    full = context - len(tok(prompt).input_ids)
+    requests = [params(prompt, full, stop_token_ids=[]), params(PROMPTS[0], 24), params(PROMPTS[5], 40)]
+    alone = [list(stream(model, tok, dict(r), "cpu", context))[-1] for r in requests]
+    together = run_together_at(medusa, requests, context)
+    assert alone[0]["finish_reason"] == "length" and alone[0]["usage"]["completion_tokens"] == full
+    assert [t["text"] for t in together] == [a["text"] for a in alone]
+    assert engine_for(model, context).busy_slots() == 0
+
+
+def test_under_load_a_stream_gathers_steps_into_fewer_chunks_with_the_same_text(medusa, monkeypatch):
+    """Beside another request, a stream sends a chunk per FASTCHAT_SPEC_STREAM_GAP_MS, not per step
+    (each chunk costs the worker GIL time its engine loop needs); alone it still gets every step."""
+    from fastchat_spec.generate.stream import STREAM_GAP_ENV
+
+    model, tok, stream = medusa
+    monkeypatch.setenv(STREAM_GAP_ENV, "10000")  # longer than the answer takes: it must end the wait
+    alone = list(stream(model, tok, params(PROMPTS[2], 48), "cpu", CONTEXT))
+    neighbour = stream(model, tok, params(PROMPTS[4], 1000, stop_token_ids=[]), "cpu", CONTEXT)
+    next(neighbour)  # in the loop, and far from done
+    try:
+        loaded = list(stream(model, tok, params(PROMPTS[2], 48), "cpu", CONTEXT))
+    finally:
+        neighbour.close()
+    assert len(alone) > 4
+    assert len(loaded) <= 2
+    assert loaded[-1]["text"] == alone[-1]["text"]
+    assert loaded[-1]["usage"] == alone[-1]["usage"] and loaded[-1]["spec"] == alone[-1]["spec"]

@@ -19,6 +19,7 @@ is captured once as a graph and replayed (``cuda_graphs.capture``).
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -61,11 +62,63 @@ class SlotState:
 
     def read(self, rows: slice) -> list[list[int]]:
         """Per row: the tokens the last step emitted (accepted drafts, then the bonus); one host sync."""
-        emitted = []
-        for report in self.report[rows].tolist():
-            depth = report[0]
-            emitted.append(report[2 : 2 + depth] + [report[-1]])
-        return emitted
+        return emitted_tokens(self.report[rows].tolist())
+
+
+def emitted_tokens(reports: list[list[int]]) -> list[list[int]]:
+    """Per row report [depth, path tokens (root first, padded), bonus]: the accepted drafts, then the bonus."""
+    return [report[2 : 2 + report[0]] + [report[-1]] for report in reports]
+
+
+class StepReports:
+    """Launches batched steps and copies each one's report to the host without waiting for it.
+
+    The engine loop launches step k+1 before it reads step k, so that the
+    device runs one step while the host hands out the tokens of the one
+    before. At most two reports are unread at a time: two host buffers
+    alternate (pinned on CUDA, so the copy is asynchronous). On CUDA each
+    step is bracketed by timing events (its device time); on the CPU a step
+    has run by the time it is launched, and the host clock times it.
+    """
+
+    def __init__(self, state: SlotState, device):
+        self.state = state
+        self.cuda = device.type == "cuda"
+        self._buffers = [torch.empty(state.report.shape, dtype=torch.long, pin_memory=self.cuda) for _ in range(2)]
+        self._events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                        for _ in range(2)] if self.cuda else []
+        self._next = 0
+
+    def launch(self, step, rows: slice) -> "LaunchedStep":
+        """Run ``step`` (a graph replay or an eager ``BatchStep.run``) and start copying its rows' reports."""
+        i, self._next = self._next, 1 - self._next
+        buffer = self._buffers[i][rows]
+        if not self.cuda:
+            t0 = time.perf_counter()
+            step()
+            buffer.copy_(self.state.report[rows])
+            return LaunchedStep(buffer, seconds=time.perf_counter() - t0)
+        start, end = self._events[i]
+        start.record()
+        step()
+        buffer.copy_(self.state.report[rows], non_blocking=True)
+        end.record()
+        return LaunchedStep(buffer, events=(start, end))
+
+
+class LaunchedStep:
+    """A launched step's report, readable once the device has run it."""
+
+    def __init__(self, buffer: torch.Tensor, seconds: float = 0.0, events=None):
+        self.buffer, self.seconds, self.events = buffer, seconds, events
+
+    def read(self) -> list[list[int]]:
+        """Per row of the step: the tokens it emitted. Waits for the device (the GIL is released meanwhile)."""
+        if self.events is not None:
+            start, end = self.events
+            end.synchronize()
+            self.seconds = start.elapsed_time(end) / 1000
+        return emitted_tokens(self.buffer.tolist())
 
 
 class BatchStep:

@@ -4,8 +4,10 @@ FastChat's worker calls ``generate_stream`` from many threads at once. Each
 call submits a ``Job`` here and reads its own ``Ticket``; the loop thread
 admits jobs (prefill into a free KV slot), then runs one batched speculative
 step over every active greedy request (``batch_step.BatchStep``), and hands
-each ticket the tokens its row emitted. Requests join at prefill and leave at
-any step boundary: finished, stopped, cancelled or abandoned by their client.
+each ticket the tokens its row emitted. It launches the next step before it
+hands out the last one, so the device works while the host does. Requests
+join at prefill and leave at any step boundary: finished, stopped, cancelled
+or abandoned by their client.
 
 Requests whose step needs the host (sampling, repetition penalty, Jacobi
 windows) run through the same loop with their own cache, one host step each
@@ -37,7 +39,7 @@ from typing import Optional
 import torch
 from fastchat.constants import ErrorCode
 
-from fastchat_spec.generate.batch_step import BatchStep, SlotState, supports_device_step
+from fastchat_spec.generate.batch_step import BatchStep, LaunchedStep, SlotState, StepReports, supports_device_step
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.kv_cache import round_up
@@ -68,6 +70,15 @@ class _Row:
 
 
 @dataclass
+class _InFlight:
+    """A batched step launched on the device and not yet handed out: the rows it ran for."""
+
+    first: int  # the step's rows are slots first, first+1, ...
+    rows: dict[int, _Row]  # slot -> the request it held at launch
+    report: LaunchedStep
+
+
+@dataclass
 class _HostRow:
     """An active request whose step needs the host (its own cache, one step per loop iteration)."""
 
@@ -83,7 +94,7 @@ class LoopStats:
     steps: int = 0
     rows: int = 0  # sum over batched steps of the rows that held a request
     max_rows: int = 0  # most requests that shared one batched step
-    seconds: float = 0.0  # wall time of batched steps, one host read each
+    seconds: float = 0.0  # device time of batched steps (CUDA events; on the CPU, host time)
     prefill_seconds: float = 0.0  # wall time of prefills (admissions), batched or host-stepped
     host_seconds: float = 0.0  # wall time of host steps (sampling, repetition penalty, Jacobi)
     admitted: int = 0
@@ -119,6 +130,7 @@ class EngineLoop:
         self._captured: list[BatchStep] = []
         self._warm = False
         self._stopping = threading.Event()
+        self._in_flight: Optional[_InFlight] = None  # the step the device runs while the host reads the last
         if self.batched:
             tree = cls.tree_for(model)
             # Room for the longest request, its tree, and a padded accepted path written past its end.
@@ -130,6 +142,7 @@ class EngineLoop:
             self.decoder = compiled_decoder(self.base)
             self.dtype = compute_dtype(self.base)
             self.prefill = SlotPrefill(self.base, self.store, self.device, self.decoder)
+            self.reports = StepReports(self.state, self.device)
 
     def _allocate_slots(self, dtype) -> SlotStore:
         """KV rows for every slot; with too little device memory, fewer slots (the rest of a burst waits)."""
@@ -194,7 +207,7 @@ class EngineLoop:
             self._fail_all(error)
         while not self._stopping.is_set():
             try:
-                busy = self.busy_slots() or self.waiting
+                busy = self.busy_slots() or self.waiting or self._in_flight
                 block = not busy
                 if not self._take_inbox(block=block, timeout=1.0):
                     if not busy:
@@ -298,26 +311,46 @@ class EngineLoop:
         self._emit(row, [done.first], prefill=True)
 
     def _step_rows(self) -> None:
-        if not self.rows:
-            return
-        t0 = time.perf_counter()
+        """Launch the next batched step, then hand out the previous one's tokens while the device runs it.
+
+        Each request therefore runs one step past its end (a stop token, or
+        max_new_tokens) before the host knows it ended. That step is harmless:
+        it writes only into the request's own slot, within the room admission
+        reserved (``_prefill_slot``), and its tokens are dropped.
+        """
         if self.invariant:
-            emitted = {}
-            for slot in sorted(self.rows):
-                self._step_for(slot, 1, self.capacity)()
-                emitted[slot] = self.state.read(slice(slot, slot + 1))[0]
-        else:
+            self._step_each_alone()
+            return
+        launched = None
+        if self.rows:
             count = self._rows_bucket(max(self.rows) + 1)
-            length = self._length_bucket(max(r.cached for r in self.rows.values()))
-            self._step_for(0, count, length)()
-            reports = self.state.read(slice(0, count))
-            emitted = {slot: reports[slot] for slot in self.rows}
+            # A row may be one unread step (a path and its bonus) further along than ``cached`` says.
+            longest = max(r.cached for r in self.rows.values()) + self.tree.max_depth + 1
+            launched = self._launch(0, count, self._length_bucket(longest))
+        if self._in_flight is not None:
+            self._hand_out(self._in_flight)
+        self._in_flight = launched
+
+    def _step_each_alone(self) -> None:
+        """Batch-invariant mode: every row steps alone at one fixed shape, read before the next."""
+        for slot in sorted(self.rows):
+            self._hand_out(self._launch(slot, 1, self.capacity))
+
+    def _launch(self, first: int, count: int, length: int) -> _InFlight:
+        rows = {slot: row for slot, row in self.rows.items() if first <= slot < first + count}
+        report = self.reports.launch(self._step_for(first, count, length), slice(first, first + count))
+        return _InFlight(first, rows, report)
+
+    def _hand_out(self, flight: _InFlight) -> None:
+        """Give each request of a finished step its tokens; rows that ended since its launch get none."""
+        reports = flight.report.read()
+        live = {slot: row for slot, row in flight.rows.items() if self.rows.get(slot) is row}
         self.stats.steps += 1
-        self.stats.rows += len(self.rows)
-        self.stats.max_rows = max(self.stats.max_rows, len(self.rows))
-        self.stats.seconds += time.perf_counter() - t0
-        for slot, tokens in emitted.items():
-            row = self.rows[slot]
+        self.stats.rows += len(live)
+        self.stats.max_rows = max(self.stats.max_rows, len(live))
+        self.stats.seconds += flight.report.seconds
+        for slot, row in live.items():
+            tokens = reports[slot - flight.first]
             row.cached += len(tokens)
             self._emit(row, tokens)
 
@@ -353,6 +386,7 @@ class EngineLoop:
         row.generation.close()
 
     def _fail_all(self, error: BaseException) -> None:
+        self._in_flight = None
         for slot, row in list(self.rows.items()):
             self._free(slot)
             row.ticket.finish(error)

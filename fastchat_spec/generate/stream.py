@@ -15,6 +15,7 @@ and a few before them (``IncrementalText``), so streaming costs O(new tokens).
 from __future__ import annotations
 
 import bisect
+import os
 
 from fastchat_spec.generate.loop import engine_for
 from fastchat_spec.generate.tickets import Job
@@ -23,6 +24,21 @@ from fastchat_spec.spec_stats import SpecStats
 
 # A stream interval no answer reaches: only the last chunk is yielded (the worker's non-streamed answer).
 LAST_CHUNK_ONLY = 1 << 62
+STREAM_GAP_ENV = "FASTCHAT_SPEC_STREAM_GAP_MS"  # least time between a stream's chunks (0: a chunk per step)
+# Each chunk costs the worker a thread wake-up, a decode, FastChat's JSON and an event-loop write,
+# all under the GIL that the engine loop needs to launch every step: at a chunk per step, 16 streams
+# starved the loop. 20 ms (50 chunks a second) is below what a reader sees (BENCHMARKS.md section 7).
+# It applies only while the loop serves more than one request: alone, a stream gets every step.
+DEFAULT_STREAM_GAP_MS = 20
+
+
+def stream_gap_s() -> float:
+    """Seconds a streamed request waits between chunks under load, gathering the steps that arrive meanwhile."""
+    value = os.environ.get(STREAM_GAP_ENV, str(DEFAULT_STREAM_GAP_MS))
+    try:
+        return max(0.0, float(value)) / 1000
+    except ValueError:
+        raise ValueError(f"{STREAM_GAP_ENV} must be a number of milliseconds, got {value!r}") from None
 
 
 def generate_stream(model, tokenizer, params: dict, device: str, context_len: int,
@@ -41,7 +57,9 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
     ticket = loop.submit(Job(request.prompt_ids, request.max_new_tokens, request.sampling,
                              request.stop_token_ids, request.acceptance, request.options, at_end=at_end))
     try:
-        yield from _stream(ticket.batches(loop.alive), tokenizer, request, stream_interval, at_end)
+        gap = 0.0 if at_end else stream_gap_s()
+        yield from _stream(ticket.batches(loop.alive, min_gap_s=lambda: gap if loop.busy_slots() > 1 else 0.0),
+                           tokenizer, request, stream_interval, at_end)
     finally:
         ticket.cancel()  # a finished request is already out; a client gone frees its slot
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -43,6 +44,7 @@ class Ticket:
         self.events: queue.Queue = queue.Queue()
         self._held: list[Emitted] = []  # steps kept back until the end (``Job.at_end``)
         self._cancelled = threading.Event()
+        self._finished = threading.Event()
 
     def cancel(self) -> None:
         """Leave the batch at the next step boundary (safe to call at any time, twice)."""
@@ -63,20 +65,28 @@ class Ticket:
             self.events.put(event)
         self._held = []
         self.events.put(error if error is not None else StopIteration())
+        self._finished.set()
 
     def steps(self, alive, poll_s: float = 1.0):
         """Yield ``Emitted`` until the loop finishes the request; raise what failed it."""
         for batch in self.batches(alive, poll_s):
             yield from batch
 
-    def batches(self, alive, poll_s: float = 1.0):
+    def batches(self, alive, poll_s: float = 1.0, min_gap_s=lambda: 0.0):
         """Yield lists of ``Emitted``: every step the loop has handed over since the last list.
 
         A reader that falls behind the loop (many requests, a slow client) gets
         the steps it missed in one list, so it detokenises and yields once for
-        all of them instead of once per step.
+        all of them instead of once per step. ``min_gap_s()`` (asked after each
+        list) makes the reader fall behind that much: it sleeps until the gap
+        has passed or the request has ended, so a stream costs its thread one
+        wake-up per gap rather than one per step, while its last tokens come at once.
         """
+        last = None
         while True:
+            gap = min_gap_s() if last is not None else 0.0
+            if gap > 0:
+                self._finished.wait(max(0.0, last + gap - time.monotonic()))
             try:
                 event = self.events.get(timeout=poll_s)
             except queue.Empty:
@@ -91,6 +101,7 @@ class Ticket:
                 except queue.Empty:
                     event = None
             if batch:
+                last = time.monotonic()
                 yield batch
             if isinstance(event, StopIteration):
                 return
