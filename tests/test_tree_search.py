@@ -132,3 +132,41 @@ def test_a_checkpoint_without_a_tree_is_refused_with_the_reason(tmp_path, base_d
     data = heldout_answers(str(tmp_path / "heldout.json"), stock_texts, tiny.PROMPTS[8:9])
     with pytest.raises(ValueError, match="drafts no tree"):
         tree_search.main(["--model-path", path, "--data_path", data, "--max-len", "128", "--dry-run"])
+
+
+# -- a tree chosen per step by the heads' confidence (EAGLE-2's dynamic tree), estimated offline ------------
+
+
+def test_a_dynamic_tree_spends_its_nodes_where_the_heads_are_unsure():
+    """Two positions, two nodes each. Where depth 1 is sure, the two nodes make a chain and accept two
+    drafts; where it is torn, they go wide and catch the runner-up. One static tree cannot do both."""
+    from fastchat_spec.train.dynamic_tree import accepted_lengths
+
+    probs = torch.tensor([[[0.99, 0.01], [0.90, 0.10]],   # sure: (0), (0, 0) are the two most confident
+                          [[0.50, 0.45], [0.30, 0.20]]])  # torn: (0), (1) beat (0, 0) = 0.15
+    ranks = torch.tensor([[0, 0], [1, -1]])  # the true tokens: the chain, then the runner-up (no depth 2)
+    assert accepted_lengths(probs.log(), ranks, num_nodes=2).tolist() == [2, 1]
+    assert accepted_lengths(probs.log(), ranks, num_nodes=1).tolist() == [1, 0]
+    static = most_frequent_tree(accepted_path_frequencies(Counter({(0, 0): 1, (1, -1): 1}), 2), 2)
+    assert 1 + accepted_lengths(probs.log(), ranks, 2).float().mean() > joint_expected_length(
+        static, accepted_path_frequencies(Counter({(0, 0): 1, (1, -1): 1}), 2))
+
+
+def test_the_dynamic_estimate_is_reported_for_medusa_heads_and_refused_for_others(tmp_path, base_dir, base_model,
+                                                                                 stock_texts):
+    name, checkpoint, nodes = CASES["medusa"]
+    path = checkpoint.write(method(name).write_checkpoint, str(tmp_path / "medusa-vicuna-tiny"), base_dir,
+                            base_model)
+    data = heldout_answers(str(tmp_path / "heldout.json"), stock_texts)
+    result = tree_search.main(["--model-path", path, "--data_path", data, "--num-nodes", "15", "--max-len", "256",
+                               "--dynamic", "--dry-run"])
+    rows = result["dynamic_vs_static"]
+    assert [r["nodes"] for r in rows] == [7, 15]
+    assert rows[-1]["static"] == result["expected_tokens_per_step"]
+    assert all(r["dynamic"] > 1.0 for r in rows)
+    assert rows[1]["dynamic"] >= rows[0]["dynamic"]  # more nodes never accept less
+
+    name, checkpoint, _ = CASES["hydra"]
+    hydra = checkpoint.write(method(name).write_checkpoint, str(tmp_path / "hydra-vicuna-tiny"), base_dir, base_model)
+    with pytest.raises(ValueError, match="needs Medusa heads"):
+        tree_search.main(["--model-path", hydra, "--data_path", data, "--max-len", "256", "--dynamic", "--dry-run"])

@@ -38,6 +38,10 @@ both are exactly what the engine sees, so use those; on human answers the
 path leaves the base's greedy continuation wherever the human wrote something
 else, and the estimate is only approximate.
 
+``--dynamic`` (Medusa heads) adds, at 7, 15, 31, ... nodes, what a tree
+chosen afresh at every step by the heads' own confidence would accept
+(EAGLE-2's dynamic tree; ``train/dynamic_tree.py``) next to the best static tree.
+
 The tree goes into the checkpoint's config.json under the key its method's
 adapter reads (``medusa_choices``, ``hydra_choices`` or ``chimera_choices``).
 
@@ -49,6 +53,7 @@ import argparse
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from itertools import chain
 
 import torch
@@ -64,6 +69,7 @@ from fastchat_spec.generate.tree import (
 from fastchat_spec.methods import method as method_entry
 from fastchat_spec.train.data import read_fastchat_json
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, supervised_dataset
+from fastchat_spec.train.dynamic_tree import DynamicTreeEstimate
 from fastchat_spec.train.losses import shift_labels, target_ranks
 from fastchat_spec.train.report import evaluate_heads, format_head_table
 from fastchat_spec.train.trainer import base_hidden_states
@@ -119,15 +125,32 @@ def rank_grid(preds: list, labels: torch.Tensor) -> torch.Tensor:
     grid = torch.full((len(preds),) + tuple(labels.shape), -1, dtype=torch.long, device=labels.device)
     for k, (logits, targets) in enumerate(preds):
         ranks = target_ranks(logits, targets).to(labels.device)
-        if targets.dim() == 2:
-            rows, cols = (targets != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
-        else:
-            rows, cols = (shift_labels(labels, k + 2) != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
-        if rows.numel() != ranks.numel():
-            raise ValueError(f"depth {k + 1}: {ranks.numel()} predictions for {rows.numel()} positions with a "
-                             "target; the predictor must keep the positions of shift_labels(labels, k + 2)")
-        grid[k, rows.to(labels.device), cols.to(labels.device)] = ranks
+        rows, cols = _target_positions(k, targets, labels, ranks.numel())
+        grid[k, rows, cols] = ranks
     return grid
+
+
+def top_log_prob_grid(preds: list, labels: torch.Tensor, top: int) -> torch.Tensor:
+    """(D, B, T, top) each depth's best ``top`` log-probabilities at each position; -inf where it has no target."""
+    grid = torch.full((len(preds),) + tuple(labels.shape) + (top,), float("-inf"), device=labels.device)
+    for k, (logits, targets) in enumerate(preds):
+        logits = logits.reshape(-1, logits.shape[-1])[targets.reshape(-1).to(logits.device) != IGNORE_TOKEN_ID]
+        best = logits.float().log_softmax(-1).topk(top, dim=-1).values.to(labels.device)
+        rows, cols = _target_positions(k, targets, labels, best.shape[0])
+        grid[k, rows, cols] = best
+    return grid
+
+
+def _target_positions(k: int, targets: torch.Tensor, labels: torch.Tensor, predictions: int):
+    """(rows, cols) of the positions depth ``k``'s predictions stand for, in their order."""
+    if targets.dim() == 2:
+        rows, cols = (targets != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
+    else:
+        rows, cols = (shift_labels(labels, k + 2) != IGNORE_TOKEN_ID).nonzero(as_tuple=True)
+    if rows.numel() != predictions:
+        raise ValueError(f"depth {k + 1}: {predictions} predictions for {rows.numel()} positions with a "
+                         "target; the predictor must keep the positions of shift_labels(labels, k + 2)")
+    return rows.to(labels.device), cols.to(labels.device)
 
 
 def rank_runs(grid: torch.Tensor, max_rank: int) -> list[list[tuple]]:
@@ -151,29 +174,44 @@ def rank_runs(grid: torch.Tensor, max_rank: int) -> list[list[tuple]]:
 
 
 class RecordingPredictor:
-    """A ``predict_fn`` for ``evaluate_heads`` that also records every position's rank tuple, by answer."""
+    """A ``predict_fn`` for ``evaluate_heads`` that also records every position's rank tuple, by answer,
+    and with ``dynamic`` feeds each position's top log-probabilities to a dynamic-tree estimate."""
 
-    def __init__(self, predict, max_rank: int):
-        self.predict, self.max_rank = predict, max_rank
+    def __init__(self, predict, max_rank: int, dynamic: DynamicTreeEstimate | None = None):
+        self.predict, self.max_rank, self.dynamic = predict, max_rank, dynamic
         self.runs: list[list[tuple]] = []
 
     def __call__(self, model, batch):
         preds = self.predict(model, batch)
-        self.runs += rank_runs(rank_grid(preds, batch["labels"]), self.max_rank)
+        labels = batch["labels"]
+        grid = rank_grid(preds, labels)
+        self.runs += rank_runs(grid, self.max_rank)
+        if self.dynamic is not None:
+            anchors = grid[0] >= 0  # positions with a depth-1 target: where a step can start
+            log_probs = top_log_prob_grid(preds, labels, self.dynamic.top)
+            self.dynamic.add(log_probs.permute(1, 2, 0, 3)[anchors], grid.permute(1, 2, 0)[anchors])
         return preds
 
 
-def measure(model, dataset, batch_size: int = 8, max_rank: int = 10, pad_token_id: int = 0) -> dict:
+def measure(model, dataset, batch_size: int = 8, max_rank: int = 10, pad_token_id: int = 0,
+            dynamic_sizes: Sequence[int] = ()) -> dict:
     """``{"heads", "rank_accuracy": acc[depth][rank], "rank_runs": [[tuple]], "rank_tuples": Counter}`` of a
-    loaded SpecModel: the marginal table and every held-out position's rank tuple (by answer, and counted)."""
+    loaded SpecModel: the marginal table and every held-out position's rank tuple (by answer, and counted).
+    With ``dynamic_sizes`` (Medusa only) also ``"dynamic": {nodes: expected tokens per step}``."""
     method = model.spec.method
     if method not in PREDICTORS:
         raise ValueError(f"tree_search measures {sorted(PREDICTORS)} checkpoints; this one is {method!r}, "
                          "which drafts no tree")
-    recording = RecordingPredictor(PREDICTORS[method], max_rank)
+    if dynamic_sizes and method != "medusa":
+        raise ValueError(f"the dynamic-tree estimate needs Medusa heads (depths independent of the path); this "
+                         f"checkpoint is {method!r}")
+    dynamic = DynamicTreeEstimate(dynamic_sizes, max_rank) if dynamic_sizes else None
+    recording = RecordingPredictor(PREDICTORS[method], max_rank, dynamic)
     measured = evaluate_heads(model, dataset, recording, Collator(pad_token_id), batch_size=batch_size,
                               max_rank=max_rank, print_table=False, desc="measuring heads")
-    return {**measured, "rank_runs": recording.runs, "rank_tuples": Counter(chain.from_iterable(recording.runs))}
+    extra = {"dynamic": dynamic.tokens_per_step()} if dynamic else {}
+    return {**measured, "rank_runs": recording.runs, "rank_tuples": Counter(chain.from_iterable(recording.runs)),
+            **extra}
 
 
 # --------------------------------------------------------------------------- the search
@@ -215,7 +253,7 @@ def load_spec_model(model_path: str, device: str | None = None):
 
 def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 2048, batch_size: int = 8,
            device: str | None = None, max_conversations: int | None = None, write: bool = True,
-           mode: str = "joint", max_rank: int = 10) -> dict:
+           mode: str = "joint", max_rank: int = 10, dynamic: bool = False) -> dict:
     model, tokenizer = load_spec_model(model_path, device)
     name = model.spec.method
     if name not in TREE_KEYS:
@@ -226,7 +264,9 @@ def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 
     max_rank = max([max_rank] + [current.max_rank(d) for d in range(1, current.max_depth + 1)])
     convs = read_fastchat_json(data_path)[:max_conversations]
     dataset = supervised_dataset(tokenizer, convs, max_len)
-    measured = measure(model, dataset, batch_size, max_rank, pad_token_id=tokenizer.pad_token_id)
+    sizes = dynamic_sizes(num_nodes) if dynamic else ()
+    measured = measure(model, dataset, batch_size, max_rank, pad_token_id=tokenizer.pad_token_id,
+                       dynamic_sizes=sizes)
     tree, frequencies = choose_tree(measured, num_nodes, mode, max_rank)
     acc = measured["rank_accuracy"]
     key = TREE_KEYS[name]
@@ -241,9 +281,30 @@ def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 
         "positions": sum(measured["rank_tuples"].values()), "max_rank": max_rank,
         "heads": measured["heads"], "rank_accuracy": acc,
     }
+    if dynamic:
+        result["dynamic_vs_static"] = dynamic_comparison(measured, frequencies, sizes)
     if write:
         write_tree(model_path, result[key], key)
     return result
+
+
+def dynamic_sizes(num_nodes: int) -> list[int]:
+    """Node counts to compare at: powers of two minus one up to ``num_nodes``, and ``num_nodes`` itself."""
+    sizes, n = [], 7
+    while n < num_nodes:
+        sizes.append(n)
+        n = 2 * n + 1
+    return sizes + [num_nodes]
+
+
+def dynamic_comparison(measured: dict, frequencies: dict, sizes: Sequence[int]) -> list[dict]:
+    """Per node count: the best static tree's and a dynamic tree's expected tokens per step, same positions."""
+    rows = []
+    for n in sizes:
+        static = most_frequent_tree(frequencies, n)
+        rows.append({"nodes": n, "static": round(joint_expected_length(static, frequencies), 4),
+                     "dynamic": round(measured["dynamic"][n], 4)})
+    return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -265,13 +326,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-conversations", type=int, default=None, help="Use only the first N conversations.")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available).")
     p.add_argument("--dry-run", action="store_true", help="Print the tree without rewriting config.json.")
+    p.add_argument("--dynamic", action="store_true",
+                   help="Medusa only: also estimate a tree chosen per step by the heads' own confidence (EAGLE-2's "
+                        "dynamic tree; fastchat_spec/train/dynamic_tree.py) against the best static tree, at "
+                        "7, 15, 31, ... nodes up to --num-nodes.")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     result = search(args.model_path, args.data_path, args.num_nodes, args.max_len, args.batch_size, args.device,
-                    args.max_conversations, write=not args.dry_run, mode=args.mode, max_rank=args.max_rank)
+                    args.max_conversations, write=not args.dry_run, mode=args.mode, max_rank=args.max_rank,
+                    dynamic=args.dynamic)
     print(format_head_table(result["heads"]))
     print(f"expected tokens/step: {result['expected_tokens_per_step']:.3f} with the new {result['num_nodes']}-node "
           f"tree (previous tree: {result['previous_expected_tokens_per_step']:.3f})")
@@ -283,6 +349,9 @@ def main(argv=None) -> dict:
     if result["num_nodes"] < args.num_nodes:
         print(f"  only {result['num_nodes']} rank paths (ranks below {result['max_rank']}) were ever accepted on "
               "this data: the tree has no more nodes")
+    for row in result.get("dynamic_vs_static", []):
+        print(f"  {row['nodes']:4d} nodes: best static tree {row['static']:.3f}, dynamic tree (chosen per step by "
+              f"the heads' confidence) {row['dynamic']:.3f} expected tokens/step")
     key = result["tree_key"]
     print(("would write" if args.dry_run else f"wrote {key} to {os.path.join(args.model_path, 'config.json')}:"),
           json.dumps(result[key]))
