@@ -19,7 +19,7 @@ thread before it admits its first request; never while serving. With
 ``FASTCHAT_SPEC_BATCH_INVARIANT=1`` every row runs alone at a fixed shape, so a
 request's numerics do not depend on what else is being served (slower).
 
-(About 460 lines: admission, stepping, the step shapes and the per-model
+(About 500 lines: admission, stepping, the step shapes and the per-model
 registry of loops are one scheduler's state and stay together; the request
 side is ``tickets.py``, the prompt forward ``prefill.py``.)
 """
