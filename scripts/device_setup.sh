@@ -4,5 +4,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PATH=/tmp/site/bin:$PATH
 # The hook's .pth is not processed from PYTHONPATH: register explicitly via sitecustomize.
 mkdir -p /tmp/sc && echo "import fastchat_spec_hook; fastchat_spec_hook.install()" > /tmp/sc/sitecustomize.py
+# PY_SWITCH_MS=N (optional): Python's thread switch interval in every process, in milliseconds (default 5).
+echo 'import os, sys; v = os.environ.get("PY_SWITCH_MS"); v and sys.setswitchinterval(float(v) / 1000)' >> /tmp/sc/sitecustomize.py
 export PYTHONPATH=/tmp/sc:$PYTHONPATH
 python3 -c "import torch, transformers, fastchat; print('torch', torch.__version__, 'transformers', transformers.__version__, 'gpu', torch.cuda.get_device_name(0))"

@@ -138,14 +138,9 @@ def prompt_ids(tokenizer, checkpoint: str, cached: int, row: int) -> list[int]:
 
 
 def occupy(loop, tokenizer, checkpoint: str, rows: int, cached: int) -> None:
-    """Slots 0..rows-1 hold a prefilled prompt, as ``EngineLoop._prefill_slot`` leaves them (minus the ticket)."""
-    from fastchat_spec.generate.proposers import Committed
-
+    """Slots 0..rows-1 hold a prefilled prompt, as admission leaves them (without a request's ticket)."""
     for slot in range(rows):
-        ids = prompt_ids(tokenizer, checkpoint, cached, slot)
-        done = loop.prefill(slot, ids)
-        loop.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
-        loop.state.occupy(slot, len(ids), done.first)
+        loop.occupy_slot(slot, prompt_ids(tokenizer, checkpoint, cached, slot))
 
 
 class Rewind:

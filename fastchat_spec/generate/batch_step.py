@@ -60,10 +60,6 @@ class SlotState:
         self.starts[slot] = 0
         self.roots[slot] = 0
 
-    def read(self, rows: slice) -> list[list[int]]:
-        """Per row: the tokens the last step emitted (accepted drafts, then the bonus); one host sync."""
-        return emitted_tokens(self.report[rows].tolist())
-
 
 def emitted_tokens(reports: list[list[int]]) -> list[list[int]]:
     """Per row report [depth, path tokens (root first, padded), bonus]: the accepted drafts, then the bonus."""

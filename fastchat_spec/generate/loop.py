@@ -304,11 +304,16 @@ class EngineLoop:
             raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({job.max_new_tokens}) do not fit "
                              f"the model's context of {self.context_len} tokens")
         slot = min(set(range(self.slots)) - set(self.rows))
-        done = self.prefill(slot, job.prompt_ids)
-        self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
-        self.state.occupy(slot, p, done.first)
+        first = self.occupy_slot(slot, job.prompt_ids)
         row = self.rows[slot] = _Row(ticket, slot, cached=p)
-        self._emit(row, [done.first], prefill=True)
+        self._emit(row, [first], prefill=True)
+
+    def occupy_slot(self, slot: int, prompt_ids: list[int]) -> int:
+        """Prefill ``slot`` with a prompt and set its drafter and step state; returns the first token."""
+        done = self.prefill(slot, prompt_ids)
+        self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
+        self.state.occupy(slot, len(prompt_ids), done.first)
+        return done.first
 
     def _step_rows(self) -> None:
         """Launch the next batched step, then hand out the previous one's tokens while the device runs it.
