@@ -7,6 +7,7 @@ The raw folder holds what the runs wrote (any part may be missing):
   nano/profile.txt         scripts/profile_stream.py: the engine loop alone and generate_stream in threads
   nano/spec_levels.json    scripts/serving_bench.sh levels through FastChat's API (with engine counters)
   nano/spec_reliability.json, small/spec_levels.json, small/train_report.json
+  nano/stock_levels.json, small/stock_levels.json   the stock FastChat worker's levels, same run
   diag/overhead1.json, diag/overhead256.json   scripts/api_overhead.sh (TOKENS=1 and 256)
 Prints the block; with --into, stores it under serving.KEY of that JSON file (other keys kept).
 """
@@ -69,30 +70,36 @@ def figures(raw: str) -> dict:
     nano = levels(read(os.path.join(raw, "nano", "spec_levels.json")))
     small = levels(read(os.path.join(raw, "small", "spec_levels.json")))
     reliability = levels(read(os.path.join(raw, "nano", "spec_reliability.json")))
+    stock = {name: levels(read(os.path.join(raw, name, "stock_levels.json"))) for name in ("nano", "small")}
     report = read(os.path.join(raw, "small", "train_report.json")) or {}
     loop1 = profile["loop"].get("1", {}).get("aggregate_tok_s")
 
-    def api_ratios(lv: dict) -> dict:
+    def api_ratios(lv: dict, stock_lv: dict) -> dict:
         one, many = lv.get("1"), lv.get("16")
         if not one or not many:
             return {}
-        return {"api_16_vs_api_1": ratio(many["tok_s"], one["tok_s"]),
-                "api_p50_latency_16_vs_1": ratio(many["latency_s"]["p50"], one["latency_s"]["p50"])}
+        out = {"api_16_vs_api_1": ratio(many["tok_s"], one["tok_s"]),
+               "api_p50_latency_16_vs_1": ratio(many["latency_s"]["p50"], one["latency_s"]["p50"]),
+               "same_text_as_sequential_16": ratio(many["requests"] - many["mismatched"], many["requests"])}
+        if stock_lv.get("16"):
+            out["api_16_vs_stock_16"] = ratio(many["tok_s"], stock_lv["16"]["tok_s"])
+        return out
 
     return {
         "nano_in_process": profile,
         "nano_api": nano,
         "nano_reliability": reliability,
         "small_api": small,
+        "stock_api": {name: lv for name, lv in stock.items() if lv},
         "small_heads": {"expected_tokens_per_step": report.get("expected_tokens_per_step"),
                         "command": report.get("command")},
         "api_overhead_ms": {"tokens_1": read(os.path.join(raw, "diag", "overhead1.json")),
                             "tokens_256": read(os.path.join(raw, "diag", "overhead256.json"))},
         "ratios": {
-            "nano": {**api_ratios(nano),
+            "nano": {**api_ratios(nano, stock["nano"]),
                      "api_1_vs_loop_1": ratio(nano.get("1", {}).get("tok_s"), loop1),
                      "loop_16_vs_loop_1": ratio(profile["loop"].get("16", {}).get("aggregate_tok_s"), loop1)},
-            "small": api_ratios(small),
+            "small": api_ratios(small, stock["small"]),
         },
     }
 

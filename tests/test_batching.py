@@ -232,3 +232,31 @@ def test_under_load_a_stream_gathers_steps_into_fewer_chunks_with_the_same_text(
     assert len(loaded) <= 2
     assert loaded[-1]["text"] == alone[-1]["text"]
     assert loaded[-1]["usage"] == alone[-1]["usage"] and loaded[-1]["spec"] == alone[-1]["spec"]
+
+
+def test_a_busy_step_verifies_part_of_each_tree_and_keeps_every_text(medusa_dir, monkeypatch):
+    """FASTCHAT_SPEC_STEP_TOKENS caps the tree nodes one batched step verifies over all its rows:
+    alone a request verifies its whole tree (up to the cap), beside five others each row verifies
+    only its likeliest few nodes. Every text stays the sequential one."""
+    from fastchat_spec.generate.loop import STEP_TOKENS_ENV
+
+    monkeypatch.setenv(STEP_TOKENS_ENV, "12")
+    model, tok = load_model(medusa_dir, device="cpu")  # a fresh model: its loop reads the setting
+    medusa = (model, tok, get_generate_stream_function(model, medusa_dir))
+    loop = engine_for(model, CONTEXT)
+    alone = [run_alone(medusa, p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
+    assert loop.stats.nodes == 12 * loop.stats.steps  # one row: the first 12 nodes of a 64-node tree
+    before = loop.stats.as_dict()
+    together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])])
+    assert [t["text"] for t in together] == [a["text"] for a in alone]
+    assert [t["usage"] for t in together] == [a["usage"] for a in alone]
+    steps, nodes = loop.stats.steps - before["steps"], loop.stats.nodes - before["nodes"]
+    assert loop.stats.max_rows > 1 and nodes < 12 * steps  # busy steps verified fewer nodes per row
+
+
+def test_a_step_token_cap_that_is_not_a_number_is_refused_by_name(monkeypatch):
+    from fastchat_spec.generate.loop import STEP_TOKENS_ENV, step_tokens
+
+    monkeypatch.setenv(STEP_TOKENS_ENV, "lots")
+    with pytest.raises(ValueError, match=STEP_TOKENS_ENV):
+        step_tokens()

@@ -39,6 +39,12 @@ def test_default_model_is_a_speculative_vicuna():
     model, _ = load_model(path, device="cpu")
     assert type(model).__name__ == "SpecModel" and model.spec.method == "medusa"
     assert get_conversation_template(path).name == "vicuna_v1.1"
+    # Its tree lists the most often accepted paths first: what a busy batched step keeps of it.
+    from fastchat_spec.generate.proposers.base import model_tree
+
+    tree = model_tree(model)
+    assert tree.ranked and tree.num_nodes == 128
+    assert tree.within(5)[0].paths == ((0,), (0, 0), (0, 0, 0), (0, 0, 0, 0))
 
 
 def test_heldout_tokens_per_step_and_exactness(measured, prompts):

@@ -129,3 +129,31 @@ def test_truncation_drops_deeper_paths_only():
     assert tree.truncated(1).to_list() == [[0], [1]]
     assert tree.truncated(10).to_list() == tree.to_list()
     assert _is_prefix_closed(cut.paths)
+
+
+def test_part_of_a_tree_keeps_its_likeliest_paths_at_the_same_padded_width():
+    """A busy batched step verifies ``Tree.within(n)``; for paths given in no particular order (sorted),
+    the shallow, top-ranked ones first under the assumed accuracy profile. The part is still a tree."""
+    tree = Tree.from_paths(default_tree(4, num_nodes=63).to_list())
+    assert not tree.ranked
+    part, source = tree.within(16)
+    assert part.num_nodes == 16 and _is_prefix_closed(part.paths)
+    assert tuple(part.path_nodes.shape) == (16, tree.max_depth + 1)
+    assert [tree.paths[i - 1] for i in source[1:].tolist()] == list(part.paths) and int(source[0]) == 0
+    assert tree.within(2)[0].to_list() == [[0]]  # the top-1 guess of the first draft
+    assert tree.within(3)[0].to_list() == [[0], [1]]  # a tie with [0, 0] goes to the shallower path
+    whole, all_nodes = tree.within(1000)
+    assert whole is tree and all_nodes.tolist() == list(range(tree.num_nodes))
+    assert tree.within(0)[0].num_nodes == 1  # the root alone: one token per step
+
+
+def test_a_tree_given_most_likely_first_is_cut_in_that_order():
+    """Medusa's published choice lists come most likely first; a busy step keeps their first paths."""
+    published_order = [[0], [0, 0], [1], [0, 1], [2], [0, 0, 0], [1, 0]]
+    tree = Tree.from_paths(published_order)
+    assert tree.ranked and tree.to_ranked_list() == published_order
+    assert tree.to_list() == sorted(published_order, key=lambda p: (len(p), p))  # node order: by depth
+    assert tree.within(4)[0].paths == ((0,), (1,), (0, 0))
+    assert tree.truncated(2).to_ranked_list() == [[0], [0, 0], [1], [0, 1], [2], [1, 0]]
+    assert not Tree.from_paths(sorted(published_order, key=lambda p: (len(p), p))).ranked  # no order given
+    assert not Tree.from_paths([[0, 0], [0]]).ranked  # a child before its parent is no ranking

@@ -50,6 +50,16 @@ def test_the_most_frequent_paths_make_the_tree_and_its_estimate():
     assert len(most_frequent_tree(freq, 100).paths) == len(freq)
 
 
+def test_keep_mode_puts_the_checkpoints_own_paths_most_often_accepted_first():
+    current = Tree.from_paths([[0], [1], [2], [0, 0], [1, 0]])
+    measured = {"rank_tuples": TUPLES}
+    tree, _ = tree_search.choose_tree(measured, 3, "keep", max_rank=3, current=current)
+    assert set(tree.paths) == set(current.paths)  # the same tree, whatever --num-nodes says
+    # accepted 0.6, 0.4, 0.2, 0.2 (the shorter path first) and 0.1 of the time
+    assert tree.to_ranked_list() == [[0], [0, 0], [1], [1, 0], [2]] and tree.ranked
+    assert tree.within(3)[0].paths == ((0,), (0, 0))  # what a busy step verifies of it
+
+
 def test_a_child_tied_with_its_parent_never_comes_first():
     freq = accepted_path_frequencies(Counter({(1, 0, 0): 1, (0,): 1}), max_rank=3)
     for n in range(1, 5):
@@ -119,8 +129,11 @@ def test_the_searched_tree_is_written_and_served_losslessly(tmp_path, base_dir, 
         assert result["expected_tokens_per_step"] >= result["previous_expected_tokens_per_step"] - 1e-9
 
     model, tok = load_model(path, device="cpu")
-    assert Tree.from_paths(model.spec.tree).to_list() == result[key]
-    assert entry.proposer_class.tree_for(model).to_list() == result[key]  # what the engine drafts with
+    assert Tree.from_paths(model.spec.tree).to_ranked_list() == result[key]
+    drafted = entry.proposer_class.tree_for(model)  # what the engine drafts with, in the order written
+    assert drafted.to_ranked_list() == result[key] and drafted.ranked
+    # a busy batched step verifies the most often accepted paths first
+    assert drafted.within(3)[0].paths == tuple(sorted(map(tuple, result[key][:2]), key=lambda p: (len(p), p)))
     stream = get_generate_stream_function(model, path)
     steps, tokens = tiny.stream_greedy(stream, model, tok, tiny.PROMPTS[:4], stock_texts)
     assert tokens / steps > 1.0

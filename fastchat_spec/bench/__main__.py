@@ -170,7 +170,8 @@ def _serving(args, models, tokenizer, prompts, eos) -> dict:
             out[name][str(level)] = result
             print(f"serving {name} x{level}: {result['aggregate_tok_s']:.1f} tok/s aggregate, "
                   f"p50 latency {result['latency_p50_s']:.3f} s, tau {result['tau']:.2f}, "
-                  f"{result['rows_per_step']:.1f} rows/step, {result['ms_per_batched_step']:.2f} ms/step")
+                  f"{result['rows_per_step']:.1f} rows/step of {result['tree_nodes_per_row']:.0f} tree nodes, "
+                  f"{result['ms_per_batched_step']:.2f} ms/step")
     return out
 
 

@@ -125,6 +125,7 @@ def run_concurrent(model, prompts: list[list[int]], max_new_tokens: int, tempera
         "latency_p90_s": latencies[int(0.9 * (len(latencies) - 1))],
         "tau": statistics.median([(r["tokens"] - 1) / (r["steps"] - 1) for r in runs if r["steps"] > 1] or [1.0]),
         "rows_per_step": (after["rows"] - before["rows"]) / steps if steps else 0.0,
+        "tree_nodes_per_row": (after["nodes"] - before["nodes"]) / steps if steps else 0.0,
         "ms_per_batched_step": 1000 * (after["seconds"] - before["seconds"]) / steps if steps else 0.0,
         # Where the loop thread's time went over the wall time: batched steps, prefills, host steps.
         "loop_split_s": {k: after[f] - before[f] for k, f in

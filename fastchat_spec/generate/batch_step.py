@@ -118,11 +118,18 @@ class LaunchedStep:
 
 
 class BatchStep:
-    """The greedy step over slots ``first .. first+count``, attending to positions 0..length."""
+    """The greedy step over slots ``first .. first+count``, attending to positions 0..length.
+
+    ``nodes`` caps the tree each row verifies (``Tree.within``): a step of
+    many rows verifies the likeliest part of the proposers' tree, so that the
+    base's forward stays near the cost of a step of one row. The proposers
+    still draft the whole tree; the step reads the part's nodes from it.
+    """
 
     def __init__(self, base, store: SlotStore, state: SlotState, proposers: SlotProposers,
-                 first: int, count: int, length: int, decoder=None):
-        tree = proposers.tree
+                 first: int, count: int, length: int, decoder=None, nodes: int | None = None):
+        tree, source = proposers.tree.within(nodes or proposers.tree.num_nodes)
+        self.draft_index = None if tree is proposers.tree else source[1:] - 1  # its nodes among the drafts
         device = tree.parent.device
         self.base, self.state, self.proposers, self.decoder = base, state, proposers, decoder
         self.tree, self.length = tree, length
@@ -135,7 +142,10 @@ class BatchStep:
     def run(self) -> None:
         tree, rows, state = self.tree, self.rows, self.state
         roots, starts, active = state.roots[rows], state.starts[rows], state.active[rows]
-        tokens = torch.cat([roots.unsqueeze(1), self.proposers.propose(rows, roots)], dim=1)  # (b, N)
+        drafts = self.proposers.propose(rows, roots)  # (b, N-1) for the proposers' whole tree
+        if self.draft_index is not None:
+            drafts = drafts[:, self.draft_index]
+        tokens = torch.cat([roots.unsqueeze(1), drafts], dim=1)  # (b, N) for this step's tree
         self.write_at.copy_(starts.unsqueeze(1) + self.nodes)
         mask = rows_mask(starts, tree.ancestors, self.length, self.dtype)
         out = forward_rows(self.base, self.cache, tokens, starts.unsqueeze(1) + tree.depth, mask, self.nodes,

@@ -54,6 +54,8 @@ log = logging.getLogger("fastchat_spec.loop")
 
 MAX_BATCH_ENV = "FASTCHAT_SPEC_MAX_BATCH"  # slots per loaded model (default: the worker's concurrency limit)
 INVARIANT_ENV = "FASTCHAT_SPEC_BATCH_INVARIANT"  # 1: each row steps alone (numerics independent of load)
+STEP_TOKENS_ENV = "FASTCHAT_SPEC_STEP_TOKENS"  # tree nodes one batched step verifies over all its rows; 0: no cap
+DEFAULT_STEP_TOKENS = 512
 DEFAULT_SLOTS = 16
 IDLE_EXIT_S = 60.0  # an idle loop thread ends; the next request starts it again
 WAIT_FACTOR = 4  # jobs that may wait for a slot, per slot, before new ones are refused
@@ -76,6 +78,7 @@ class _InFlight:
     first: int  # the step's rows are slots first, first+1, ...
     rows: dict[int, _Row]  # slot -> the request it held at launch
     report: LaunchedStep
+    nodes: int  # tree nodes each row verified
 
 
 @dataclass
@@ -94,6 +97,7 @@ class LoopStats:
     steps: int = 0
     rows: int = 0  # sum over batched steps of the rows that held a request
     max_rows: int = 0  # most requests that shared one batched step
+    nodes: int = 0  # sum over batched steps of the tree nodes each row verified
     seconds: float = 0.0  # device time of batched steps (CUDA events; on the CPU, host time)
     prefill_seconds: float = 0.0  # wall time of prefills (admissions), batched or host-stepped
     host_seconds: float = 0.0  # wall time of host steps (sampling, repetition penalty, Jacobi)
@@ -101,7 +105,8 @@ class LoopStats:
     refused: int = 0
 
     def as_dict(self) -> dict:
-        return {"steps": self.steps, "rows": self.rows, "max_rows": self.max_rows, "seconds": self.seconds,
+        return {"steps": self.steps, "rows": self.rows, "max_rows": self.max_rows, "nodes": self.nodes,
+                "seconds": self.seconds,
                 "prefill_seconds": self.prefill_seconds, "host_seconds": self.host_seconds,
                 "admitted": self.admitted, "refused": self.refused}
 
@@ -117,6 +122,7 @@ class EngineLoop:
         self.batched = getattr(cls, "device_state", False)
         self.slots = max(1, slots)
         self.invariant = os.environ.get(INVARIANT_ENV, "0") == "1"
+        self.step_tokens = step_tokens()
         self.graphs = graphs_enabled(self.device)
         self.stats = LoopStats()
         self.inbox: "queue.Queue[Ticket]" = queue.Queue()
@@ -344,7 +350,7 @@ class EngineLoop:
     def _launch(self, first: int, count: int, length: int) -> _InFlight:
         rows = {slot: row for slot, row in self.rows.items() if first <= slot < first + count}
         report = self.reports.launch(self._step_for(first, count, length), slice(first, first + count))
-        return _InFlight(first, rows, report)
+        return _InFlight(first, rows, report, self._nodes_per_row(count))
 
     def _hand_out(self, flight: _InFlight) -> None:
         """Give each request of a finished step its tokens; rows that ended since its launch get none."""
@@ -353,6 +359,7 @@ class EngineLoop:
         self.stats.steps += 1
         self.stats.rows += len(live)
         self.stats.max_rows = max(self.stats.max_rows, len(live))
+        self.stats.nodes += flight.nodes
         self.stats.seconds += flight.report.seconds
         for slot, row in live.items():
             tokens = reports[slot - flight.first]
@@ -419,6 +426,18 @@ class EngineLoop:
             size *= 2
         return min(size, self.capacity)
 
+    def _nodes_per_row(self, count: int) -> int:
+        """Tree nodes each row of a ``count``-row step verifies: the whole tree, or its share of the cap.
+
+        A step of few rows costs about the same as a step of one (the device
+        waits on kernel launches and weight reads), so its rows verify the
+        whole tree; past the cap (``FASTCHAT_SPEC_STEP_TOKENS``) the forward
+        grows with every token, and each row verifies the likeliest part of
+        its tree instead (``Tree.within``). Greedy output is the same either way.
+        """
+        whole = self.tree.num_nodes
+        return whole if not self.step_tokens else max(1, min(whole, self.step_tokens // count))
+
     def _all_shapes(self):
         if self.invariant:
             return [(slot, 1, self.capacity) for slot in range(self.slots)]
@@ -445,7 +464,8 @@ class EngineLoop:
         return replay
 
     def _batch_step(self, first: int, count: int, length: int) -> BatchStep:
-        return BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder)
+        return BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder,
+                         nodes=self._nodes_per_row(count))
 
 
 _LOOPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -460,6 +480,17 @@ _SLOTS = {"default": None}
 def configure(slots: Optional[int]) -> None:
     """Set the slots of loops created from now on (the worker passes its --limit-worker-concurrency)."""
     _SLOTS["default"] = slots
+
+
+def step_tokens() -> int:
+    """The cap on tree nodes per batched step (``FASTCHAT_SPEC_STEP_TOKENS``; 0 or less: none)."""
+    env = os.environ.get(STEP_TOKENS_ENV)
+    if env is None or env.strip() == "":
+        return DEFAULT_STEP_TOKENS
+    try:
+        return max(0, int(env))
+    except ValueError:
+        raise ValueError(f"{STEP_TOKENS_ENV} must be an integer (0: no cap), got {env!r}") from None
 
 
 def default_slots() -> int:

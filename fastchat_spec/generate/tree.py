@@ -6,7 +6,10 @@ and then the top-3 candidate of draft depth 2. Node 0 is the root: the last
 committed token, which has not been through the base model yet.
 
 ``Tree`` turns the paths into the index tensors that the engine needs once, so
-nothing about the tree shape is recomputed per step.
+nothing about the tree shape is recomputed per step. A list given most likely
+path first (``Tree.ranked``, as Medusa publishes its lists and our trainers
+write them) also says which part of the tree a busy batched step keeps
+(``Tree.within``).
 
 Choosing a tree: ``build_tree`` grows one from per-depth accuracies assuming
 independent heads (the Medusa paper); ``most_frequent_tree`` picks the paths
@@ -34,6 +37,7 @@ class Tree:
     ancestors: torch.Tensor = field(repr=False)  # (N, N) bool, [i, j]: j is i or an ancestor of i
     children: torch.Tensor = field(repr=False)  # (N, C) child node indices in rank order, -1 padded
     path_nodes: torch.Tensor = field(repr=False)  # (N, D+1) nodes from root to i, padded with i
+    given: tuple[Path, ...] = field(default=(), repr=False)  # the paths in the order given (see ``ranked``)
 
     @property
     def num_nodes(self) -> int:
@@ -51,8 +55,27 @@ class Tree:
         return [i + 1 for i, p in enumerate(self.paths) if len(p) == depth]
 
     def truncated(self, max_depth: int) -> "Tree":
-        """The same tree with paths deeper than ``max_depth`` removed."""
-        return Tree.from_paths([p for p in self.paths if len(p) <= max_depth])
+        """The same tree with paths deeper than ``max_depth`` removed (the given order kept)."""
+        return Tree.from_paths([p for p in self.given or self.paths if len(p) <= max_depth])
+
+    @functools.cached_property
+    def ranked(self) -> bool:
+        """True when the paths were given most likely first, as Medusa's published choice lists are.
+
+        That is: not simply in sorted order, and every path after its parent.
+        Trees chosen by ``build_tree``, ``most_frequent_tree`` and
+        ``tree_search`` are written in that order.
+        """
+        seen: set[Path] = set()
+        for p in self.given:
+            if len(p) > 1 and p[:-1] not in seen:
+                return False
+            seen.add(p)
+        return len(self.given) == len(self.paths) and self.given != self.paths
+
+    def to_ranked_list(self) -> list[list[int]]:
+        """The paths in the order given (most likely first for a chosen tree), for a checkpoint's config."""
+        return [list(p) for p in self.given or self.paths]
 
     def in_place(self, node: int) -> bool:
         """True when the path to ``node`` already sits in contiguous slots (nothing to move)."""
@@ -67,9 +90,46 @@ class Tree:
     def to_list(self) -> list[list[int]]:
         return [list(p) for p in self.paths]
 
+    def within(self, num_nodes: int) -> tuple[Tree, torch.Tensor]:
+        """The best part of this tree with at most ``num_nodes`` nodes (root included), for a busy step.
+
+        Keeps the first paths of a ``ranked`` tree (most likely first, as
+        measured when it was chosen); otherwise the paths most likely under
+        the assumed accuracy profile (``assumed_accuracy``: a shallower node,
+        or a lower rank at the same depth, is more likely). Either way the
+        part is prefix-closed.
+
+        Returns the part, whose ``path_nodes`` keep this tree's width (an
+        accepted path has the same padded shape either way), and ``source``:
+        for each of its nodes, the node of this tree it is (drafts are made
+        for the whole tree and read at ``source``).
+        """
+        num_nodes = max(num_nodes, 1)
+        if num_nodes >= self.num_nodes:
+            return self, torch.arange(self.num_nodes, device=self.parent.device)
+        if self.ranked:
+            kept = list(self.given[: num_nodes - 1])
+        else:
+            accuracy = assumed_accuracy(self.max_depth, max(self.max_rank(d) for d in range(1, self.max_depth + 1)))
+
+            def likelihood(path: Path) -> float:
+                return functools.reduce(lambda prob, dr: prob * accuracy[dr[0]][dr[1]], enumerate(path), 1.0)
+
+            kept = sorted(self.paths, key=lambda p: (-likelihood(p), len(p), p))[: num_nodes - 1]
+        part = Tree.from_paths(kept, width=self.max_depth + 1)
+        index = {p: i + 1 for i, p in enumerate(self.paths)}
+        source = torch.tensor([0] + [index[p] for p in part.paths], dtype=torch.long)
+        return part.to(self.parent.device), source.to(self.parent.device)
+
     @staticmethod
-    def from_paths(paths: Sequence[Sequence[int]]) -> "Tree":
-        clean = sorted({tuple(int(x) for x in p) for p in paths if len(p) > 0}, key=lambda p: (len(p), p))
+    def from_paths(paths: Sequence[Sequence[int]], width: int = 0) -> "Tree":
+        """The tree of these rank paths; ``width`` pads ``path_nodes`` to at least that many columns.
+
+        Nodes are numbered in sorted order (by depth, then rank); the order the
+        paths came in is kept as ``given``, the likelihood order of a ranked tree.
+        """
+        given = tuple(dict.fromkeys(tuple(int(x) for x in p) for p in paths if len(p) > 0))
+        clean = sorted(given, key=lambda p: (len(p), p))
         known = set(clean)
         for p in clean:
             if any(x < 0 for x in p):
@@ -97,7 +157,7 @@ class Tree:
         for i, k in enumerate(kids):
             k.sort(key=lambda j: rank[j].item())
             children[i, : len(k)] = torch.tensor(k, dtype=torch.long)
-        max_d = max((len(p) for p in clean), default=0)
+        max_d = max(max((len(p) for p in clean), default=0), width - 1)
         path_nodes = torch.zeros(n, max_d + 1, dtype=torch.long)
         for i in range(n):
             chain = [i]
@@ -105,7 +165,7 @@ class Tree:
                 chain.append(int(parent[chain[-1]]))
             chain.reverse()
             path_nodes[i] = torch.tensor(chain + [i] * (max_d + 1 - len(chain)))
-        return Tree(tuple(clean), parent, depth, rank, ancestors, children, path_nodes)
+        return Tree(tuple(clean), parent, depth, rank, ancestors, children, path_nodes, given)
 
 
 def chain(length: int) -> Tree:

@@ -98,11 +98,11 @@ def _dist_rank_world() -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- the tree
 def tree_from_accuracy(acc: list, num_nodes: int) -> tuple[list, float]:
-    """(tree as a list of paths, expected tokens per step) grown from ``acc[depth][rank]``."""
+    """(tree as a list of paths, most likely first; expected tokens per step) grown from ``acc[depth][rank]``."""
     from fastchat_spec.generate.tree import build_tree, expected_length
 
     tree = build_tree(acc, num_nodes)
-    return tree.to_list(), expected_length(tree, acc)
+    return tree.to_ranked_list(), expected_length(tree, acc)
 
 
 def grown_tree(accuracy: dict | None, num_heads: int, num_nodes: int):
@@ -110,7 +110,7 @@ def grown_tree(accuracy: dict | None, num_heads: int, num_nodes: int):
     from fastchat_spec.generate.tree import default_tree
 
     if accuracy is None:  # nothing held out: the engine's assumed profile
-        return default_tree(num_heads, num_nodes).to_list(), None
+        return default_tree(num_heads, num_nodes).to_ranked_list(), None
     tree, expected = tree_from_accuracy(accuracy["rank_accuracy"], num_nodes)
     return tree, round(expected, 4)
 

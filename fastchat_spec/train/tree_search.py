@@ -42,6 +42,12 @@ else, and the estimate is only approximate.
 chosen afresh at every step by the heads' own confidence would accept
 (EAGLE-2's dynamic tree; ``train/dynamic_tree.py``) next to the best static tree.
 
+``--mode keep`` keeps the checkpoint's own paths and only rewrites them most
+often accepted first. Every tree is written in that order, as Medusa's
+published choice lists are: a busy batched step verifies only the first paths
+of each row's tree (``Tree.within``; ``FASTCHAT_SPEC_STEP_TOKENS``), and the
+report gives what 16, 32 and 64 of them accept.
+
 The tree goes into the checkpoint's config.json under the key its method's
 adapter reads (``medusa_choices``, ``hydra_choices`` or ``chimera_choices``).
 
@@ -59,6 +65,7 @@ from itertools import chain
 import torch
 
 from fastchat_spec.generate.tree import (
+    Tree,
     accepted_path_frequencies,
     build_tree,
     expected_length,
@@ -76,7 +83,8 @@ from fastchat_spec.train.trainer import base_hidden_states
 
 # The config.json key each method's adapter reads its tree from (fastchat_spec/adapters/).
 TREE_KEYS = {"medusa": "medusa_choices", "hydra": "hydra_choices", "chimera": "chimera_choices"}
-MODES = ("joint", "independent")
+MODES = ("joint", "independent", "keep")
+PART_SIZES = (16, 32, 64)  # nodes per row of a busy batched step (generate/loop.py's FASTCHAT_SPEC_STEP_TOKENS)
 
 
 # --------------------------------------------------------------------------- teacher-forced predictions
@@ -215,14 +223,27 @@ def measure(model, dataset, batch_size: int = 8, max_rank: int = 10, pad_token_i
 
 
 # --------------------------------------------------------------------------- the search
-def choose_tree(measured: dict, num_nodes: int, mode: str = "joint", max_rank: int = 10):
-    """(tree, path frequencies) for ``num_nodes`` nodes from ``measure``'s result."""
+def choose_tree(measured: dict, num_nodes: int, mode: str = "joint", max_rank: int = 10,
+                current: Tree | None = None):
+    """(tree, path frequencies) for ``num_nodes`` nodes from ``measure``'s result, most likely path first.
+
+    ``keep`` keeps ``current``'s paths and only puts them in measured order."""
     frequencies = accepted_path_frequencies(measured["rank_tuples"], max_rank)
     if mode == "joint":
         return most_frequent_tree(frequencies, num_nodes), frequencies
     if mode == "independent":
         return build_tree(measured["rank_accuracy"], num_nodes), frequencies
+    if mode == "keep":
+        if current is None:
+            raise ValueError("--mode keep reorders the checkpoint's current tree: pass it")
+        return Tree.from_paths(sorted(current.paths, key=lambda p: (-frequencies.get(p, 0.0), len(p), p))), frequencies
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def parts_replayed(tree: Tree, runs) -> dict:
+    """{nodes: replayed tokens per step} of the part of ``tree`` a busy batched step verifies per row."""
+    return {str(n): round(replayed_tokens_per_step(tree.within(n)[0], runs), 4)
+            for n in PART_SIZES if n < tree.num_nodes}
 
 
 def write_tree(ckpt: str, tree: list, key: str = "medusa_choices") -> None:
@@ -267,17 +288,20 @@ def search(model_path: str, data_path: str, num_nodes: int = 63, max_len: int = 
     sizes = dynamic_sizes(num_nodes) if dynamic else ()
     measured = measure(model, dataset, batch_size, max_rank, pad_token_id=tokenizer.pad_token_id,
                        dynamic_sizes=sizes)
-    tree, frequencies = choose_tree(measured, num_nodes, mode, max_rank)
+    tree, frequencies = choose_tree(measured, num_nodes, mode, max_rank, current)
     acc = measured["rank_accuracy"]
     key = TREE_KEYS[name]
     result = {
-        "method": name, "mode": mode, "tree_key": key, key: tree.to_list(), "num_nodes": tree.num_nodes - 1,
+        "method": name, "mode": mode, "tree_key": key, key: tree.to_ranked_list(), "num_nodes": tree.num_nodes - 1,
         "expected_tokens_per_step": round(joint_expected_length(tree, frequencies), 4),
         "previous_expected_tokens_per_step": round(joint_expected_length(current, frequencies), 4),
         "previous_num_nodes": current.num_nodes - 1,
         "replayed_tokens_per_step": round(replayed_tokens_per_step(tree, measured["rank_runs"]), 4),
         "previous_replayed_tokens_per_step": round(replayed_tokens_per_step(current, measured["rank_runs"]), 4),
         "independent_estimate": round(expected_length(tree, acc), 4),
+        # What a busy batched step verifies per row of the new and the previous tree (Tree.within).
+        "parts_replayed_tokens_per_step": parts_replayed(tree, measured["rank_runs"]),
+        "previous_parts_replayed_tokens_per_step": parts_replayed(current, measured["rank_runs"]),
         "positions": sum(measured["rank_tuples"].values()), "max_rank": max_rank,
         "heads": measured["heads"], "rank_accuracy": acc,
     }
@@ -318,7 +342,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Tree nodes besides the root (Medusa's default trees have 63); more nodes cost verify time.")
     p.add_argument("--mode", choices=MODES, default="joint",
                    help="joint: the most often accepted rank paths (measured, no assumption); independent: the "
-                        "Medusa paper's greedy growth from per-depth accuracies, assuming depths err independently.")
+                        "Medusa paper's greedy growth from per-depth accuracies, assuming depths err independently; "
+                        "keep: the checkpoint's own paths, only put most often accepted first (what a busy batched "
+                        "step verifies of them is its first paths).")
     p.add_argument("--max-rank", type=int, default=10,
                    help="Candidates counted per depth (raised to cover the checkpoint's current tree).")
     p.add_argument("--max-len", "--model_max_length", type=int, default=2048, help="Tokens per conversation.")
@@ -349,6 +375,11 @@ def main(argv=None) -> dict:
     if result["num_nodes"] < args.num_nodes:
         print(f"  only {result['num_nodes']} rank paths (ranks below {result['max_rank']}) were ever accepted on "
               "this data: the tree has no more nodes")
+    for label, parts in (("new", result["parts_replayed_tokens_per_step"]),
+                         ("previous", result["previous_parts_replayed_tokens_per_step"])):
+        if parts:
+            print(f"  what a busy batched step verifies per row of the {label} tree, replayed: "
+                  + ", ".join(f"{n} nodes {v:.3f}" for n, v in parts.items()))
     for row in result.get("dynamic_vs_static", []):
         print(f"  {row['nodes']:4d} nodes: best static tree {row['static']:.3f}, dynamic tree (chosen per step by "
               f"the heads' confidence) {row['dynamic']:.3f} expected tokens/step")
