@@ -12,7 +12,9 @@
 #     python -m fastchat_spec.train.data --out-dir DATA_DIR --tokenizer fastchat_spec/models/vicuna-nano \
 #       --model-max-length 1024
 # Environment: SIZE [small] (tiny for a CPU smoke run), BASE_ARGS [] extra flags for the base (e.g.
-#   "--max_steps 400"), HEAD_STEPS [300], and serving_bench.sh's own (LEVELS, REQUESTS, LOAD_ARGS, ...).
+#   "--max_steps 400"), HEAD_STEPS [300], STAGES ["base heads serving"] the stages to run (a base trained
+#   in full takes most of one 10-minute GPU call: run "base" into a RUN_DIR under the ignored runs/, then
+#   "heads serving" on the same warm machine), and serving_bench.sh's own (LEVELS, REQUESTS, LOAD_ARGS, ...).
 # Logs: RUN_DIR/{base,heads}.log; the serving figures: OUT_DIR/summary.json and the load runs' JSON.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,21 +22,29 @@ DATA=$1 RUN=$2 OUT=$3
 PY=${PYTHON:-python3}
 SIZE=${SIZE:-small}
 mkdir -p "$RUN" "$OUT"
+STAGES=${STAGES:-base heads serving}
 step() { echo "small_serving.sh: $1 $(date +%T)" >&2; }
+wanted() { [[ " $STAGES " == *" $1 "* ]]; }
 
-step "base ($SIZE)"
-# shellcheck disable=SC2086  # BASE_ARGS is a list of flags
-"$PY" -m fastchat_spec.train.base --size "$SIZE" --tokenizer "$ROOT/fastchat_spec/models/vicuna-nano" \
-    --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$RUN/vicuna-$SIZE" \
-    --disable_tqdm True ${BASE_ARGS:-} >"$RUN/base.log" 2>&1 || { tail -30 "$RUN/base.log"; exit 1; }
-tail -1 "$RUN/base.log" >&2
+if wanted base; then
+    step "base ($SIZE)"
+    # shellcheck disable=SC2086  # BASE_ARGS is a list of flags
+    "$PY" -m fastchat_spec.train.base --size "$SIZE" --tokenizer "$ROOT/fastchat_spec/models/vicuna-nano" \
+        --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$RUN/vicuna-$SIZE" \
+        --disable_tqdm True ${BASE_ARGS:-} >"$RUN/base.log" 2>&1 || { tail -30 "$RUN/base.log"; exit 1; }
+    tail -1 "$RUN/base.log" >&2
+fi
 
-step "Medusa-1 heads"
-"$PY" -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-$SIZE" \
-    --output_dir "$RUN/medusa1-vicuna-$SIZE" --medusa_num_heads 4 --medusa_num_layers 1 \
-    --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size 16 \
-    --max_steps "${HEAD_STEPS:-300}" --learning_rate 1e-3 --model_max_length 1024 --logging_steps 50 \
-    --disable_tqdm True >"$RUN/heads.log" 2>&1 || { tail -30 "$RUN/heads.log"; exit 1; }
+if wanted heads; then
+    step "Medusa-1 heads"
+    "$PY" -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-$SIZE" \
+        --output_dir "$RUN/medusa1-vicuna-$SIZE" --medusa_num_heads 4 --medusa_num_layers 1 \
+        --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size 16 \
+        --max_steps "${HEAD_STEPS:-300}" --learning_rate 1e-3 --model_max_length 1024 --logging_steps 50 \
+        --disable_tqdm True >"$RUN/heads.log" 2>&1 || { tail -30 "$RUN/heads.log"; exit 1; }
+fi
 
-step "serving"
-bash "$ROOT/scripts/serving_bench.sh" "$RUN/medusa1-vicuna-$SIZE" "$RUN/vicuna-$SIZE" "$OUT"
+if wanted serving; then
+    step "serving"
+    bash "$ROOT/scripts/serving_bench.sh" "$RUN/medusa1-vicuna-$SIZE" "$RUN/vicuna-$SIZE" "$OUT"
+fi

@@ -158,6 +158,7 @@ def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(se
     engine = status["spec_engine"][0]
     assert engine["slots"] == 16  # --limit-worker-concurrency sets the batch ceiling
     assert engine["max_rows"] > 1  # the concurrent requests shared batched steps
+    assert engine["tokens"] >= engine["rows"] and engine["nodes"] >= engine["steps"]  # per row: 1 token at least
     assert engine["busy_slots"] == 0 and status["queue_length"] == 0
 
 

@@ -84,6 +84,7 @@ def test_each_level_says_what_the_engine_loop_did(result):
         engine = level["engine"]
         assert engine["steps"] > 0 and 1 <= engine["rows_per_step"] <= CLIENTS
         assert engine["ms_per_step"] > 0 and 0 < engine["busy_fraction"] <= 1.0
+        assert engine["tree_nodes_per_row"] >= 1 and engine["tokens_per_row_step"] >= 1.0  # at least the bonus
     assert result["levels"][0]["engine"]["prefill_s"] > 0
 
 

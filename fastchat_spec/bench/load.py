@@ -188,15 +188,17 @@ def engine_counters_of(session, worker_url: str):
 
 
 def engine_during(before: dict | None, after: dict | None, wall: float) -> dict | None:
-    """What the engine loop did during a level: steps, rows per batched step, milliseconds per step,
-    and the share of the level's wall time it was busy (the rest it waited for requests)."""
+    """What the engine loop did during a level: steps, rows per batched step, tree nodes and tokens per
+    row, milliseconds per step, and the share of the level's wall time it was busy (the rest it waited
+    for requests)."""
     if not before or not after:
         return None
     d = {k: after.get(k, 0) - before.get(k, 0)
-         for k in ("steps", "rows", "nodes", "seconds", "prefill_seconds", "host_seconds")}
+         for k in ("steps", "rows", "nodes", "tokens", "seconds", "prefill_seconds", "host_seconds")}
     busy = d["seconds"] + d["prefill_seconds"] + d["host_seconds"]
     return {"steps": d["steps"], "rows_per_step": round(d["rows"] / d["steps"], 2) if d["steps"] else None,
             "tree_nodes_per_row": round(d["nodes"] / d["steps"], 1) if d["steps"] else None,
+            "tokens_per_row_step": round(d["tokens"] / d["rows"], 3) if d["rows"] else None,
             "ms_per_step": round(1000 * d["seconds"] / d["steps"], 3) if d["steps"] else None,
             "prefill_s": round(d["prefill_seconds"], 3), "host_s": round(d["host_seconds"], 3),
             "busy_fraction": round(busy / wall, 3) if wall > 0 else None}
@@ -249,7 +251,7 @@ def level_line(summary: dict) -> str:
     engine = summary.get("engine")
     if engine and engine["steps"]:
         line += (f"; engine {engine['rows_per_step']} rows/step of {engine['tree_nodes_per_row']} tree nodes, "
-                 f"{engine['ms_per_step']} ms/step, "
+                 f"{engine['tokens_per_row_step']} tokens per row-step, {engine['ms_per_step']} ms/step, "
                  f"busy {100 * engine['busy_fraction']:.0f}%")
     return line
 

@@ -98,6 +98,7 @@ class LoopStats:
     rows: int = 0  # sum over batched steps of the rows that held a request
     max_rows: int = 0  # most requests that shared one batched step
     nodes: int = 0  # sum over batched steps of the tree nodes each row verified
+    tokens: int = 0  # tokens batched steps handed to requests (accepted drafts and bonus tokens)
     seconds: float = 0.0  # device time of batched steps (CUDA events; on the CPU, host time)
     prefill_seconds: float = 0.0  # wall time of prefills (admissions), batched or host-stepped
     host_seconds: float = 0.0  # wall time of host steps (sampling, repetition penalty, Jacobi)
@@ -106,7 +107,7 @@ class LoopStats:
 
     def as_dict(self) -> dict:
         return {"steps": self.steps, "rows": self.rows, "max_rows": self.max_rows, "nodes": self.nodes,
-                "seconds": self.seconds,
+                "tokens": self.tokens, "seconds": self.seconds,
                 "prefill_seconds": self.prefill_seconds, "host_seconds": self.host_seconds,
                 "admitted": self.admitted, "refused": self.refused}
 
@@ -364,6 +365,7 @@ class EngineLoop:
         for slot, row in live.items():
             tokens = reports[slot - flight.first]
             row.cached += len(tokens)
+            self.stats.tokens += len(tokens)
             self._emit(row, tokens)
 
     def _step_host_rows(self) -> None:
