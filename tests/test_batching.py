@@ -194,11 +194,17 @@ def test_a_reader_that_falls_behind_gets_the_same_answer_and_stats(medusa):
         assert slow_reader[-1][key] == prompt_reader[-1][key], key
 
 
-def test_a_request_that_fills_the_whole_context_keeps_its_text_beside_others(base_dir, tmp_path):
-    """The loop runs each request one step past its end before it reads that step (the device works
-    while the host hands out tokens). A request whose prompt and answer fill the model's context
-    must still fit, and its neighbours must not notice. Heads that copy the base accept whole
-    chains, so the last real step can overshoot the answer's end by several tokens."""
+@pytest.mark.parametrize("ahead", ["1", "2"])
+def test_a_request_that_fills_the_whole_context_keeps_its_text_beside_others(base_dir, tmp_path, monkeypatch,
+                                                                            ahead):
+    """The loop runs each request one step (FASTCHAT_SPEC_STEPS_AHEAD: or two) past its end before it
+    reads that step (the device works while the host hands out tokens). A request whose prompt and
+    answer fill the model's context must still fit, and its neighbours must not notice. Heads that
+    copy the base accept whole chains, so the last real step can overshoot the answer's end by
+    several tokens."""
+    from fastchat_spec.generate.loop import AHEAD_ENV
+
+    monkeypatch.setenv(AHEAD_ENV, ahead)
     context = 160
     ckpt = write_medusa_checkpoint(str(tmp_path / "oracle"), tiny.oracle_medusa_heads(base_dir, 4), base_dir,
                                    tree=chain(4).to_list())
@@ -212,7 +218,8 @@ def test_a_request_that_fills_the_whole_context_keeps_its_text_beside_others(bas
     together = run_together_at(medusa, requests, context)
     assert alone[0]["finish_reason"] == "length" and alone[0]["usage"]["completion_tokens"] == full
     assert [t["text"] for t in together] == [a["text"] for a in alone]
-    assert engine_for(model, context).busy_slots() == 0
+    loop = engine_for(model, context)
+    assert loop.busy_slots() == 0 and loop.ahead == int(ahead)
 
 
 def test_under_load_a_stream_gathers_steps_into_fewer_chunks_with_the_same_text(medusa, monkeypatch):
@@ -255,9 +262,30 @@ def test_a_busy_step_verifies_part_of_each_tree_and_keeps_every_text(medusa_dir,
     assert loop.stats.max_rows > 1 and nodes < 12 * steps  # busy steps verified fewer nodes per row
 
 
-def test_a_step_token_cap_that_is_not_a_number_is_refused_by_name(monkeypatch):
-    from fastchat_spec.generate.loop import STEP_TOKENS_ENV, step_tokens
+def test_loop_settings_that_are_not_numbers_or_out_of_range_are_refused_by_name(monkeypatch):
+    from fastchat_spec.generate.loop import AHEAD_ENV, STEP_TOKENS_ENV, step_tokens, steps_ahead
 
     monkeypatch.setenv(STEP_TOKENS_ENV, "lots")
     with pytest.raises(ValueError, match=STEP_TOKENS_ENV):
         step_tokens()
+    for bad in ("3", "-1", "two"):
+        monkeypatch.setenv(AHEAD_ENV, bad)
+        with pytest.raises(ValueError, match=AHEAD_ENV):
+            steps_ahead()
+
+
+@pytest.mark.parametrize("ahead", ["0", "2"])
+def test_steps_launched_ahead_keep_fastchats_own_text(medusa_dir, stock_texts, monkeypatch, ahead):
+    """However many batched steps the loop keeps in flight while it hands out tokens
+    (FASTCHAT_SPEC_STEPS_AHEAD: 0, 1 by default, or 2), every concurrent answer is FastChat's own
+    greedy text, token for token: no step's tokens are lost or handed to the wrong request."""
+    from fastchat_spec.generate.loop import AHEAD_ENV
+
+    monkeypatch.setenv(AHEAD_ENV, ahead)
+    model, tok = load_model(medusa_dir, device="cpu")  # a fresh model: its loop reads the setting
+    medusa = (model, tok, get_generate_stream_function(model, medusa_dir))
+    requests = [params(p, n) for p, n in zip(PROMPTS[:8], LENGTHS[:8])]
+    together = run_together(medusa, requests)
+    for request, answer in zip(requests, together):
+        assert answer["text"] == stock_texts.text(request["prompt"], request["max_new_tokens"]), request["prompt"]
+    assert engine_for(model, CONTEXT).stats.max_rows > 1

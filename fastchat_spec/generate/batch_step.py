@@ -69,25 +69,27 @@ def emitted_tokens(reports: list[list[int]]) -> list[list[int]]:
 class StepReports:
     """Launches batched steps and copies each one's report to the host without waiting for it.
 
-    The engine loop launches step k+1 before it reads step k, so that the
-    device runs one step while the host hands out the tokens of the one
-    before. At most two reports are unread at a time: two host buffers
-    alternate (pinned on CUDA, so the copy is asynchronous). On CUDA each
-    step is bracketed by timing events (its device time); on the CPU a step
-    has run by the time it is launched, and the host clock times it.
+    The engine loop launches step k+1 (and k+2, with two steps ahead)
+    before it reads step k, so that the device runs while the host hands
+    out the tokens of the step before. At most ``unread`` reports are unread
+    at a time: that many host buffers take turns (pinned on CUDA, so the copy
+    is asynchronous). On CUDA each step is bracketed by timing events (its
+    device time); on the CPU a step has run by the time it is launched, and
+    the host clock times it.
     """
 
-    def __init__(self, state: SlotState, device):
+    def __init__(self, state: SlotState, device, unread: int = 2):
         self.state = state
         self.cuda = device.type == "cuda"
-        self._buffers = [torch.empty(state.report.shape, dtype=torch.long, pin_memory=self.cuda) for _ in range(2)]
+        self._buffers = [torch.empty(state.report.shape, dtype=torch.long, pin_memory=self.cuda)
+                         for _ in range(unread)]
         self._events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                        for _ in range(2)] if self.cuda else []
+                        for _ in range(unread)] if self.cuda else []
         self._next = 0
 
     def launch(self, step, rows: slice) -> "LaunchedStep":
         """Run ``step`` (a graph replay or an eager ``BatchStep.run``) and start copying its rows' reports."""
-        i, self._next = self._next, 1 - self._next
+        i, self._next = self._next, (self._next + 1) % len(self._buffers)
         buffer = self._buffers[i][rows]
         if not self.cuda:
             t0 = time.perf_counter()

@@ -5,7 +5,8 @@ call submits a ``Job`` here and reads its own ``Ticket``; the loop thread
 admits jobs (prefill into a free KV slot), then runs one batched speculative
 step over every active greedy request (``batch_step.BatchStep``), and hands
 each ticket the tokens its row emitted. It launches the next step before it
-hands out the last one, so the device works while the host does. Requests
+hands out the last one (``FASTCHAT_SPEC_STEPS_AHEAD``: one step, or two), so
+the device works while the host does. Requests
 join at prefill and leave at any step boundary: finished, stopped, cancelled
 or abandoned by their client.
 
@@ -56,6 +57,8 @@ MAX_BATCH_ENV = "FASTCHAT_SPEC_MAX_BATCH"  # slots per loaded model (default: th
 INVARIANT_ENV = "FASTCHAT_SPEC_BATCH_INVARIANT"  # 1: each row steps alone (numerics independent of load)
 STEP_TOKENS_ENV = "FASTCHAT_SPEC_STEP_TOKENS"  # tree nodes one batched step verifies over all its rows; 0: no cap
 DEFAULT_STEP_TOKENS = 512
+AHEAD_ENV = "FASTCHAT_SPEC_STEPS_AHEAD"  # batched steps launched before the host hands out a step's tokens
+DEFAULT_AHEAD, MAX_AHEAD = 1, 2
 DEFAULT_SLOTS = 16
 IDLE_EXIT_S = 60.0  # an idle loop thread ends; the next request starts it again
 WAIT_FACTOR = 4  # jobs that may wait for a slot, per slot, before new ones are refused
@@ -124,6 +127,7 @@ class EngineLoop:
         self.slots = max(1, slots)
         self.invariant = os.environ.get(INVARIANT_ENV, "0") == "1"
         self.step_tokens = step_tokens()
+        self.ahead = steps_ahead()
         self.graphs = graphs_enabled(self.device)
         self.stats = LoopStats()
         self.inbox: "queue.Queue[Ticket]" = queue.Queue()
@@ -137,11 +141,11 @@ class EngineLoop:
         self._captured: list[BatchStep] = []
         self._warm = False
         self._stopping = threading.Event()
-        self._in_flight: Optional[_InFlight] = None  # the step the device runs while the host reads the last
+        # Steps launched and not yet handed out, oldest first: the device runs them while the host reads.
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
         if self.batched:
             tree = cls.tree_for(model)
-            # Room for the longest request, its tree, and a padded accepted path written past its end.
-            self.capacity = round_up(context_len + tree.num_nodes + tree.max_depth + 2, 64)
+            self.capacity = round_up(context_len + self._room_past_end(tree), 64)
             self.store = self._allocate_slots(model.dtype)
             self.proposers = cls.for_slots(model, self.device, self.slots, self.capacity)
             self.tree = self.proposers.tree
@@ -149,7 +153,7 @@ class EngineLoop:
             self.decoder = compiled_decoder(self.base)
             self.dtype = compute_dtype(self.base)
             self.prefill = SlotPrefill(self.base, self.store, self.device, self.decoder)
-            self.reports = StepReports(self.state, self.device)
+            self.reports = StepReports(self.state, self.device, unread=self.ahead + 1)
 
     def _allocate_slots(self, dtype) -> SlotStore:
         """KV rows for every slot; with too little device memory, fewer slots (the rest of a burst waits)."""
@@ -307,7 +311,7 @@ class EngineLoop:
     def _prefill_slot(self, ticket: Ticket) -> None:
         job = ticket.job
         p = len(job.prompt_ids)
-        if p + job.max_new_tokens + self.tree.num_nodes + self.tree.max_depth + 2 > self.capacity:
+        if p + job.max_new_tokens + self._room_past_end(self.tree) > self.capacity:
             raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({job.max_new_tokens}) do not fit "
                              f"the model's context of {self.context_len} tokens")
         slot = min(set(range(self.slots)) - set(self.rows))
@@ -323,25 +327,26 @@ class EngineLoop:
         return done.first
 
     def _step_rows(self) -> None:
-        """Launch the next batched step, then hand out the previous one's tokens while the device runs it.
+        """Launch the next batched step, then hand out older steps' tokens while the device runs it.
 
-        Each request therefore runs one step past its end (a stop token, or
-        max_new_tokens) before the host knows it ended. That step is harmless:
-        it writes only into the request's own slot, within the room admission
-        reserved (``_prefill_slot``), and its tokens are dropped.
+        ``ahead`` steps (``FASTCHAT_SPEC_STEPS_AHEAD``, default 1) stay in
+        flight while the host hands out the oldest, so each request runs that
+        many steps past its end (a stop token, or max_new_tokens) before the
+        host knows it ended. Those steps are harmless: they write only into
+        the request's own slot, within the room admission reserved
+        (``_room_past_end``), and their tokens are dropped.
         """
         if self.invariant:
             self._step_each_alone()
             return
-        launched = None
         if self.rows:
             count = self._rows_bucket(max(self.rows) + 1)
-            # A row may be one unread step (a path and its bonus) further along than ``cached`` says.
-            longest = max(r.cached for r in self.rows.values()) + self.tree.max_depth + 1
-            launched = self._launch(0, count, self._length_bucket(longest))
-        if self._in_flight is not None:
-            self._hand_out(self._in_flight)
-        self._in_flight = launched
+            # A row may be ``ahead`` unread steps (a path and its bonus each) further along than ``cached`` says.
+            longest = max(r.cached for r in self.rows.values()) + self.ahead * (self.tree.max_depth + 1)
+            self._in_flight.append(self._launch(0, count, self._length_bucket(longest)))
+        keep = self.ahead if self.rows else 0
+        while len(self._in_flight) > keep:
+            self._hand_out(self._in_flight.popleft())
 
     def _step_each_alone(self) -> None:
         """Batch-invariant mode: every row steps alone at one fixed shape, read before the next."""
@@ -400,7 +405,7 @@ class EngineLoop:
         row.generation.close()
 
     def _fail_all(self, error: BaseException) -> None:
-        self._in_flight = None
+        self._in_flight.clear()
         for slot, row in list(self.rows.items()):
             self._free(slot)
             row.ticket.finish(error)
@@ -417,6 +422,11 @@ class EngineLoop:
         while size < n:
             size *= 2
         return min(size, self.slots)
+
+    def _room_past_end(self, tree) -> int:
+        """Positions a request needs past its prompt and max_new_tokens: its tree, written past its last
+        token, and the accepted paths (padded) of the steps it runs before the host reads that it ended."""
+        return tree.num_nodes + max(self.ahead, 1) * (tree.max_depth + 1) + 1
 
     def _length_bucket(self, longest: int) -> int:
         """Positions a step attends to: past the longest request's tree and padded path."""
@@ -493,6 +503,18 @@ def step_tokens() -> int:
         return max(0, int(env))
     except ValueError:
         raise ValueError(f"{STEP_TOKENS_ENV} must be an integer (0: no cap), got {env!r}") from None
+
+
+def steps_ahead() -> int:
+    """Batched steps in flight while the host hands out a step (``FASTCHAT_SPEC_STEPS_AHEAD``, 0 to 2)."""
+    env = os.environ.get(AHEAD_ENV, "").strip()
+    try:
+        ahead = int(env) if env else DEFAULT_AHEAD
+    except ValueError:
+        ahead = -1
+    if not 0 <= ahead <= MAX_AHEAD:
+        raise ValueError(f"{AHEAD_ENV} must be 0, 1 or 2 (steps launched before a step is read), got {env!r}")
+    return ahead
 
 
 def default_slots() -> int:
