@@ -162,8 +162,8 @@ def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(se
     assert engine["busy_slots"] == 0 and status["queue_length"] == 0
 
 
-def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa_dir, monkeypatch):
-    """FASTCHAT_SPEC_BATCH_INVARIANT=1: each row runs alone at a fixed shape; the texts are unchanged."""
+def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa_dir, stock_texts, monkeypatch):
+    """FASTCHAT_SPEC_BATCH_INVARIANT=1: each row runs alone at a fixed shape; the texts are FastChat's own."""
     from fastchat_spec.generate.loop import INVARIANT_ENV
 
     monkeypatch.setenv(INVARIANT_ENV, "1")
@@ -172,6 +172,7 @@ def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa
     alone = [run_alone(medusa, p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
     together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])])
     assert [t["text"] for t in together] == [a["text"] for a in alone]
+    assert [a["text"] for a in alone] == [stock_texts.text(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
     assert engine_for(model, CONTEXT).invariant
 
 
@@ -242,7 +243,7 @@ def test_under_load_a_stream_gathers_steps_into_fewer_chunks_with_the_same_text(
     assert loaded[-1]["usage"] == alone[-1]["usage"] and loaded[-1]["spec"] == alone[-1]["spec"]
 
 
-def test_a_busy_step_verifies_part_of_each_tree_and_keeps_every_text(medusa_dir, monkeypatch):
+def test_a_busy_step_verifies_part_of_each_tree_and_keeps_every_text(medusa_dir, stock_texts, monkeypatch):
     """FASTCHAT_SPEC_STEP_TOKENS caps the tree nodes one batched step verifies over all its rows:
     alone a request verifies its whole tree (up to the cap), beside five others each row verifies
     only its likeliest few nodes. Every text stays the sequential one."""
@@ -258,6 +259,7 @@ def test_a_busy_step_verifies_part_of_each_tree_and_keeps_every_text(medusa_dir,
     together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])])
     assert [t["text"] for t in together] == [a["text"] for a in alone]
     assert [t["usage"] for t in together] == [a["usage"] for a in alone]
+    assert [a["text"] for a in alone] == [stock_texts.text(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
     steps, nodes = loop.stats.steps - before["steps"], loop.stats.nodes - before["nodes"]
     assert loop.stats.max_rows > 1 and nodes < 12 * steps  # busy steps verified fewer nodes per row
 

@@ -6,9 +6,8 @@ admits jobs (prefill into a free KV slot), then runs one batched speculative
 step over every active greedy request (``batch_step.BatchStep``), and hands
 each ticket the tokens its row emitted. It launches the next step before it
 hands out the last one (``FASTCHAT_SPEC_STEPS_AHEAD``: one step, or two), so
-the device works while the host does. Requests
-join at prefill and leave at any step boundary: finished, stopped, cancelled
-or abandoned by their client.
+the device works while the host does. Requests join at prefill and leave at
+any step boundary: finished, stopped, cancelled or abandoned by their client.
 
 Requests whose step needs the host (sampling, repetition penalty, Jacobi
 windows) run through the same loop with their own cache, one host step each
@@ -20,7 +19,7 @@ thread before it admits its first request; never while serving. With
 ``FASTCHAT_SPEC_BATCH_INVARIANT=1`` every row runs alone at a fixed shape, so a
 request's numerics do not depend on what else is being served (slower).
 
-(About 500 lines: admission, stepping, the step shapes and the per-model
+(About 550 lines: admission, stepping, the step shapes and the per-model
 registry of loops are one scheduler's state and stay together; the request
 side is ``tickets.py``, the prompt forward ``prefill.py``.)
 """
