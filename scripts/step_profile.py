@@ -202,8 +202,8 @@ def time_replays(loop, count: int, length: int, rewind: Rewind, replays: int, cu
     graphed = cuda and isinstance(getattr(step, "__self__", None), torch.cuda.CUDAGraph)
     wall_times_ms(step, rewind, 10, synchronizer(cuda))  # warm-up: the first runs allocate and pick kernels
     times = event_times_ms(step, rewind, replays) if cuda else wall_times_ms(step, rewind, replays, lambda: None)
-    return {"section": "replay", "rows": count, "length": length, "nodes": loop._nodes_per_row(count), "graphed": graphed,
-            "replays": replays, **summary_ms(times)}
+    return {"section": "replay", "rows": count, "length": length, "nodes": loop._nodes_per_row(count),
+            "graphed": graphed, "replays": replays, **summary_ms(times)}
 
 
 # -- profile --------------------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ class Tree:
         if self.ranked:
             kept = list(self.given[: num_nodes - 1])
         else:
-            accuracy = assumed_accuracy(self.max_depth, max(self.max_rank(d) for d in range(1, self.max_depth + 1)))
+            top_k = max(self.max_rank(d) for d in range(1, self.max_depth + 1))
+            accuracy = assumed_accuracy(self.max_depth, top_k)
 
             def likelihood(path: Path) -> float:
                 return functools.reduce(lambda prob, dr: prob * accuracy[dr[0]][dr[1]], enumerate(path), 1.0)

@@ -236,7 +236,8 @@ def choose_tree(measured: dict, num_nodes: int, mode: str = "joint", max_rank: i
     if mode == "keep":
         if current is None:
             raise ValueError("--mode keep reorders the checkpoint's current tree: pass it")
-        return Tree.from_paths(sorted(current.paths, key=lambda p: (-frequencies.get(p, 0.0), len(p), p))), frequencies
+        ranked = sorted(current.paths, key=lambda p: (-frequencies.get(p, 0.0), len(p), p))
+        return Tree.from_paths(ranked), frequencies
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
