@@ -78,7 +78,7 @@ class StepReports:
     the host clock times it.
     """
 
-    def __init__(self, state: SlotState, device, unread: int = 2):
+    def __init__(self, state: SlotState, device, unread: int):
         self.state = state
         self.cuda = device.type == "cuda"
         self._buffers = [torch.empty(state.report.shape, dtype=torch.long, pin_memory=self.cuda)

@@ -56,7 +56,7 @@ class Tree:
 
     def truncated(self, max_depth: int) -> "Tree":
         """The same tree with paths deeper than ``max_depth`` removed (the given order kept)."""
-        return Tree.from_paths([p for p in self.given or self.paths if len(p) <= max_depth])
+        return Tree.from_paths([p for p in self.given if len(p) <= max_depth])
 
     @functools.cached_property
     def ranked(self) -> bool:
@@ -71,11 +71,11 @@ class Tree:
             if len(p) > 1 and p[:-1] not in seen:
                 return False
             seen.add(p)
-        return len(self.given) == len(self.paths) and self.given != self.paths
+        return self.given != self.paths
 
     def to_ranked_list(self) -> list[list[int]]:
         """The paths in the order given (most likely first for a chosen tree), for a checkpoint's config."""
-        return [list(p) for p in self.given or self.paths]
+        return [list(p) for p in self.given]
 
     def in_place(self, node: int) -> bool:
         """True when the path to ``node`` already sits in contiguous slots (nothing to move)."""
@@ -112,11 +112,8 @@ class Tree:
         else:
             top_k = max(self.max_rank(d) for d in range(1, self.max_depth + 1))
             accuracy = assumed_accuracy(self.max_depth, top_k)
-
-            def likelihood(path: Path) -> float:
-                return functools.reduce(lambda prob, dr: prob * accuracy[dr[0]][dr[1]], enumerate(path), 1.0)
-
-            kept = sorted(self.paths, key=lambda p: (-likelihood(p), len(p), p))[: num_nodes - 1]
+            likelihood = {p: path_probability(p, accuracy) for p in self.paths}
+            kept = most_likely_first(self.paths, likelihood)[: num_nodes - 1]
         part = Tree.from_paths(kept, width=self.max_depth + 1)
         index = {p: i + 1 for i, p in enumerate(self.paths)}
         source = torch.tensor([0] + [index[p] for p in part.paths], dtype=torch.long)
@@ -202,15 +199,23 @@ def build_tree(accuracy: Sequence[Sequence[float]], num_nodes: int) -> Tree:
     return Tree.from_paths(chosen)
 
 
+def path_probability(path: Path, accuracy: Sequence[Sequence[float]]) -> float:
+    """How likely ``path`` is accepted if depths err independently: the product of its ranks' accuracies."""
+    prob = 1.0
+    for d, r in enumerate(path):
+        prob *= accuracy[d][r] if d < len(accuracy) and r < len(accuracy[d]) else 0.0
+    return prob
+
+
+def most_likely_first(paths, likelihood: Mapping[Path, float]) -> list[Path]:
+    """``paths`` by falling likelihood; ties to the shorter path, then the smaller ranks, so that a prefix
+    (never less likely than its extensions) always comes before them and every head of the list is a tree."""
+    return sorted(paths, key=lambda p: (-likelihood.get(p, 0.0), len(p), p))
+
+
 def expected_length(tree: Tree, accuracy: Sequence[Sequence[float]]) -> float:
     """Expected tokens per step (accepted nodes + the bonus token) under ``accuracy``."""
-    total = 1.0
-    for p in tree.paths:
-        prob = 1.0
-        for d, r in enumerate(p):
-            prob *= accuracy[d][r] if d < len(accuracy) and r < len(accuracy[d]) else 0.0
-        total += prob
-    return total
+    return 1.0 + sum(path_probability(p, accuracy) for p in tree.paths)
 
 
 # Accuracy profile used when a checkpoint ships no tree: top-1 accuracy falling
@@ -269,8 +274,7 @@ def most_frequent_tree(frequencies: Mapping[Path, float], num_nodes: int) -> Tre
     then to the smaller ranks, so a prefix always comes before its extensions
     (it is at least as frequent) and the tree stays prefix-closed.
     """
-    ranked = sorted(frequencies, key=lambda p: (-frequencies[p], len(p), p))
-    return Tree.from_paths(ranked[:num_nodes])
+    return Tree.from_paths(most_likely_first(frequencies, frequencies)[:num_nodes])
 
 
 def joint_expected_length(tree: Tree, frequencies: Mapping[Path, float]) -> float:

@@ -71,6 +71,7 @@ from fastchat_spec.generate.tree import (
     expected_length,
     joint_expected_length,
     most_frequent_tree,
+    most_likely_first,
     replayed_tokens_per_step,
 )
 from fastchat_spec.methods import method as method_entry
@@ -236,8 +237,7 @@ def choose_tree(measured: dict, num_nodes: int, mode: str = "joint", max_rank: i
     if mode == "keep":
         if current is None:
             raise ValueError("--mode keep reorders the checkpoint's current tree: pass it")
-        ranked = sorted(current.paths, key=lambda p: (-frequencies.get(p, 0.0), len(p), p))
-        return Tree.from_paths(ranked), frequencies
+        return Tree.from_paths(most_likely_first(current.paths, frequencies)), frequencies
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
