@@ -274,6 +274,11 @@ def test_loop_settings_that_are_not_numbers_or_out_of_range_are_refused_by_name(
         monkeypatch.setenv(AHEAD_ENV, bad)
         with pytest.raises(ValueError, match=AHEAD_ENV):
             steps_ahead()
+    from fastchat_spec.generate.prefill import PREFILL_STREAM_ENV, prefill_stream
+
+    monkeypatch.setenv(PREFILL_STREAM_ENV, "yes")
+    with pytest.raises(ValueError, match=PREFILL_STREAM_ENV):
+        prefill_stream()
 
 
 @pytest.mark.parametrize("ahead", ["0", "2"])

@@ -7,12 +7,20 @@ For each model shape (random weights, bf16) it times, with CUDA events:
   * graph_1:     our verification forward for one token, captured as a CUDA graph over a static cache;
   * graph_tree:  the same for a tree of ``--tree-nodes`` nodes;
 and the floor: the weights' bytes over the device bandwidth measured by a large copy.
+
+With ``--profile``, the one-token graph is also replayed under torch.profiler and its
+kernels are summed per step by kind (matmuls, attention, fused Triton kernels, copies,
+the rest): where the time above the floor goes. The matmuls' line says which share of
+the copy bandwidth they reach on the weights they read (every linear layer and the
+LM head; the embedding table is read one row at a time and is left out).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import json
+import re
 import statistics
 
 import torch
@@ -67,7 +75,7 @@ def random_model(shape: str, device, max_positions: int):
 
 
 @torch.inference_mode()
-def step_times(shape: str, context: int, tree_nodes: int, device) -> dict:
+def step_times(shape: str, context: int, tree_nodes: int, device, profile: bool = False) -> dict:
     from transformers import DynamicCache
 
     from fastchat_spec.generate.cuda_graphs import GraphedForward
@@ -99,8 +107,60 @@ def step_times(shape: str, context: int, tree_nodes: int, device) -> dict:
     post = start + tree.depth
     graph_1 = _time(lambda: g1(tok1, pos1, start), repeat=100)
     graph_tree = _time(lambda: gt(tokt, post, start), repeat=100)
-    return {"weight_bytes": weight_bytes, "hf_eager_1_ms": 1000 * hf, "graph_1_ms": 1000 * graph_1,
-            "graph_tree_ms": 1000 * graph_tree, "tree_nodes": tree.num_nodes}
+    result = {"weight_bytes": weight_bytes, "hf_eager_1_ms": 1000 * hf, "graph_1_ms": 1000 * graph_1,
+              "graph_tree_ms": 1000 * graph_tree, "tree_nodes": tree.num_nodes}
+    if profile:
+        embedding = model.get_input_embeddings().weight
+        result["profile_1"] = kernel_profile(lambda: g1(tok1, pos1, start),
+                                             weight_bytes - embedding.numel() * embedding.element_size())
+    return result
+
+
+KERNEL_KINDS = (  # (kind, pattern on the kernel's name), first match wins
+    ("triton", re.compile(r"^triton_", re.I)),  # first: a fused kernel's name lists the ops it feeds
+    ("attention", re.compile(r"flash|fmha|attention|attn|sdpa|cudnn", re.I)),
+    ("matmul", re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|matmul|cublas|mm_", re.I)),
+    ("copy", re.compile(r"memcpy|memset|copy|cat_|index", re.I)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
+def kernel_profile(step, matmul_bytes: int, steps: int = 20) -> dict:
+    """Device time per step of ``step``'s kernels by kind, from torch.profiler; the top kernels by name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    names: dict[str, list] = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA or getattr(event, "is_user_annotation", False):
+            continue
+        us = event.time_range.elapsed_us() / steps
+        kind = kernel_kind(event.name)
+        kinds[kind] = kinds.get(kind, 0.0) + us
+        entry = names.setdefault(event.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += us
+    if not names:  # the profiler saw no kernels inside the graph's replays
+        return {"device_us_per_step": None, "note": "no kernels recorded inside graph replays"}
+    total_us = sum(kinds.values())
+    matmul_us = kinds.get("matmul", 0.0)
+    top = sorted(names.items(), key=lambda kv: -kv[1][1])[:12]
+    return {"device_us_per_step": total_us,
+            "us_per_step_by_kind": {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "kernels_per_step": sum(n for n, _ in names.values()) / steps,
+            "matmul_tb_s": matmul_bytes / (matmul_us * 1e-6) / 1e12 if matmul_us else None,
+            "top_kernels": [{"name": n[:120], "calls_per_step": c / steps, "us_per_step": round(us, 1)}
+                            for n, (c, us) in top]}
 
 
 def main(argv=None):
@@ -111,6 +171,8 @@ def main(argv=None):
     p.add_argument("--tree-nodes", type=int, default=64, help="nodes of the verified tree, root included")
     p.add_argument("--compile", default="0,1",
                    help="comma list: 0 = graphs of the eager forward, 1 = graphs of the torch.compiled forward")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the one-token graph: device time per step by kernel kind, top kernels")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -118,12 +180,11 @@ def main(argv=None):
     device = torch.device("cuda")
     bandwidth = measure_bandwidth(device)
     result = {"device": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
-              "bandwidth_tb_s": bandwidth / 1e12, "context": args.context, "shapes": {}}
-    import os
-
+              "bandwidth_tb_s": bandwidth / 1e12, "context": args.context,
+              "compile_mode": os.environ.get("FASTCHAT_SPEC_COMPILE_MODE") or "default", "shapes": {}}
     for shape, compiled in [(s, c) for s in args.shapes.split(",") for c in args.compile.split(",")]:
         os.environ["FASTCHAT_SPEC_COMPILE"] = compiled
-        r = step_times(shape, args.context, args.tree_nodes, device)
+        r = step_times(shape, args.context, args.tree_nodes, device, args.profile)
         torch.cuda.empty_cache()  # the shape's model and caches are gone with step_times' frame
         r["compiled"] = compiled == "1"
         shape = shape + ("+compile" if compiled == "1" else "")
@@ -134,6 +195,17 @@ def main(argv=None):
         print(f"{shape}: HF eager {r['hf_eager_1_ms']:.2f} ms | graph 1 tok {r['graph_1_ms']:.2f} ms | "
               f"graph {r['tree_nodes']}-node tree {r['graph_tree_ms']:.2f} ms | floor {r['hbm_floor_ms']:.2f} ms "
               f"({r['ar_over_floor']:.2f}x floor, tree/AR {r['tree_over_ar']:.2f})", flush=True)
+        prof = r.get("profile_1")
+        if prof and prof["device_us_per_step"] is None:
+            print(f"  1 tok profile: {prof['note']}", flush=True)
+        elif prof:
+            bandwidth_share = prof["matmul_tb_s"] and prof["matmul_tb_s"] * 1e12 / bandwidth
+            print(f"  1 tok profile: {prof['device_us_per_step']:.0f} us of kernels per step "
+                  f"({prof['kernels_per_step']:.0f} kernels): {prof['us_per_step_by_kind']}; matmuls at "
+                  f"{prof['matmul_tb_s'] or 0:.2f} TB/s ({bandwidth_share or 0:.0%} of the copy bandwidth)",
+                  flush=True)
+            for k in prof["top_kernels"]:
+                print(f"    {k['us_per_step']:8.1f} us  x{k['calls_per_step']:<5g} {k['name']}", flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

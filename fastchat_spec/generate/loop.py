@@ -203,7 +203,7 @@ class EngineLoop:
         with torch.inference_mode():
             for first, count, length in self._all_shapes():
                 self._steps[(first, count, length)] = self._capture(first, count, length)
-            self.prefill.capture_all(self._pool)
+            self.prefill.capture_all()
         self._warm = True
 
     # -- the loop thread ------------------------------------------------------

@@ -11,6 +11,16 @@ serves every slot). Padding sits after the prompt, where causal attention keeps
 it out of the prompt's rows; its cache entries lie past the request's length,
 which every later step masks until it overwrites them.
 
+On CUDA the prompt's forward runs on a stream of its own, beside the batched
+step that is in flight: on a small model both are launch-bound and share the
+device's idle SMs, so a request joining no longer stalls every other request
+for its whole prefill. Only the copy into the slot waits for the step in
+flight (on the loop's stream), because an empty row of that step writes into
+the free slot (``SlotState.free``). The prompt graphs keep their memory apart
+from the steps' graphs, since the two may now run at once.
+``FASTCHAT_SPEC_PREFILL_STREAM=0`` runs prefills on the loop's stream, after
+the step in flight, as before.
+
 Only the last prompt position's logits are computed: they give the first token.
 Prompts longer than ``GRAPHED_PROMPT_MAX`` tokens run eagerly.
 Without graphs (CPU, ``FASTCHAT_SPEC_CUDA_GRAPHS=0``) the prompt runs at its
@@ -19,6 +29,7 @@ exact length straight into its slot.
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +41,7 @@ from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forw
 
 
 GRAPHED_PROMPT_MAX = 4096  # longest prompt (tokens) prefilled through a graph
+PREFILL_STREAM_ENV = "FASTCHAT_SPEC_PREFILL_STREAM"  # 0: graphed prefills wait for the step in flight
 
 
 @dataclass
@@ -37,6 +49,15 @@ class Prefilled:
     tokens: torch.Tensor  # (p,) the prompt's ids on the device
     hidden: torch.Tensor  # (p, H) the base's last hidden states over the prompt
     first: int  # the greedy token after the prompt
+
+
+def prefill_stream() -> bool:
+    """Whether graphed prefills run on a stream of their own (``FASTCHAT_SPEC_PREFILL_STREAM``: 1 or 0)."""
+    env = os.environ.get(PREFILL_STREAM_ENV, "").strip()
+    if env not in ("", "0", "1"):
+        raise ValueError(f"{PREFILL_STREAM_ENV} must be 1 (prompt forwards beside the step in flight) or 0 "
+                         f"(after it), got {env!r}")
+    return env != "0"
 
 
 def bucket_lengths(capacity: int, longest: int = GRAPHED_PROMPT_MAX) -> list[int]:
@@ -61,23 +82,52 @@ class SlotPrefill:
         self.dtype = compute_dtype(base)
         self._lengths: list[int] = []  # bucket lengths with a graph, ascending
         self._graphs: list[_GraphedPrefill] = []
+        self._own_stream = prefill_stream()  # checked when the loop is built, not first at warm-up
+        self._stream = None  # the prompt forwards' own CUDA stream (None: the loop's)
+        self._scratch_free = None  # CUDA event: the last graphed prefill's scratch has been read
 
-    def capture_all(self, pool) -> None:
+    def capture_all(self) -> None:
         """One graph per bucket (call only while no slot holds a request: warm-up runs write slot 0)."""
         lengths = bucket_lengths(self.store.capacity)
         scratch = SlotStore(self.base.config, 1, lengths[-1], self.device, self.store.keys[0].dtype)
+        pool = torch.cuda.graph_pool_handle()  # apart from the steps' pool: a prefill may run beside a step
         self._graphs = [_GraphedPrefill(self, scratch, length, pool) for length in lengths]
         self._lengths = lengths
+        if self._own_stream:
+            self._stream = torch.cuda.Stream(self.device)
 
     def __call__(self, slot: int, prompt_ids: list[int]) -> Prefilled:
-        p = len(prompt_ids)
-        tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        bucket = bisect.bisect_left(self._lengths, p)  # the shortest graphed length that holds the prompt
+        bucket = bisect.bisect_left(self._lengths, len(prompt_ids))  # the shortest graphed length that holds it
         if bucket < len(self._graphs):
-            hidden, first = self._graphs[bucket](slot, tokens)
-        else:
-            hidden, first = self._eager(slot, tokens)
+            return self._graphed(self._graphs[bucket], slot, prompt_ids)
+        tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
+        hidden, first = self._eager(slot, tokens)
         return Prefilled(tokens, hidden, int(first))
+
+    def _graphed(self, graph: "_GraphedPrefill", slot: int, prompt_ids: list[int]) -> Prefilled:
+        """The prompt's forward on the prefill stream, then its copy into ``slot`` on the loop's stream.
+
+        Only reading the first token waits, and only for the prompt's forward;
+        the loop's stream waits for it before the copy, so every later step
+        sees the slot filled. The scratch cache and the graph's outputs are
+        read on the loop's stream, so the next prefill waits for that read.
+        """
+        p = len(prompt_ids)
+        loop_stream = torch.cuda.current_stream(self.device)
+        stream = self._stream or loop_stream
+        with torch.cuda.stream(stream):
+            if self._scratch_free is not None:
+                stream.wait_event(self._scratch_free)
+            tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
+            graph.forward(tokens)
+            first = int(graph.first)
+        loop_stream.wait_stream(stream)
+        tokens.record_stream(loop_stream)  # made on the prefill stream, read later on the loop's
+        graph.write_slot(slot)
+        hidden = graph.hidden[:p].clone()  # the next prefill of this bucket overwrites graph.hidden
+        self._scratch_free = torch.cuda.Event()
+        self._scratch_free.record(loop_stream)
+        return Prefilled(tokens, hidden, first)
 
     def _eager(self, slot: int, tokens: torch.Tensor):
         p = tokens.numel()
@@ -92,7 +142,8 @@ class SlotPrefill:
 
 
 class _GraphedPrefill:
-    """The prefill of prompts up to ``length`` tokens, captured once, replayed for any slot."""
+    """The prefill of prompts up to ``length`` tokens, captured once: the forward into a one-row scratch
+    cache, and the scratch's copy into a slot (any slot: the slot is an index tensor)."""
 
     def __init__(self, prefill: SlotPrefill, scratch: SlotStore, length: int, pool):
         device = prefill.device
@@ -105,21 +156,27 @@ class _GraphedPrefill:
         cache = scratch.rows(0, 1, length, positions)
         store = prefill.store
 
-        def run():
+        def forward():
             out = forward_rows(prefill.base, cache, self.tokens, positions, mask, positions[0], prefill.decoder,
                                logits_at=self.last)
+            return out.hidden[0], out.logits[0, 0].argmax()
+
+        def write_slot():
             for layer, (k, v) in zip(cache.layers, zip(store.keys, store.values)):
                 k[:, :, :length].index_copy_(0, self.slot, layer.keys)
                 v[:, :, :length].index_copy_(0, self.slot, layer.values)
-            return out.hidden[0], out.logits[0, 0].argmax()
 
-        self._run = run  # the graph reads the buffers ``run`` holds (positions, mask, cache): they must outlive it
-        self.replay, (self.hidden, self.first) = capture(run, device, pool=pool)
+        # The graphs read the buffers these closures hold (positions, mask, cache): they must outlive them.
+        self._runs = (forward, write_slot)
+        self._forward, (self.hidden, self.first) = capture(forward, device, pool=pool)
+        self._write_slot, _ = capture(write_slot, device, warmups=1, pool=pool)
 
-    def __call__(self, slot: int, tokens: torch.Tensor):
+    def forward(self, tokens: torch.Tensor) -> None:
         p = tokens.numel()
         self.tokens[0, :p].copy_(tokens)  # what lies after it is masked out of the prompt's rows
         self.last.fill_(p - 1)
+        self._forward()
+
+    def write_slot(self, slot: int) -> None:
         self.slot.fill_(slot)
-        self.replay()
-        return self.hidden[:p], self.first
+        self._write_slot()
