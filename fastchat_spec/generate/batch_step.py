@@ -49,16 +49,18 @@ class SlotState:
         # [accepted depth, tokens of the accepted path (root first, padded), bonus token] per slot
         self.report = torch.zeros(slots, max_depth + 3, dtype=torch.long, device=device)
 
+    # Both write through fill_ on one-element views: on CUDA, ``tensor[slot] = value`` copies the value from
+    # the host and waits for the device, which would drain the steps in flight at every join and every end.
     def occupy(self, slot: int, cached: int, root: int) -> None:
-        self.starts[slot] = cached
-        self.roots[slot] = root
-        self.active[slot] = True
+        self.starts[slot].fill_(cached)
+        self.roots[slot].fill_(root)
+        self.active[slot].fill_(True)
 
     def free(self, slot: int) -> None:
         """An empty row keeps drafting at position 0 of its own slot, where it harms nobody."""
-        self.active[slot] = False
-        self.starts[slot] = 0
-        self.roots[slot] = 0
+        self.active[slot].fill_(False)
+        self.starts[slot].fill_(0)
+        self.roots[slot].fill_(0)
 
 
 def emitted_tokens(reports: list[list[int]]) -> list[list[int]]:
