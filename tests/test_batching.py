@@ -25,10 +25,15 @@ LENGTHS = [8, 40, 16, 64, 24, 48, 12, 56, 32, 20, 60, 4, 44, 28, 36, 52]  # mixe
 PROMPTS = TINY_PROMPTS[:len(LENGTHS)]  # one request per length
 
 
+def served(ckpt: str):
+    """(model, tokenizer, generate_stream) of a freshly loaded checkpoint: its engine loop reads the settings now."""
+    model, tok = load_model(ckpt, device="cpu")
+    return model, tok, get_generate_stream_function(model, ckpt)
+
+
 @pytest.fixture(scope="module")
 def medusa(medusa_dir):
-    model, tok = load_model(medusa_dir, device="cpu")
-    return model, tok, get_generate_stream_function(model, medusa_dir)
+    return served(medusa_dir)
 
 
 def params(prompt: str, max_new_tokens: int, **extra) -> dict:
@@ -167,8 +172,8 @@ def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa
     from fastchat_spec.generate.loop import INVARIANT_ENV
 
     monkeypatch.setenv(INVARIANT_ENV, "1")
-    model, tok = load_model(medusa_dir, device="cpu")  # a fresh model: its loop reads the setting
-    medusa = (model, tok, get_generate_stream_function(model, medusa_dir))
+    medusa = served(medusa_dir)
+    model = medusa[0]
     alone = [run_alone(medusa, p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
     together = run_together(medusa, [params(p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])])
     assert [t["text"] for t in together] == [a["text"] for a in alone]
@@ -209,9 +214,8 @@ def test_a_request_that_fills_the_whole_context_keeps_its_text_beside_others(bas
     context = 160
     ckpt = write_medusa_checkpoint(str(tmp_path / "oracle"), tiny.oracle_medusa_heads(base_dir, 4), base_dir,
                                    tree=chain(4).to_list())
-    model, tok = load_model(ckpt, device="cpu")  # a loop of its own, sized for this context
-    medusa = (model, tok, get_generate_stream_function(model, ckpt))
-    stream = medusa[2]
+    medusa = served(ckpt)  # a loop of its own, sized for this context
+    model, tok, stream = medusa
     prompt = PROMPTS[1]  # its answer repeats one token: every step accepts the whole chain
     full = context - len(tok(prompt).input_ids)
     requests = [params(prompt, full, stop_token_ids=[]), params(PROMPTS[0], 24), params(PROMPTS[5], 40)]
@@ -250,8 +254,8 @@ def test_a_busy_step_verifies_part_of_each_tree_and_keeps_every_text(medusa_dir,
     from fastchat_spec.generate.loop import STEP_TOKENS_ENV
 
     monkeypatch.setenv(STEP_TOKENS_ENV, "12")
-    model, tok = load_model(medusa_dir, device="cpu")  # a fresh model: its loop reads the setting
-    medusa = (model, tok, get_generate_stream_function(model, medusa_dir))
+    medusa = served(medusa_dir)
+    model = medusa[0]
     loop = engine_for(model, CONTEXT)
     alone = [run_alone(medusa, p, n) for p, n in zip(PROMPTS[:6], LENGTHS[:6])]
     assert loop.stats.nodes == 12 * loop.stats.steps  # one row: the first 12 nodes of a 64-node tree
@@ -289,8 +293,8 @@ def test_steps_launched_ahead_keep_fastchats_own_text(medusa_dir, stock_texts, m
     from fastchat_spec.generate.loop import AHEAD_ENV
 
     monkeypatch.setenv(AHEAD_ENV, ahead)
-    model, tok = load_model(medusa_dir, device="cpu")  # a fresh model: its loop reads the setting
-    medusa = (model, tok, get_generate_stream_function(model, medusa_dir))
+    medusa = served(medusa_dir)
+    model = medusa[0]
     requests = [params(p, n) for p, n in zip(PROMPTS[:8], LENGTHS[:8])]
     together = run_together(medusa, requests)
     for request, answer in zip(requests, together):

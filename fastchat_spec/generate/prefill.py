@@ -82,8 +82,8 @@ class SlotPrefill:
         self.dtype = compute_dtype(base)
         self._lengths: list[int] = []  # bucket lengths with a graph, ascending
         self._graphs: list[_GraphedPrefill] = []
-        self._own_stream = prefill_stream()  # checked when the loop is built, not first at warm-up
-        self._stream = None  # the prompt forwards' own CUDA stream (None: the loop's)
+        # The prompt forwards' own CUDA stream (None: the loop's); the setting is checked when the loop is built.
+        self._stream = torch.cuda.Stream(device) if prefill_stream() and device.type == "cuda" else None
         self._scratch_free = None  # CUDA event: the last graphed prefill's scratch has been read
 
     def capture_all(self) -> None:
@@ -93,8 +93,6 @@ class SlotPrefill:
         pool = torch.cuda.graph_pool_handle()  # apart from the steps' pool: a prefill may run beside a step
         self._graphs = [_GraphedPrefill(self, scratch, length, pool) for length in lengths]
         self._lengths = lengths
-        if self._own_stream:
-            self._stream = torch.cuda.Stream(self.device)
 
     def __call__(self, slot: int, prompt_ids: list[int]) -> Prefilled:
         bucket = bisect.bisect_left(self._lengths, len(prompt_ids))  # the shortest graphed length that holds it
