@@ -78,3 +78,20 @@ def _prompt_file(tmp_path) -> str:
         for i in range(2):
             f.write(json.dumps({"turns": [" ".join(tiny.corpus(2, seed=i))], "category": "c"}) + "\n")
     return path
+
+
+def test_step_profile_counts_matmuls_fused_into_triton_kernels_as_matmuls():
+    """`bench.steps --profile` reports the bandwidth its matmuls reach on the weights. Under
+    max-autotune the projections run inside fused Triton reductions: counted as "triton", the table
+    showed matmuls at 4,888% of the copy bandwidth (H100, 2026-12-06). Names from that profile."""
+    from fastchat_spec.bench.steps import kernel_kind
+
+    assert kernel_kind("nvjet_sm90_tst_256x8_64x6_2x1_v_bz_TNT") == "matmul"
+    assert kernel_kind("triton_red_fused__unsafe_view_mm_mul_silu_t_view_6") == "matmul"
+    assert kernel_kind("triton_red_fused_mm_t_view_5") == "matmul"
+    assert kernel_kind("triton_tem_fused_mm_0") == "matmul"
+    rope = "triton_poi_fused__to_copy__unsafe_view_add_bmm_cat_cos_expand_index_copy_mm_mul_neg_sin_slice_2"
+    assert kernel_kind(rope) == "triton"
+    assert kernel_kind("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_7") == "triton"
+    sdpa = "cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16_knob_35_16x128x128_1x4x1_cga1x1x1_kernel0_0"
+    assert kernel_kind(sdpa) == "attention"

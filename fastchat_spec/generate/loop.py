@@ -5,7 +5,7 @@ call submits a ``Job`` here and reads its own ``Ticket``; the loop thread
 admits jobs (prefill into a free KV slot), then runs one batched speculative
 step over every active greedy request (``batch_step.BatchStep``), and hands
 each ticket the tokens its row emitted. It launches the next step before it
-hands out the last one (``FASTCHAT_SPEC_STEPS_AHEAD``: one step, or two), so
+hands out the last one (``FASTCHAT_SPEC_STEPS_AHEAD``: two steps, or one), so
 the device works while the host does. Requests join at prefill and leave at
 any step boundary: finished, stopped, cancelled or abandoned by their client.
 
@@ -57,7 +57,7 @@ INVARIANT_ENV = "FASTCHAT_SPEC_BATCH_INVARIANT"  # 1: each row steps alone (nume
 STEP_TOKENS_ENV = "FASTCHAT_SPEC_STEP_TOKENS"  # tree nodes one batched step verifies over all its rows; 0: no cap
 DEFAULT_STEP_TOKENS = 512
 AHEAD_ENV = "FASTCHAT_SPEC_STEPS_AHEAD"  # batched steps launched before the host hands out a step's tokens
-DEFAULT_AHEAD, MAX_AHEAD = 1, 2
+DEFAULT_AHEAD, MAX_AHEAD = 2, 2
 DEFAULT_SLOTS = 16
 IDLE_EXIT_S = 60.0  # an idle loop thread ends; the next request starts it again
 WAIT_FACTOR = 4  # jobs that may wait for a slot, per slot, before new ones are refused
@@ -328,7 +328,7 @@ class EngineLoop:
     def _step_rows(self) -> None:
         """Launch the next batched step, then hand out older steps' tokens while the device runs it.
 
-        ``ahead`` steps (``FASTCHAT_SPEC_STEPS_AHEAD``, default 1) stay in
+        ``ahead`` steps (``FASTCHAT_SPEC_STEPS_AHEAD``, default 2) stay in
         flight while the host hands out the oldest, so each request runs that
         many steps past its end (a stop token, or max_new_tokens) before the
         host knows it ended. Those steps are harmless: they write only into

@@ -57,18 +57,36 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
     ticket = loop.submit(Job(request.prompt_ids, request.max_new_tokens, request.sampling,
                              request.stop_token_ids, request.acceptance, request.options, at_end=at_end))
     try:
-        gap = 0.0 if at_end else stream_gap_s()
-        yield from _stream(ticket.batches(loop.alive, min_gap_s=lambda: gap if loop.busy_slots() > 1 else 0.0),
-                           tokenizer, request, stream_interval, at_end)
+        pacing = ChunkPacing(0.0 if at_end else stream_gap_s(), busy=lambda: loop.busy_slots() > 1)
+        yield from _stream(ticket.batches(loop.alive, min_gap_s=pacing), tokenizer, request, stream_interval,
+                           at_end, pacing)
     finally:
         ticket.cancel()  # a finished request is already out; a client gone frees its slot
 
 
-def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: bool = False):
+class ChunkPacing:
+    """How long a stream's reader lets steps gather before it reads again (``Ticket.batches``' ``min_gap_s``).
+
+    Under load (``busy()``), ``gap_s`` after a read that sent a chunk; none after one that sent
+    nothing, so the first text (the prefill's token alone is below FastChat's stream interval of 2)
+    and text held back at a possible stop string go out at the next step, not a gap later.
+    """
+
+    def __init__(self, gap_s: float, busy):
+        self.gap_s = gap_s
+        self.busy = busy
+        self.sent = False  # the last read sent a chunk
+
+    def __call__(self) -> float:
+        return self.gap_s if self.sent and self.busy() else 0.0
+
+
+def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: bool = False,
+            pacing: ChunkPacing | None = None):
     """FastChat's chunks from the loop's steps, read a batch at a time (what arrived since the last read).
 
     ``at_end``: only the last chunk is wanted and no stop string can end the answer early, so the
-    text is decoded once, at the end.
+    text is decoded once, at the end. ``pacing`` learns after each read whether it sent a chunk.
     """
     prompt_len = len(request.prompt_ids)
     text = IncrementalText(tokenizer, request)
@@ -95,7 +113,10 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: 
             stats = stats.first_steps(bisect.bisect_right(starts, counted))  # up to the step holding the stop
         if finish_reason:
             break
-        if not at_end and counted - last_yield_at >= stream_interval and text.can_yield():
+        send = not at_end and counted - last_yield_at >= stream_interval and text.can_yield()
+        if pacing is not None:
+            pacing.sent = send
+        if send:
             last_yield_at = counted
             yield _chunk(text.shown, prompt_len, counted, None, stats)
     if finish_reason is None:  # the loop ended the request first (a stop id it saw, or max_new_tokens)
