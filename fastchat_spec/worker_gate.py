@@ -7,8 +7,12 @@ model, speculative or not.
 from __future__ import annotations
 
 import contextlib
+import re
 
 _WRAPPED = "__fastchat_spec_wrapped__"
+# Arrays and objects inside each other that a body may hold (FastChat's requests nest three deep).
+MAX_JSON_DEPTH = 64
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 def patch_worker_endpoints(base_model_worker) -> None:
@@ -71,6 +75,21 @@ def _worker_endpoints(bmw) -> dict:
     return endpoints
 
 
+def nesting_depth(text: str) -> int:
+    """How deep JSON ``text`` nests arrays and objects (brackets inside strings do not count), found
+    without recursion: ``json.loads`` recurses in C, and a body nested a thousand deep brings the worker
+    to Python's recursion limit, where any finalizer the garbage collector runs meanwhile fails."""
+    depth = deepest = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
 async def _read_body(request, check):
     """The JSON body, or HTTP 400 with the reason: not UTF-8, not JSON, or not what ``check`` wants."""
     import json
@@ -79,12 +98,15 @@ async def _read_body(request, check):
 
     body = await request.body()
     try:
-        params = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise HTTPException(400, f"the request body is not UTF-8 (byte {body[e.start]:#04x} at offset {e.start}); "
                                  "send JSON encoded as UTF-8") from None
-    except RecursionError:
-        raise HTTPException(400, "the request body is JSON nested too deeply to read") from None
+    if nesting_depth(text) > MAX_JSON_DEPTH:
+        raise HTTPException(400, f"the request body is JSON nested too deeply to read (more than {MAX_JSON_DEPTH} "
+                                 "arrays and objects inside each other)")
+    try:
+        params = json.loads(text)
     except ValueError as e:  # JSONDecodeError, and integers longer than Python reads
         raise HTTPException(400, f"the request body is not valid JSON: {e}") from None
     try:

@@ -293,6 +293,21 @@ def test_a_body_that_is_no_request_gets_400_and_takes_no_slot(stand_in, path, bo
     assert worker.semaphore is None  # never even created: no slot was taken
 
 
+def test_brackets_inside_a_prompt_are_text_not_nesting(stand_in):
+    """Bodies nested deeper than 64 arrays are refused before json.loads recurses into them; brackets
+    inside strings (a prompt about code, an escaped quote before them) are text and do not count."""
+    stand_in(chunks_then())
+    prompt = '\\" ' + "[" * 1000 + "{" * 1000
+
+    async def run():
+        client = Client()
+        await client.post("/worker_generate_stream", json.dumps({"prompt": prompt, "stop": [["x"]]}).encode())
+        return client
+
+    client = asyncio.run(run())
+    assert client.status == 200 and client.body.startswith(b"chunk 0")
+
+
 # -- real workers: a plain model through the hook, and FastChat as shipped -------------------
 
 
