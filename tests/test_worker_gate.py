@@ -301,7 +301,7 @@ def test_brackets_inside_a_prompt_are_text_not_nesting(stand_in):
 
     async def run():
         client = Client()
-        await client.post("/worker_generate_stream", json.dumps({"prompt": prompt, "stop": [["x"]]}).encode())
+        await client.post("/worker_generate_stream", json.dumps({"prompt": prompt, "stop": ["]]", "}}"]}).encode())
         return client
 
     client = asyncio.run(run())
