@@ -381,6 +381,13 @@ def test_api_invalid_utf8(servers):
     assert_still_serving(servers)
 
 
+def test_api_deeply_nested_json_is_refused_and_the_server_goes_on(servers):
+    r = post(servers.api_url + CHAT, b"[" * 100_000)
+    record("deeply nested JSON", "100,000 `[`", f"API `{CHAT}`", api_answer(r))
+    assert r.status_code == 400, r.text
+    assert_still_serving(servers)
+
+
 def test_api_max_tokens_huge_is_cut_to_what_the_context_leaves(servers):
     def count(text: str) -> int:
         return post(servers.worker_url + "/count_token", {"prompt": text}).json()["count"]
