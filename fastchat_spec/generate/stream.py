@@ -67,15 +67,15 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
 class ChunkPacing:
     """How long a stream's reader lets steps gather before it reads again (``Ticket.batches``' ``min_gap_s``).
 
-    Under load (``busy()``), ``gap_s`` after a read that sent a chunk; none after one that sent
-    nothing, so the first text (the prefill's token alone is below FastChat's stream interval of 2)
-    and text held back at a possible stop string go out at the next step, not a gap later.
+    Under load (``busy()``), ``gap_s`` once the stream has sent its first chunk; none before, so the
+    first text goes out at the step that makes it (the prefill's token alone is below FastChat's
+    stream interval of 2, and a gap counted from reading it delayed the first text by the whole gap).
     """
 
     def __init__(self, gap_s: float, busy):
         self.gap_s = gap_s
         self.busy = busy
-        self.sent = False  # the last read sent a chunk
+        self.sent = False  # the stream has sent a chunk
 
     def __call__(self) -> float:
         return self.gap_s if self.sent and self.busy() else 0.0
@@ -86,7 +86,7 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: 
     """FastChat's chunks from the loop's steps, read a batch at a time (what arrived since the last read).
 
     ``at_end``: only the last chunk is wanted and no stop string can end the answer early, so the
-    text is decoded once, at the end. ``pacing`` learns after each read whether it sent a chunk.
+    text is decoded once, at the end. ``pacing`` learns when the first chunk is sent.
     """
     prompt_len = len(request.prompt_ids)
     text = IncrementalText(tokenizer, request)
@@ -113,11 +113,10 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: 
             stats = stats.first_steps(bisect.bisect_right(starts, counted))  # up to the step holding the stop
         if finish_reason:
             break
-        send = not at_end and counted - last_yield_at >= stream_interval and text.can_yield()
-        if pacing is not None:
-            pacing.sent = send
-        if send:
+        if not at_end and counted - last_yield_at >= stream_interval and text.can_yield():
             last_yield_at = counted
+            if pacing is not None:
+                pacing.sent = True
             yield _chunk(text.shown, prompt_len, counted, None, stats)
     if finish_reason is None:  # the loop ended the request first (a stop id it saw, or max_new_tokens)
         finish_reason = "length" if counted >= request.max_new_tokens else "stop"
