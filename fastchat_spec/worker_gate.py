@@ -75,19 +75,21 @@ def _worker_endpoints(bmw) -> dict:
     return endpoints
 
 
-def nesting_depth(text: str) -> int:
-    """How deep JSON ``text`` nests arrays and objects (brackets inside strings do not count), found
-    without recursion: ``json.loads`` recurses in C, and a body nested a thousand deep brings the worker
-    to Python's recursion limit, where any finalizer the garbage collector runs meanwhile fails."""
-    depth = deepest = 0
+def nested_deeper_than(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests arrays and objects more than ``limit`` deep (brackets inside strings do
+    not count), found without recursion and stopping at the first bracket past the limit: ``json.loads``
+    recurses in C, and a body nested a thousand deep brings the worker to Python's recursion limit,
+    where any finalizer the garbage collector runs meanwhile fails."""
+    depth = 0
     for match in _STRING_OR_BRACKET.finditer(text):
         token = match.group()
         if token in "[{":
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > limit:
+                return True
         elif token in "]}":
             depth -= 1
-    return deepest
+    return False
 
 
 async def _read_body(request, check):
@@ -102,7 +104,7 @@ async def _read_body(request, check):
     except UnicodeDecodeError as e:
         raise HTTPException(400, f"the request body is not UTF-8 (byte {body[e.start]:#04x} at offset {e.start}); "
                                  "send JSON encoded as UTF-8") from None
-    if nesting_depth(text) > MAX_JSON_DEPTH:
+    if nested_deeper_than(text, MAX_JSON_DEPTH):
         raise HTTPException(400, f"the request body is JSON nested too deeply to read (more than {MAX_JSON_DEPTH} "
                                  "arrays and objects inside each other)")
     try:

@@ -112,7 +112,7 @@ class SlotPrefill:
         """
         p = len(prompt_ids)
         loop_stream = torch.cuda.current_stream(self.device)
-        stream = self._stream or loop_stream
+        stream = self._stream if self._stream is not None else loop_stream
         with torch.cuda.stream(stream):
             if self._scratch_free is not None:
                 stream.wait_event(self._scratch_free)
