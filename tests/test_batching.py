@@ -303,3 +303,34 @@ def test_steps_launched_ahead_keep_fastchats_own_text(medusa_dir, stock_texts, m
     for request, answer in zip(requests, together):
         assert answer["text"] == stock_texts.text(request["prompt"], request["max_new_tokens"]), request["prompt"]
     assert engine_for(model, CONTEXT).stats.max_rows > 1
+
+
+@pytest.mark.parametrize("ahead", ["0", "2"])
+def test_requests_ended_by_their_first_token_answer_it_beside_longer_ones(medusa_dir, stock_texts, monkeypatch,
+                                                                           ahead):
+    """The prompt's first token reaches the host only with the request's first step, so a request
+    that this token ends (max_new_tokens 1, or a stop token id) runs steps past its end in flight.
+    Its answer is still FastChat's own (text, finish_reason, token count), the requests beside it keep
+    theirs, and every slot is free afterwards."""
+    import torch
+
+    from fastchat_spec.generate.loop import AHEAD_ENV
+
+    monkeypatch.setenv(AHEAD_ENV, ahead)
+    medusa = served(medusa_dir)
+    model, tok, _ = medusa
+    with torch.no_grad():
+        first_id = int(model.base(torch.tensor([tok(PROMPTS[2]).input_ids])).logits[0, -1].argmax())
+    requests = [params(p, n) for p, n in zip(PROMPTS[:6], [1, 40, 1, 2, 24, 1])]
+    requests.append(params(PROMPTS[2], 32, stop_token_ids=[first_id]))
+    together = run_together(medusa, requests)
+    for request, answer in zip(requests, together):
+        extra = {k: v for k, v in request.items() if k == "stop_token_ids"}
+        stock = stock_texts.last(request["prompt"], request["max_new_tokens"], **extra)
+        assert (answer["text"], answer["finish_reason"]) == (stock["text"], stock["finish_reason"]), request
+        # Counted as in test_contract: every generated token (FastChat's own count is one short at "length").
+        counted = request["max_new_tokens"] if stock["finish_reason"] == "length" else \
+            stock["usage"]["completion_tokens"]
+        assert answer["usage"]["completion_tokens"] == counted, request
+    assert together[-1]["finish_reason"] == "stop"
+    assert [lp.busy_slots() for lp in loops_of(model)] == [0] * len(loops_of(model))

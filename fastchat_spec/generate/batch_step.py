@@ -51,9 +51,10 @@ class SlotState:
 
     # Both write through fill_ on one-element views: on CUDA, ``tensor[slot] = value`` copies the value from
     # the host and waits for the device, which would drain the steps in flight at every join and every end.
-    def occupy(self, slot: int, cached: int, root: int) -> None:
+    # ``root`` (the prefill's token) is a device tensor: copied on the device, never read by the host here.
+    def occupy(self, slot: int, cached: int, root: torch.Tensor) -> None:
         self.starts[slot].fill_(cached)
-        self.roots[slot].fill_(root)
+        self.roots[slot].copy_(root)
         self.active[slot].fill_(True)
 
     def free(self, slot: int) -> None:
@@ -63,9 +64,14 @@ class SlotState:
         self.roots[slot].fill_(0)
 
 
-def emitted_tokens(reports: list[list[int]]) -> list[list[int]]:
-    """Per row report [depth, path tokens (root first, padded), bonus]: the accepted drafts, then the bonus."""
-    return [report[2 : 2 + report[0]] + [report[-1]] for report in reports]
+def emitted_tokens(report: list[int]) -> list[int]:
+    """A row's report [depth, path tokens (root first, padded), bonus]: the accepted drafts, then the bonus."""
+    return report[2 : 2 + report[0]] + [report[-1]]
+
+
+def root_token(report: list[int]) -> int:
+    """The token the row's step started from: after a prefill, the prompt's first token."""
+    return report[1]
 
 
 class StepReports:
@@ -113,12 +119,13 @@ class LaunchedStep:
         self.buffer, self.seconds, self.events = buffer, seconds, events
 
     def read(self) -> list[list[int]]:
-        """Per row of the step: the tokens it emitted. Waits for the device (the GIL is released meanwhile)."""
+        """Per row of the step: its report (``emitted_tokens``, ``root_token``). Waits for the device (the GIL
+        is released meanwhile)."""
         if self.events is not None:
             start, end = self.events
             end.synchronize()
             self.seconds = start.elapsed_time(end) / 1000
-        return emitted_tokens(self.buffer.tolist())
+        return self.buffer.tolist()
 
 
 class BatchStep:

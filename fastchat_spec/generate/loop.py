@@ -6,7 +6,9 @@ admits jobs (prefill into a free KV slot), then runs one batched speculative
 step over every active greedy request (``batch_step.BatchStep``), and hands
 each ticket the tokens its row emitted. It launches the next step before it
 hands out the last one (``FASTCHAT_SPEC_STEPS_AHEAD``: two steps, or one), so
-the device works while the host does. Requests join at prefill and leave at
+the device works while the host does. An admission does not wait for the
+prompt's forward either: the prompt's first token is handed out with the
+request's first step (``_Row.first_pending``). Requests join at prefill and leave at
 any step boundary: finished, stopped, cancelled or abandoned by their client.
 
 Requests whose step needs the host (sampling, repetition penalty, Jacobi
@@ -39,7 +41,8 @@ from typing import Optional
 import torch
 from fastchat.constants import ErrorCode
 
-from fastchat_spec.generate.batch_step import BatchStep, LaunchedStep, SlotState, StepReports, supports_device_step
+from fastchat_spec.generate.batch_step import (BatchStep, LaunchedStep, SlotState, StepReports, emitted_tokens,
+                                               root_token, supports_device_step)
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.kv_cache import round_up
@@ -71,6 +74,7 @@ class _Row:
     slot: int
     cached: int  # tokens in the slot's cache
     emitted: int = 0
+    first_pending: bool = True  # the prefill's token is still on the device: the first step's report brings it
 
 
 @dataclass
@@ -314,16 +318,19 @@ class EngineLoop:
             raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({job.max_new_tokens}) do not fit "
                              f"the model's context of {self.context_len} tokens")
         slot = min(set(range(self.slots)) - set(self.rows))
-        first = self.occupy_slot(slot, job.prompt_ids)
-        row = self.rows[slot] = _Row(ticket, slot, cached=p)
-        self._emit(row, [first], prefill=True)
+        self.occupy_slot(slot, job.prompt_ids)
+        self.rows[slot] = _Row(ticket, slot, cached=p)
 
-    def occupy_slot(self, slot: int, prompt_ids: list[int]) -> int:
-        """Prefill ``slot`` with a prompt and set its drafter and step state; returns the first token."""
+    def occupy_slot(self, slot: int, prompt_ids: list[int]) -> None:
+        """Prefill ``slot`` with a prompt and set its drafter and step state, without waiting for the device.
+
+        The first token stays on the device as the slot's root; the row's first
+        step reports it (``root_token``), so the host never waits for a prompt's
+        forward while the steps in flight need launching.
+        """
         done = self.prefill(slot, prompt_ids)
         self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
         self.state.occupy(slot, len(prompt_ids), done.first)
-        return done.first
 
     def _step_rows(self) -> None:
         """Launch the next batched step, then hand out older steps' tokens while the device runs it.
@@ -331,9 +338,10 @@ class EngineLoop:
         ``ahead`` steps (``FASTCHAT_SPEC_STEPS_AHEAD``, default 2) stay in
         flight while the host hands out the oldest, so each request runs that
         many steps past its end (a stop token, or max_new_tokens) before the
-        host knows it ended. Those steps are harmless: they write only into
-        the request's own slot, within the room admission reserved
-        (``_room_past_end``), and their tokens are dropped.
+        host knows it ended; one more when its prompt's first token ends it,
+        since that token comes with its first step. Those steps are harmless:
+        they write only into the request's own slot, within the room admission
+        reserved (``_room_past_end``), and their tokens are dropped.
         """
         if self.invariant:
             self._step_each_alone()
@@ -367,7 +375,13 @@ class EngineLoop:
         self.stats.nodes += flight.nodes
         self.stats.seconds += flight.report.seconds
         for slot, row in live.items():
-            tokens = reports[slot - flight.first]
+            report = reports[slot - flight.first]
+            if row.first_pending:
+                row.first_pending = False
+                self._emit(row, [root_token(report)], prefill=True)
+                if self.rows.get(slot) is not row:  # the prompt's first token ended it
+                    continue
+            tokens = emitted_tokens(report)
             row.cached += len(tokens)
             self.stats.tokens += len(tokens)
             self._emit(row, tokens)
@@ -424,8 +438,9 @@ class EngineLoop:
 
     def _room_past_end(self, tree) -> int:
         """Positions a request needs past its prompt and max_new_tokens: its tree, written past its last
-        token, and the accepted paths (padded) of the steps it runs before the host reads that it ended."""
-        return tree.num_nodes + max(self.ahead, 1) * (tree.max_depth + 1) + 1
+        token, and the accepted paths (padded) of the steps it runs before the host reads that it ended
+        (``ahead`` + 1 of them when its prompt's first token ended it)."""
+        return tree.num_nodes + (self.ahead + 1) * (tree.max_depth + 1) + 1
 
     def _length_bucket(self, longest: int) -> int:
         """Positions a step attends to: past the longest request's tree and padded path."""

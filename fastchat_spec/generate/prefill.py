@@ -21,7 +21,9 @@ from the steps' graphs, since the two may now run at once.
 ``FASTCHAT_SPEC_PREFILL_STREAM=0`` runs prefills on the loop's stream, after
 the step in flight, as before.
 
-Only the last prompt position's logits are computed: they give the first token.
+Only the last prompt position's logits are computed: they give the first token,
+which stays on the device (``Prefilled.first``): the loop does not wait for the
+prompt's forward to read it, but takes it from the first step's report.
 Prompts longer than ``GRAPHED_PROMPT_MAX`` tokens run eagerly.
 Without graphs (CPU, ``FASTCHAT_SPEC_CUDA_GRAPHS=0``) the prompt runs at its
 exact length straight into its slot.
@@ -48,7 +50,7 @@ PREFILL_STREAM_ENV = "FASTCHAT_SPEC_PREFILL_STREAM"  # 0: graphed prefills wait 
 class Prefilled:
     tokens: torch.Tensor  # (p,) the prompt's ids on the device
     hidden: torch.Tensor  # (p, H) the base's last hidden states over the prompt
-    first: int  # the greedy token after the prompt
+    first: torch.Tensor  # () the greedy token after the prompt, on the device (reading it waits for the forward)
 
 
 def prefill_stream() -> bool:
@@ -100,15 +102,15 @@ class SlotPrefill:
             return self._graphed(self._graphs[bucket], slot, prompt_ids)
         tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         hidden, first = self._eager(slot, tokens)
-        return Prefilled(tokens, hidden, int(first))
+        return Prefilled(tokens, hidden, first)
 
     def _graphed(self, graph: "_GraphedPrefill", slot: int, prompt_ids: list[int]) -> Prefilled:
         """The prompt's forward on the prefill stream, then its copy into ``slot`` on the loop's stream.
 
-        Only reading the first token waits, and only for the prompt's forward;
-        the loop's stream waits for it before the copy, so every later step
-        sees the slot filled. The scratch cache and the graph's outputs are
-        read on the loop's stream, so the next prefill waits for that read.
+        Nothing here waits for the device: the loop's stream waits for the
+        forward before the copy, so every later step sees the slot filled. The
+        scratch cache and the graph's outputs are read on the loop's stream, so
+        the next prefill waits for that read.
         """
         p = len(prompt_ids)
         loop_stream = torch.cuda.current_stream(self.device)
@@ -118,11 +120,11 @@ class SlotPrefill:
                 stream.wait_event(self._scratch_free)
             tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
             graph.forward(tokens)
-            first = int(graph.first)
         loop_stream.wait_stream(stream)
         tokens.record_stream(loop_stream)  # made on the prefill stream, read later on the loop's
         graph.write_slot(slot)
         hidden = graph.hidden[:p].clone()  # the next prefill of this bucket overwrites graph.hidden
+        first = graph.first.clone()
         self._scratch_free = torch.cuda.Event()
         self._scratch_free.record(loop_stream)
         return Prefilled(tokens, hidden, first)
