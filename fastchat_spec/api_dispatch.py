@@ -1,4 +1,4 @@
-"""FastChat's OpenAI API server: requests go only to live workers, and streams share one HTTP client.
+"""FastChat's OpenAI API server: requests go only to live workers, over kept-alive connections.
 
 FastChat 0.2.36's ``openai_api_server`` asks the controller for a worker
 address per request and sends the request there. After a worker dies
@@ -20,7 +20,17 @@ bundle (about 20 ms, even for an http:// worker) in the server's only thread,
 where every other request waits. Here one client serves every stream
 (``shared_stream_client``); each stream still opens its own connection, as before.
 
-The server runs as ``__main__``, so both patches are applied when it calls
+Before a chat completion is generated, the server makes five more HTTP calls
+(the controller's model list and a worker address, the liveness check above,
+the worker's ``/model_details`` and ``/count_token``), and its ``fetch_remote``
+opened a new ``aiohttp.ClientSession`` (a connector and a TCP connection) for
+each one. Here they share one session per event loop (``shared_session``)
+that keeps connections alive for ``KEEPALIVE_S``, shorter than the servers'
+own idle timeout (uvicorn closes an idle connection after 5 s), so the client
+always drops an idle connection before a server would. A look-up that still
+meets a connection the other side closed is sent once more on a new one.
+
+The server runs as ``__main__``, so these patches are applied when it calls
 ``uvicorn.run`` (see ``fastchat_patches.patch_uvicorn``).
 """
 from __future__ import annotations
@@ -34,6 +44,11 @@ import aiohttp
 
 ALIVE_TIMEOUT_S = 2.0  # a live worker's status endpoint answers in milliseconds, even while it generates
 ATTEMPTS = 3  # addresses tried before the last one is used as it is (FastChat then reports the failure)
+KEEPALIVE_S = 2.0  # idle connections are closed by this side first (uvicorn's own idle timeout is 5 s)
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=3 * 3600)  # FastChat's fetch_remote timeout
+# Calls that only read (sent again on a fresh connection when a kept-alive one turns out closed).
+LOOK_UPS = ("/list_models", "/get_worker_address", "/model_details", "/count_token", "/worker_get_status",
+            "/worker_get_conv_template")
 _WRAPPED = "__fastchat_spec_wrapped__"
 
 
@@ -61,6 +76,55 @@ def patch_api_server(main) -> None:
     setattr(get_worker_address, _WRAPPED, True)
     main.get_worker_address = get_worker_address
     patch_stream_client(main)
+    patch_fetch_remote(main)
+
+
+def patch_fetch_remote(main) -> None:
+    """``fetch_remote`` over the shared session (idempotent): FastChat's answers, its errors and timeout."""
+    if getattr(main.fetch_remote, _WRAPPED, False):
+        return
+
+    async def fetch_remote(url, pload=None, name=None):
+        output = await post_read(url, pload)
+        if isinstance(output, str):  # FastChat's answer to a status other than 200
+            return output
+        if name is not None:
+            res = json.loads(output)
+            return res[name] if name != "" else res
+        return output
+
+    fetch_remote.__doc__ = main.fetch_remote.__doc__
+    setattr(fetch_remote, _WRAPPED, True)
+    main.fetch_remote = fetch_remote
+
+
+async def post_read(url: str, pload=None, timeout=FETCH_TIMEOUT):
+    """POST ``pload`` as JSON; the body, or FastChat's error JSON (a str) when the status is not 200."""
+    from fastchat.constants import ErrorCode
+
+    for attempt in (1, 2):
+        try:
+            async with shared_session().post(url, json=pload, timeout=timeout) as response:
+                if response.status != 200:
+                    return json.dumps({"text": f"{response.reason}", "error_code": ErrorCode.INTERNAL_ERROR})
+                return await response.read()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):  # closed or reset by the other side
+            if attempt == 2 or not url.endswith(LOOK_UPS):
+                raise
+
+
+_SESSIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # event loop -> its session
+
+
+def shared_session() -> aiohttp.ClientSession:
+    """The running event loop's session for calls to the controller and workers (a session is bound to
+    one loop), with idle connections kept ``KEEPALIVE_S``."""
+    loop = asyncio.get_running_loop()
+    session = _SESSIONS.get(loop)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S, limit=0)
+        session = _SESSIONS[loop] = aiohttp.ClientSession(connector=connector, timeout=FETCH_TIMEOUT)
+    return session
 
 
 def patch_stream_client(main) -> None:
@@ -107,10 +171,9 @@ def shared_stream_client():
 
 async def answers(worker_address: str) -> bool:
     try:
-        timeout = aiohttp.ClientTimeout(total=ALIVE_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(worker_address + "/worker_get_status") as response:
-                return response.status == 200
+        output = await post_read(worker_address + "/worker_get_status",
+                                 timeout=aiohttp.ClientTimeout(total=ALIVE_TIMEOUT_S))
+        return not isinstance(output, str)
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False
 

@@ -307,3 +307,51 @@ def test_api_server_streams_share_one_http_client_and_read_fastchats_chunks(serv
     assert len(ours) > 1 and ours == again == theirs
     assert all(chunk["error_code"] == 0 for chunk in ours)
     assert len(built) == 2  # FastChat's stream built one; ours one for both of its streams
+
+
+def test_api_server_look_ups_share_kept_alive_connections_and_answer_as_fastchats(servers, monkeypatch, tmp_path):
+    """Before each generation FastChat's API server asks the controller and the worker five things,
+    and its fetch_remote built a new aiohttp session (and connection) for every one. Patched, the
+    answers are FastChat's, errors included, and one session serves them all."""
+    import asyncio
+
+    import aiohttp
+    import fastchat.utils
+
+    monkeypatch.setattr(fastchat.utils, "LOGDIR", str(tmp_path))  # its import opens a log file there
+    from fastchat.serve import openai_api_server as main
+
+    from fastchat_spec import api_dispatch
+
+    stock = main.fetch_remote
+    monkeypatch.setattr(main, "fetch_remote", stock)
+    api_dispatch.patch_fetch_remote(main)
+    built, session_class = [], aiohttp.ClientSession
+
+    def counted_session(*args, **kwargs):
+        built.append(1)
+        return session_class(*args, **kwargs)
+
+    monkeypatch.setattr(aiohttp, "ClientSession", counted_session)
+    calls = [(servers.controller_url + "/list_models", None, "models"),
+             (servers.controller_url + "/get_worker_address", {"model": MODEL}, "address"),
+             (servers.worker_url + "/model_details", {"model": MODEL}, "context_length"),
+             (servers.worker_url + "/count_token", {"model": MODEL, "prompt": "Why is the river fast?"}, "count"),
+             (servers.worker_url + "/no_such_endpoint", {}, "text")]
+
+    async def ask(fetch):
+        return [await fetch(*call) for call in calls]
+
+    async def both():
+        theirs = await ask(stock)
+        built_by_fastchat = len(built)
+        ours = await ask(main.fetch_remote) + await ask(main.fetch_remote)
+        await api_dispatch.shared_session().close()
+        return theirs, ours, built_by_fastchat
+
+    theirs, ours, built_by_fastchat = asyncio.run(both())
+    assert ours == theirs + theirs
+    assert theirs[0] == [MODEL] and theirs[1] == servers.worker_url and theirs[3] > 0
+    assert json.loads(theirs[4])["error_code"] != 0  # FastChat's error answer for a status other than 200
+    assert built_by_fastchat == len(calls)
+    assert len(built) - built_by_fastchat == 1  # ours: one session for ten calls
