@@ -280,3 +280,36 @@ def test_streamed_text_is_the_same_with_sentencepieces_own_decode(base, tokenize
                 i += step
             texts[fast] = seen
         assert texts[True] == texts[False]
+
+
+@pytest.mark.parametrize("tokenizer_of", ["tiny", "bundled"])
+def test_the_last_chunks_text_is_the_tokenizers_own_decode(base, tokenizer_of):
+    """The final text of a slow Llama tokenizer skips its per-piece special-token look-ups, and is
+    still exactly what FastChat's decode call gives: random ids, byte pieces, special and added ids
+    included, with and without echo."""
+    import random
+
+    import fastchat_spec
+    from transformers import AutoTokenizer
+
+    from fastchat_spec.generate import stream
+    from fastchat_spec.generate.request import parse_request
+
+    tok = base[1] if tokenizer_of == "tiny" else AutoTokenizer.from_pretrained(
+        fastchat_spec.default_model_path(), use_fast=False)
+    assert stream.whole_decoder(tok) is not None
+    rng = random.Random(1)
+    corpus = " ".join(PROMPTS) + " Üñïçødé — ✓ 12345 (a, b). Don't stop!  two  spaces"
+    for echo in (False, True):
+        request = parse_request({"prompt": corpus[:40], "echo": echo}, tok, CONTEXT)
+        prompt = request.prompt_ids if echo else []
+        for trial in range(60):
+            n = rng.randrange(0, 40)
+            ids = [rng.randrange(0, len(tok)) for _ in range(n)]  # every id, the special ones (0-2) included
+            if trial % 3 == 0:
+                ids = tok(corpus).input_ids[1:][:n] + ids[: n // 4]
+            if trial % 10 == 1:  # a lone word boundary first: the tokenizer strips the first piece's prefix space
+                ids = [tok.sp_model.PieceToId("\u2581")] * (trial % 3) + tok(corpus).input_ids[1:6] + ids[:3]
+            theirs = tok.decode(prompt + ids, skip_special_tokens=True, spaces_between_special_tokens=False,
+                                clean_up_tokenization_spaces=True)  # FastChat's call
+            assert stream.IncrementalText(tok, request).final(ids) == theirs, ids

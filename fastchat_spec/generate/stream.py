@@ -162,6 +162,7 @@ class IncrementalText:
         self.prefix = max(0, len(self.ids) - self.CONTEXT)  # window start
         self.read = len(self.ids)  # ids already turned into ``text``
         self.window = window_decoder(tokenizer) or self._decode
+        self.whole = whole_decoder(tokenizer) or self._decode
         self.window_text = self.window(self.ids[self.prefix :])  # decode(ids[prefix:read])
         self.hit_stop = False
         self.held = 0
@@ -233,13 +234,14 @@ class IncrementalText:
 
         A slow tokenizer skipping special tokens rebuilds its special-token list for every id (2.6 ms
         for 253 ids, against 0.9 ms with the special ones dropped up front: scripts/detok_bench.py), so the
-        special ids are dropped here, as the stream's windows do. A fast tokenizer skips them itself.
+        special ids are dropped here, as the stream's windows do, and a slow Llama tokenizer's own steps
+        run without their per-piece look-ups (``whole_decoder``). A fast tokenizer skips them itself.
         """
         ids = (list(self.request.prompt_ids) if self.request.echo else []) + list(generated)
         if getattr(self.tokenizer, "is_fast", False):
             return self.tokenizer.decode(ids, skip_special_tokens=True, spaces_between_special_tokens=False,
                                          clean_up_tokenization_spaces=True)
-        return self._decode([i for i in ids if i not in self.special])
+        return self.whole([i for i in ids if i not in self.special])
 
     def _stop_position(self, text: str) -> int:
         found = [p for p in (text.find(s, self.search_from) for s in self.request.stop_strings) if p != -1]
@@ -268,6 +270,46 @@ def window_decoder(tokenizer):
             return tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
                                     clean_up_tokenization_spaces=True)
         return tokenizer.clean_up_tokenization(sp.decode(ids))  # the stream decodes with clean-up on
+
+    return decode
+
+
+def whole_decoder(tokenizer):
+    """The slow Llama tokenizer's own decode of ids without special ones, minus its look-ups; or None.
+
+    ``LlamaTokenizer.decode`` turns ids into pieces, checks each piece
+    against its special-token list (rebuilt for every piece: most of the
+    final decode's cost), strips the first piece's prefix space, hands the
+    pieces to SentencePiece and cleans up spaces. Without special ids no
+    piece is a special token (SentencePiece's pieces are unique, and a
+    special token's piece has its special id), so the check is always false
+    and is skipped; every other step is the tokenizer's own, in its order.
+    Only for tokenizers that use Llama's and the slow base class's methods
+    unchanged; ids of added tokens go the tokenizer's way.
+    """
+    try:
+        from transformers import LlamaTokenizer
+        from transformers.tokenization_utils import PreTrainedTokenizer
+    except ImportError:  # a transformers without the slow Llama tokenizer (no sentencepiece)
+        return None
+    cls = type(tokenizer)
+    if not isinstance(tokenizer, LlamaTokenizer) or any(
+            getattr(cls, name) is not getattr(owner, name) for owner, name in (
+                (LlamaTokenizer, "convert_tokens_to_string"), (LlamaTokenizer, "_convert_id_to_token"),
+                (PreTrainedTokenizer, "convert_ids_to_tokens"), (PreTrainedTokenizer, "_decode"))):
+        return None
+    sp = tokenizer.sp_model
+    size = sp.get_piece_size()
+    added = set(tokenizer.added_tokens_decoder)
+
+    def decode(ids: list[int]) -> str:
+        if not ids or any(i >= size or i in added for i in ids):
+            return tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
+                                    clean_up_tokenization_spaces=True)
+        pieces = [sp.IdToPiece(i) for i in ids]
+        if pieces[0].startswith("\u2581") and tokenizer.add_prefix_space:  # SentencePiece's word boundary
+            pieces[0] = pieces[0][1:]
+        return tokenizer.clean_up_tokenization(sp.decode(pieces))
 
     return decode
 
