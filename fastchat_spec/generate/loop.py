@@ -106,7 +106,9 @@ class LoopStats:
     nodes: int = 0  # sum over batched steps of the tree nodes each row verified
     tokens: int = 0  # tokens batched steps handed to requests (accepted drafts and bonus tokens)
     seconds: float = 0.0  # device time of batched steps (CUDA events; on the CPU, host time)
-    prefill_seconds: float = 0.0  # wall time of prefills (admissions), batched or host-stepped
+    # Wall time of admissions. A host-stepped request's prefill runs in it; a batched one's is only launched
+    # there (its forward runs on the device beside the steps, and the first step brings its token).
+    prefill_seconds: float = 0.0
     host_seconds: float = 0.0  # wall time of host steps (sampling, repetition penalty, Jacobi)
     admitted: int = 0
     refused: int = 0
