@@ -13,13 +13,15 @@ Known FastChat quirks that we do not copy, each asserted below:
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 from fastchat.model.model_adapter import get_generate_stream_function, load_model
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
-from fastchat_spec.generate.stream import LAST_CHUNK_ONLY
+from fastchat_spec.generate.request import parse_request
+from fastchat_spec.generate.stream import LAST_CHUNK_ONLY, IncrementalText, whole_decoder, window_decoder
 from fastchat_spec.generate.tree import chain
 from tests import tiny
 from tests.tiny import CONTEXT, PROMPTS
@@ -247,28 +249,35 @@ def test_spec_disable_gives_fastchat_stock_output(base, spec):
     assert all(c["spec"]["steps"] == c["spec"]["tokens"] and not any(c["spec"]["accepted"]) for c in ours)
 
 
-@pytest.mark.parametrize("tokenizer_of", ["tiny", "bundled"])
-def test_streamed_text_is_the_same_with_sentencepieces_own_decode(base, tokenizer_of):
-    """The fast window decode of a slow SentencePiece tokenizer streams exactly what the tokenizer's decode does."""
-    import random
+CORPUS = " ".join(PROMPTS) + " Üñïçødé — ✓ 12345 (a, b). Don't stop!  two  spaces"
 
+
+def with_and_without_echo(tok) -> list:
+    """A request on the corpus's start, without and with echo (the prompt's ids then lead the text)."""
+    return [parse_request({"prompt": CORPUS[:40], "echo": echo}, tok, CONTEXT) for echo in (False, True)]
+
+
+def slow_tokenizer(base, tokenizer_of: str):
+    """The tiny test tokenizer, or the bundled model's, both slow SentencePiece Llama tokenizers."""
     import fastchat_spec
     from transformers import AutoTokenizer
 
-    from fastchat_spec.generate import stream
-    from fastchat_spec.generate.request import parse_request
+    if tokenizer_of == "tiny":
+        return base[1]
+    return AutoTokenizer.from_pretrained(fastchat_spec.default_model_path(), use_fast=False)
 
-    tok = base[1] if tokenizer_of == "tiny" else AutoTokenizer.from_pretrained(
-        fastchat_spec.default_model_path(), use_fast=False)
-    assert stream.window_decoder(tok) is not None
+
+@pytest.mark.parametrize("tokenizer_of", ["tiny", "bundled"])
+def test_streamed_text_is_the_same_with_sentencepieces_own_decode(base, tokenizer_of):
+    """The fast window decode of a slow SentencePiece tokenizer streams exactly what the tokenizer's decode does."""
+    tok = slow_tokenizer(base, tokenizer_of)
+    assert window_decoder(tok) is not None
     rng = random.Random(0)
-    corpus = " ".join(PROMPTS) + " Üñïçødé — ✓ 12345 (a, b). Don't stop!"
-    for echo in (False, True):
-        request = parse_request({"prompt": corpus[:40], "echo": echo}, tok, CONTEXT)
-        ids = tok(corpus).input_ids[1:] + [rng.randrange(3, len(tok)) for _ in range(300)]
+    for request in with_and_without_echo(tok):
+        ids = tok(CORPUS).input_ids[1:] + [rng.randrange(3, len(tok)) for _ in range(300)]
         texts = {}
         for fast in (True, False):
-            text = stream.IncrementalText(tok, request)
+            text = IncrementalText(tok, request)
             if not fast:
                 text.window = text._decode
                 text.window_text = text._decode(text.ids[text.prefix:])
@@ -287,29 +296,18 @@ def test_the_last_chunks_text_is_the_tokenizers_own_decode(base, tokenizer_of):
     """The final text of a slow Llama tokenizer skips its per-piece special-token look-ups, and is
     still exactly what FastChat's decode call gives: random ids, byte pieces, special and added ids
     included, with and without echo."""
-    import random
-
-    import fastchat_spec
-    from transformers import AutoTokenizer
-
-    from fastchat_spec.generate import stream
-    from fastchat_spec.generate.request import parse_request
-
-    tok = base[1] if tokenizer_of == "tiny" else AutoTokenizer.from_pretrained(
-        fastchat_spec.default_model_path(), use_fast=False)
-    assert stream.whole_decoder(tok) is not None
+    tok = slow_tokenizer(base, tokenizer_of)
+    assert whole_decoder(tok) is not None
     rng = random.Random(1)
-    corpus = " ".join(PROMPTS) + " Üñïçødé — ✓ 12345 (a, b). Don't stop!  two  spaces"
-    for echo in (False, True):
-        request = parse_request({"prompt": corpus[:40], "echo": echo}, tok, CONTEXT)
-        prompt = request.prompt_ids if echo else []
+    for request in with_and_without_echo(tok):
+        prompt = request.prompt_ids if request.echo else []
         for trial in range(60):
             n = rng.randrange(0, 40)
             ids = [rng.randrange(0, len(tok)) for _ in range(n)]  # every id, the special ones (0-2) included
             if trial % 3 == 0:
-                ids = tok(corpus).input_ids[1:][:n] + ids[: n // 4]
+                ids = tok(CORPUS).input_ids[1:][:n] + ids[: n // 4]
             if trial % 10 == 1:  # a lone word boundary first: the tokenizer strips the first piece's prefix space
-                ids = [tok.sp_model.PieceToId("\u2581")] * (trial % 3) + tok(corpus).input_ids[1:6] + ids[:3]
+                ids = [tok.sp_model.PieceToId("\u2581")] * (trial % 3) + tok(CORPUS).input_ids[1:6] + ids[:3]
             theirs = tok.decode(prompt + ids, skip_special_tokens=True, spaces_between_special_tokens=False,
                                 clean_up_tokenization_spaces=True)  # FastChat's call
-            assert stream.IncrementalText(tok, request).final(ids) == theirs, ids
+            assert IncrementalText(tok, request).final(ids) == theirs, ids
