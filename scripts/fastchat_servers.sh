@@ -8,6 +8,9 @@
 # file stem with a trailing .), and may set, as its users do (defaults in brackets):
 #   PYTHON [python3]  DEVICE [cuda if torch sees one, else cpu]  WORKER_ARGS [] extra flags for every worker
 #   LIMIT_WORKER_CONCURRENCY [32]  START_TIMEOUT [900] seconds a server may take to come up
+#   SERVER_CODE [] a folder with another revision's fastchat_spec/ and fastchat_spec_hook.py
+#     (scripts/export_code.sh writes one): first on every server's path, so the servers run that code
+#     while the script's own clients (bench.load, checks) keep the checkout's
 # start_controller and start_api set CONTROLLER and API, their URLs. A server that does not come up
 # ends the script with status 3, after the tail of its log.
 
@@ -63,6 +66,11 @@ PY
 # Without job control, setsid execs in place: $! is the server's own pid (bench.load samples its RSS).
 start_server() {
     local name=$1; shift
+    if [ -n "${SERVER_CODE:-}" ]; then
+        [ -d "$SERVER_CODE/fastchat_spec" ] || { log "SERVER_CODE=$SERVER_CODE holds no fastchat_spec/"; exit 2; }
+        # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (the checkout) first.
+        set -- env PYTHONSAFEPATH=1 PYTHONPATH="$(cd "$SERVER_CODE" && pwd)${PYTHONPATH:+:$PYTHONPATH}" "$@"
+    fi
     log "$name: $*  (log: ${SERVER_LOGS}$name.log)"
     if command -v setsid >/dev/null; then
         setsid "$@" >"${SERVER_LOGS}$name.log" 2>&1 </dev/null &

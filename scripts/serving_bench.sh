@@ -24,6 +24,8 @@
 #     STOCK_LEVELS=none skips the stock worker, RELIABILITY_REQUESTS=0 the reliability run
 #   LIMIT_WORKER_CONCURRENCY [32]  LOAD_ARGS [] extra flags for every bench.load run (e.g. "--max-tokens 64,256")
 #   START_TIMEOUT [900] seconds a server may take to come up; RUN_TIMEOUT [5400] seconds one load run may take
+#   SERVER_CODE [] the servers run another revision's code, exported by scripts/export_code.sh (an A/B of
+#     two revisions in one GPU call; the load client and its checks stay the checkout's)
 #   PROFILE_WORKER [] set to 1: py-spy (if installed) samples the spec worker and the API server while they
 #     hold the GIL during the levels run: OUT_DIR/{worker_spec,api}_gil.txt (collapsed stacks) and
 #     OUT_DIR/{worker_spec,api}_gil_top.txt (per thread and per function)

@@ -95,3 +95,27 @@ def test_step_profile_counts_matmuls_fused_into_triton_kernels_as_matmuls():
     assert kernel_kind("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_7") == "triton"
     sdpa = "cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16_knob_35_16x128x128_1x4x1_cga1x1x1_kernel0_0"
     assert kernel_kind(sdpa) == "attention"
+
+
+def test_an_exported_revision_is_what_servers_with_server_code_import(tmp_path):
+    """scripts/export_code.sh writes a revision's serving code (no bundled models) for an A/B run in
+    one GPU call; a process with that folder first on its path, as serving_bench.sh's servers get it
+    with SERVER_CODE, imports that code, not the checkout's."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    out = tmp_path / "code_head"
+    subprocess.run(["bash", os.path.join(root, "scripts", "export_code.sh"), "HEAD", str(out)], check=True,
+                   capture_output=True)
+    assert (out / "REVISION").read_text().strip() == head.stdout.strip()
+    assert (out / "fastchat_spec_hook.py").is_file() and not (out / "fastchat_spec" / "models").exists()
+    env = {**os.environ, "PYTHONPATH": f"{out}{os.pathsep}{root}", "PYTHONSAFEPATH": "1"}  # as start_server sets
+    imported = subprocess.run([sys.executable, "-c", "import fastchat_spec; print(fastchat_spec.__file__)"],
+                              env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == str(out / "fastchat_spec" / "__init__.py")
