@@ -41,6 +41,7 @@ import json
 import weakref
 
 import aiohttp
+from fastchat.constants import ErrorCode
 
 ALIVE_TIMEOUT_S = 2.0  # a live worker's status endpoint answers in milliseconds, even while it generates
 ATTEMPTS = 3  # addresses tried before the last one is used as it is (FastChat then reports the failure)
@@ -100,8 +101,6 @@ def patch_fetch_remote(main) -> None:
 
 async def post_read(url: str, pload=None, timeout=FETCH_TIMEOUT):
     """POST ``pload`` as JSON; the body, or FastChat's error JSON (a str) when the status is not 200."""
-    from fastchat.constants import ErrorCode
-
     for attempt in (1, 2):
         try:
             async with shared_session().post(url, json=pload, timeout=timeout) as response:

@@ -74,7 +74,11 @@ class _Row:
     slot: int
     cached: int  # tokens in the slot's cache
     emitted: int = 0
-    first_pending: bool = True  # the prefill's token is still on the device: the first step's report brings it
+
+    @property
+    def first_pending(self) -> bool:
+        """The prefill's token is still on the device: the row's first step report brings it."""
+        return self.emitted == 0
 
 
 @dataclass
@@ -379,7 +383,6 @@ class EngineLoop:
         for slot, row in live.items():
             report = reports[slot - flight.first]
             if row.first_pending:
-                row.first_pending = False
                 self._emit(row, [root_token(report)], prefill=True)
                 if self.rows.get(slot) is not row:  # the prompt's first token ended it
                     continue

@@ -171,9 +171,7 @@ class IncrementalText:
         self.last_yielded = ""
 
     def _decode(self, ids: list[int]) -> str:
-        # Same text as skip_special_tokens=True on ids without special ids (they were dropped).
-        return self.tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
-                                     clean_up_tokenization_spaces=True)
+        return tokenizer_decode(self.tokenizer, ids)
 
     def extend(self, new_ids: list[int]) -> None:
         checked = len(self.text)  # text already searched for stop strings
@@ -248,6 +246,26 @@ class IncrementalText:
         return min(found) if found else -1
 
 
+def tokenizer_decode(tokenizer, ids: list[int]) -> str:
+    """The tokenizer's own decode as FastChat calls it, on ids whose special ones were dropped (the
+    same text as skip_special_tokens=True)."""
+    return tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
+                            clean_up_tokenization_spaces=True)
+
+
+def _sentencepiece(tokenizer):
+    """(SentencePiece model, whether it owns every id of a list) of a slow SentencePiece tokenizer, or None.
+
+    An id past SentencePiece's pieces, or one of the tokenizer's added tokens, is not SentencePiece's.
+    """
+    sp = getattr(tokenizer, "sp_model", None)
+    if getattr(tokenizer, "is_fast", True) or not hasattr(sp, "decode") or not hasattr(sp, "get_piece_size"):
+        return None
+    size = sp.get_piece_size()
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return sp, lambda ids: all(i < size and i not in added for i in ids)
+
+
 def window_decoder(tokenizer):
     """A faster exact window decode for a slow SentencePiece tokenizer (Llama's, Vicuna's), or None.
 
@@ -259,16 +277,14 @@ def window_decoder(tokenizer):
     windows that start at the same id, where that cancels out. A window with
     an id SentencePiece does not own (an added token) goes the tokenizer's way.
     """
-    sp = getattr(tokenizer, "sp_model", None)
-    if getattr(tokenizer, "is_fast", True) or not hasattr(sp, "decode") or not hasattr(sp, "get_piece_size"):
+    found = _sentencepiece(tokenizer)
+    if found is None:
         return None
-    size = sp.get_piece_size()
-    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    sp, owns = found
 
     def decode(ids: list[int]) -> str:
-        if any(i >= size or i in added for i in ids):
-            return tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
-                                    clean_up_tokenization_spaces=True)
+        if not owns(ids):
+            return tokenizer_decode(tokenizer, ids)
         return tokenizer.clean_up_tokenization(sp.decode(ids))  # the stream decodes with clean-up on
 
     return decode
@@ -293,19 +309,17 @@ def whole_decoder(tokenizer):
     except ImportError:  # a transformers without the slow Llama tokenizer (no sentencepiece)
         return None
     cls = type(tokenizer)
-    if not isinstance(tokenizer, LlamaTokenizer) or any(
+    found = _sentencepiece(tokenizer)
+    if found is None or not isinstance(tokenizer, LlamaTokenizer) or any(
             getattr(cls, name) is not getattr(owner, name) for owner, name in (
                 (LlamaTokenizer, "convert_tokens_to_string"), (LlamaTokenizer, "_convert_id_to_token"),
                 (PreTrainedTokenizer, "convert_ids_to_tokens"), (PreTrainedTokenizer, "_decode"))):
         return None
-    sp = tokenizer.sp_model
-    size = sp.get_piece_size()
-    added = set(tokenizer.added_tokens_decoder)
+    sp, owns = found
 
     def decode(ids: list[int]) -> str:
-        if not ids or any(i >= size or i in added for i in ids):
-            return tokenizer.decode(ids, skip_special_tokens=False, spaces_between_special_tokens=False,
-                                    clean_up_tokenization_spaces=True)
+        if not ids or not owns(ids):
+            return tokenizer_decode(tokenizer, ids)
         pieces = [sp.IdToPiece(i) for i in ids]
         if pieces[0].startswith("\u2581") and tokenizer.add_prefix_space:  # SentencePiece's word boundary
             pieces[0] = pieces[0][1:]
