@@ -45,21 +45,6 @@ fi
 # 2. Bases. small (reference) is trained here; the bundled nano base is reused as it is
 #    (NANO_BASE), or trained here too when NANO_BASE is empty. SKIP_NANO=1: small only.
 NANO_BASE=${NANO_BASE-fastchat_spec/models/vicuna-nano}
-# distill_sharded NAME BASE OUT CONVERSATIONS SHARDS BATCH: the base answers the first user turn of the
-# first CONVERSATIONS training conversations, in SHARDS processes at once (batched generation is
-# launch-bound, so several processes share the GPU well), merged into OUT.
-distill_sharded() {
-  local name=$1 base=$2 out=$3 n=$4 shards=$5 batch=$6 i rc=0
-  $PY -c "import json,sys; c=json.load(open(sys.argv[1]))[:int(sys.argv[2])]; k=int(sys.argv[3])
-for i in range(k): json.dump(c[i::k], open(f'{sys.argv[4]}.part{i}.in', 'w'))" "$DATA/train.json" $n $shards "$out"
-  for ((i = 0; i < shards; i++)); do
-    stage "distill_${name}_$i" $PY -m fastchat_spec.train.distill --model-path "$base" --data_path "$out.part$i.in" \
-      --output "$out.part$i" --max-new-tokens 256 --batch-size $batch --max-turns 1 &
-  done
-  wait
-  $PY -c "import json,sys; json.dump([x for f in sys.argv[2:] for x in json.load(open(f))], open(sys.argv[1], 'w'))" \
-    "$out" $(for ((i = 0; i < shards; i++)); do echo "$out.part$i"; done) || return 1
-}
 nano_track() {  # nano base (unless bundled) -> self-distilled answers -> Medusa-1 heads
   local base=$NANO_BASE
   if [ -z "$base" ]; then
@@ -68,7 +53,7 @@ nano_track() {  # nano base (unless bundled) -> self-distilled answers -> Medusa
       --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$base" \
       --disable_tqdm True $BASE_STEPS || return
   fi
-  distill_sharded nano "$base" "$RUN/distilled-nano.json" $NANO_DISTILL 4 256 &&
+  distill_sharded nano "$base" "$DATA/train.json" "$RUN/distilled-nano.json" $NANO_DISTILL 4 256 &&
   stage medusa_nano $PY -m fastchat_spec.train.medusa --model_name_or_path "$base" \
     --output_dir "$RUN/medusa-vicuna-nano" --medusa_num_heads 4 --medusa_num_layers 1 \
     --data_path "$RUN/distilled-nano.json" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size 32 \
@@ -80,7 +65,7 @@ small_track() {  # small base -> self-distilled answers -> every method's heads,
     --data_path "$DATA/train.json" --eval_data_path "$DATA/heldout.json" --output_dir "$RUN/vicuna-small" \
     --disable_tqdm True $BASE_STEPS || return
   # Medusa's self-distillation: heads learn the base's own answers (what verification accepts).
-  distill_sharded small "$RUN/vicuna-small" "$RUN/distilled-small.json" $SMALL_DISTILL 3 128 || return
+  distill_sharded small "$RUN/vicuna-small" "$DATA/train.json" "$RUN/distilled-small.json" $SMALL_DISTILL 3 128 || return
   # CLLM after the distillation: both at once do not fit in 80 GB next to the heads.
   { stage cllm_data_small $PY -m fastchat_spec.train.cllm_data --model "$RUN/vicuna-small" \
       --data_path "$DATA/train.json" --output "$RUN/cllm_trajectories.json" --max_new_tokens 16 \
@@ -92,18 +77,13 @@ small_track() {  # small base -> self-distilled answers -> every method's heads,
   local heads="--data_path $RUN/distilled-small.json --eval_data_path $DATA/heldout.json \
     --per_device_train_batch_size 16 --max_steps $HEAD_STEPS --model_max_length 1024 --logging_steps 50 \
     --disable_tqdm True --dataloader_num_workers 2"
-  stage medusa1_small $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-small" \
-    --output_dir "$RUN/medusa1-vicuna-small" --medusa_num_heads 4 --medusa_num_layers 1 $heads &
-  stage hydra_small $PY -m fastchat_spec.train.hydra --model_name_or_path "$RUN/vicuna-small" \
-    --output_dir "$RUN/hydra-vicuna-small" --hydra_num_heads 4 --hydra_num_layers 1 --hydra_head_arch mlp \
-    --lm_loss_weight 1.0 --learning_rate 1e-3 $heads &
-  stage hydrapp_small $PY -m fastchat_spec.train.hydra --model_name_or_path "$RUN/vicuna-small" \
-    --output_dir "$RUN/hydra-pp-vicuna-small" --hydra_num_heads 4 --hydra_num_layers 4 \
-    --hydra_head_arch prefix-mlp --teacher_loss_weight 1.0 --lm_loss_weight 0.0 --learning_rate 1e-3 $heads &
-  stage chimera_small $PY -m fastchat_spec.train.chimera --model_name_or_path "$RUN/vicuna-small" \
-    --output_dir "$RUN/chimera-vicuna-small" --chimera_num_heads 4 --chimera_num_layers 1 $heads &
-  stage medusa2_small $PY -m fastchat_spec.train.medusa --model_name_or_path "$RUN/vicuna-small" \
-    --output_dir "$RUN/medusa2-vicuna-small" --medusa_num_heads 4 --medusa_num_layers 1 --medusa_stage 2 $heads &
+  local name method
+  for method in medusa1 hydra hydra-pp chimera medusa2; do
+    name=${method/-pp/pp}_small
+    # shellcheck disable=SC2046  # the recipe is a module and its flags
+    stage "$name" $PY -m $(head_recipe $method) --model_name_or_path "$RUN/vicuna-small" \
+      --output_dir "$RUN/$method-vicuna-small" $heads &
+  done
   wait
 }
 

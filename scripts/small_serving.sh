@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The `small` reference base served under concurrent load, in one GPU call (about 8 min on an H100):
+# The `small` reference base served under concurrent load, over two GPU calls on one warm machine:
 #   1. the small base as the pipeline trains it (fastchat_spec.train.base --size small, 104M parameters),
 #      on the bundled model's tokenizer;
 #   2. Medusa-1 heads trained briefly on ShareGPT's own answers (not self-distilled: quicker, lower tau
@@ -12,9 +12,10 @@
 #     python -m fastchat_spec.train.data --out-dir DATA_DIR --tokenizer fastchat_spec/models/vicuna-nano \
 #       --model-max-length 1024
 # Environment: SIZE [small] (tiny for a CPU smoke run), BASE_ARGS [] extra flags for the base (e.g.
-#   "--max_steps 400"), HEAD_STEPS [300], STAGES ["base heads serving"] the stages to run (a base trained
-#   in full takes most of one 10-minute GPU call: run "base" into a RUN_DIR under the ignored runs/, then
-#   "heads serving" on the same warm machine), and serving_bench.sh's own (LEVELS, REQUESTS, LOAD_ARGS, ...).
+#   "--max_steps 400"), HEAD_STEPS [300], STAGES ["base heads serving"] the stages to run (on an H100 on
+#   2026-12-06, "base heads" took 5.5 min and "serving" 6 min at LEVELS=1,16 with 1,000 reliability
+#   requests: run "base heads" into a RUN_DIR under the ignored runs/, then "serving" on the same warm
+#   machine as the next call), and serving_bench.sh's own (LEVELS, REQUESTS, LOAD_ARGS, ...).
 # Logs: RUN_DIR/{base,heads}.log; the serving figures: OUT_DIR/summary.json and the load runs' JSON.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -8,3 +8,37 @@ stage() {
   echo "=== done  $name rc=$rc $(date +%T)" >> "$STAGES_DIR/stages.log"
   return $rc
 }
+
+# distill_sharded NAME BASE CONVERSATIONS OUT N SHARDS BATCH: the base answers the first user turn of the
+# first N conversations of CONVERSATIONS (FastChat JSON), in SHARDS processes at once (batched generation is
+# launch-bound, so several processes share the GPU well), merged into OUT (FastChat JSON).
+distill_sharded() {
+  local name=$1 base=$2 convs=$3 out=$4 n=$5 shards=$6 batch=$7 i py=${PY:-python3}
+  $py -c "import json,sys; c=json.load(open(sys.argv[1]))[:int(sys.argv[2])]; k=int(sys.argv[3])
+for i in range(k): json.dump(c[i::k], open(f'{sys.argv[4]}.part{i}.in', 'w'))" "$convs" "$n" "$shards" "$out"
+  for ((i = 0; i < shards; i++)); do
+    stage "distill_${name}_$i" $py -m fastchat_spec.train.distill --model-path "$base" --data_path "$out.part$i.in" \
+      --output "$out.part$i" --max-new-tokens 256 --batch-size "$batch" --max-turns 1 &
+  done
+  wait
+  $py -c "import json,sys; json.dump([x for f in sys.argv[2:] for x in json.load(open(f))], open(sys.argv[1], 'w'))" \
+    "$out" $(for ((i = 0; i < shards; i++)); do echo "$out.part$i"; done) || return 1
+}
+
+# head_recipe METHOD: the trainer module and flags of the reference heads of METHOD (4 heads each), as
+# "MODULE FLAGS...". Methods: medusa1 medusa2 hydra hydra-pp chimera chimera-published.
+head_recipe() {
+  case $1 in
+    medusa1) echo "fastchat_spec.train.medusa --medusa_num_heads 4 --medusa_num_layers 1" ;;
+    medusa2) echo "fastchat_spec.train.medusa --medusa_num_heads 4 --medusa_num_layers 1 --medusa_stage 2" ;;
+    hydra) echo "fastchat_spec.train.hydra --hydra_num_heads 4 --hydra_num_layers 1 --hydra_head_arch mlp" \
+      "--lm_loss_weight 1.0 --learning_rate 1e-3" ;;
+    hydra-pp) echo "fastchat_spec.train.hydra --hydra_num_heads 4 --hydra_num_layers 4 --hydra_head_arch prefix-mlp" \
+      "--teacher_loss_weight 1.0 --lm_loss_weight 0.0 --learning_rate 1e-3" ;;
+    chimera) echo "fastchat_spec.train.chimera --chimera_num_heads 4 --chimera_num_layers 1" ;;
+    chimera-published) echo "fastchat_spec.train.chimera --chimera_num_heads 4 --chimera_num_layers 1" \
+      "--chimera_head_arch published" ;;
+    *) echo "head_recipe: unknown method '$1' (medusa1 medusa2 hydra hydra-pp chimera chimera-published)" >&2
+       return 2 ;;
+  esac
+}
