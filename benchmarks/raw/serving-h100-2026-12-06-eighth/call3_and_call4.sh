@@ -11,3 +11,7 @@ echo "== stock small $(date +%T)"
 [ -f runs/small/vicuna-small/config.json ] && LEVELS=16 REQUESTS=16 STOCK_LEVELS=16 STOCK_REQUESTS=16 RUN_TIMEOUT=240 \
   LOAD_ARGS='--prompts .gpu/prompts.jsonl --max-tokens 128' timeout 330 bash scripts/serving_bench.sh runs/small/medusa1-vicuna-small runs/small/vicuna-small /tmp/r/h-small-stock > $OUT/h.log 2>&1; echo "rc $?"
 tail -6 $OUT/h.log; tar czf $OUT/h-small-stock.tgz -C /tmp/r h-small-stock; echo "== end $(date +%T)"
+
+# Call 4 ran the lines above up to and including run()'s definition, then only:
+#   run f2-head ""
+#   run g2-2de2458 .gpu/code_2de2458
