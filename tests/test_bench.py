@@ -119,3 +119,44 @@ def test_an_exported_revision_is_what_servers_with_server_code_import(tmp_path):
     imported = subprocess.run([sys.executable, "-c", "import fastchat_spec; print(fastchat_spec.__file__)"],
                               env=env, cwd=root, capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == str(out / "fastchat_spec" / "__init__.py")
+
+
+def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_per_category(tmp_path):
+    """scripts/small_tau.sh at SIZE=tiny, every stage in one go, as the GPU runs it in consecutive calls:
+    a base, its own answers, Hydra++ and Chimera heads with searched trees, one benchmark of both with
+    tau per category next to our AR decoder."""
+    import subprocess
+    import sys
+
+    from fastchat_spec.train import data
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train, heldout = data.split_train_heldout(data.load_sharegpt(limit=600))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data.write_fastchat_json(train[:40], str(data_dir / "train.json"))
+    data.write_fastchat_json(heldout[:6], str(data_dir / "heldout.json"))
+    prompts = tmp_path / "prompts.jsonl"
+    questions = ["Write a Python function that reverses a list.", "What is 12 * 7 + 3?", "Tell me about tea."]
+    prompts.write_text("".join(json.dumps({"turns": [q]}) + "\n" for q in questions))
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": root, "SIZE": "tiny", "BASE_ARGS": "--max_steps 2",
+           "DISTILL": "6", "SHARDS": "2", "DISTILL_BATCH": "3", "METHODS": "hydra-pp chimera", "HEAD_STEPS": "2",
+           "HEAD_BATCH": "2", "TREE_NODES": "7", "BENCH_PROMPTS": "3",
+           "BENCH_ARGS": "--dtype float32 --device cpu --max-new-tokens 16 --baselines ar"}
+    run, out = tmp_path / "run", tmp_path / "out"
+    done = subprocess.run(["bash", os.path.join(root, "scripts", "small_tau.sh"), str(data_dir), str(prompts),
+                           str(run), str(out)], env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + (run / "stages.log").read_text()
+
+    assert len(json.loads((run / "distilled-tiny.json").read_text())) == 6  # the base's own answers
+    for method in ("hydra-pp", "chimera"):
+        report = json.loads((out / f"train_{method}.json").read_text())
+        tree = report[method.split("-")[0] + "_choices"]  # searched from the acceptance measured on held-out
+        assert tree and report["expected_tokens_per_step"] >= 1.0, method
+    tau = json.loads((out / "tau.json").read_text())
+    assert sorted(tau["methods"]) == ["chimera-vicuna-tiny", "hydra-pp-vicuna-tiny"]
+    for name, result in tau["methods"].items():
+        assert result["summary"]["all"]["tau"] >= 1.0, name
+        assert set(result["summary"]["by_category"]) <= {"code", "math", "general"}, name
+    categories = [json.loads(line)["category"] for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert categories[0] == "code" and categories[2] == "general"
