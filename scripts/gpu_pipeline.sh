@@ -77,11 +77,10 @@ small_track() {  # small base -> self-distilled answers -> every method's heads,
   local heads="--data_path $RUN/distilled-small.json --eval_data_path $DATA/heldout.json \
     --per_device_train_batch_size 16 --max_steps $HEAD_STEPS --model_max_length 1024 --logging_steps 50 \
     --disable_tqdm True --dataloader_num_workers 2"
-  local name method
+  local method
   for method in medusa1 hydra hydra-pp chimera medusa2; do
-    name=${method/-pp/pp}_small
     # shellcheck disable=SC2046  # the recipe is a module and its flags
-    stage "$name" $PY -m $(head_recipe $method) --model_name_or_path "$RUN/vicuna-small" \
+    stage "${method}_small" $PY -m $(head_recipe $method) --model_name_or_path "$RUN/vicuna-small" \
       --output_dir "$RUN/$method-vicuna-small" $heads &
   done
   wait

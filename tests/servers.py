@@ -25,6 +25,7 @@ manager would (``ManagedProcess.terminate``) and restart it (``restart_worker``)
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import socket
@@ -202,6 +203,33 @@ def _signal_group(pgid: int, sig: int) -> None:
 def worker_status(worker_url: str, timeout: float = 5.0) -> dict:
     """A worker's /worker_get_status: model_names, speed, queue_length (requests running + waiting)."""
     return _post_json(worker_url + "/worker_get_status", timeout=timeout)
+
+
+def open_chat_stream(session: requests.Session, api_base: str, model: str, question: str, max_tokens: int,
+                     texts: int = 1):
+    """A streamed chat completion (temperature 0) read until its ``texts``-th chunk with text, so the
+    worker is mid-answer: (the response, its remaining lines, the text so far)."""
+    from fastchat_spec.bench.client import chat_payload
+
+    r = session.post(api_base + "/chat/completions", json=chat_payload(model, question, max_tokens, True),
+                     stream=True, timeout=(10, 300))
+    assert r.status_code == 200, r.text
+    lines = r.iter_lines(chunk_size=None)
+    text, seen = "", 0
+    for line in lines:
+        delta = delta_text(line)
+        if delta:
+            text, seen = text + delta, seen + 1
+            if seen == texts:
+                return r, lines, text
+    pytest.fail(f"the stream of {question!r} ended before its chunk {texts} with text")
+
+
+def delta_text(line: bytes) -> str:
+    """The text a server-sent chat completion line adds ('' for other lines and [DONE])."""
+    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+        return ""
+    return json.loads(line[len(b"data: "):])["choices"][0]["delta"].get("content") or ""
 
 
 def fastchat_module(module: str, *args: str) -> list[str]:

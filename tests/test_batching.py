@@ -167,56 +167,29 @@ def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(se
     assert engine["busy_slots"] == 0 and status["queue_length"] == 0
 
 
-def open_chat_stream(http, servers, prompt: str, max_tokens: int):
-    """A streamed chat completion read up to its first text: (response, its remaining lines, that text)."""
-    r = http.post(servers.api_url + "/v1/chat/completions", stream=True, timeout=300, json={
-        "model": SERVED, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-        "max_tokens": max_tokens, "stream": True})
-    assert r.status_code == 200, r.text
-    lines = r.iter_lines(chunk_size=None)
-    for line in lines:
-        text = delta_text(line)
-        if text:
-            return r, lines, text
-    pytest.fail(f"the stream of {prompt!r} ended before any text")
-
-
-def delta_text(line: bytes) -> str:
-    import json
-
-    if not line.startswith(b"data: ") or line == b"data: [DONE]":
-        return ""
-    return json.loads(line[len(b"data: "):])["choices"][0]["delta"].get("content") or ""
-
-
 def test_over_the_api_a_joining_and_a_cancelled_request_leave_the_others_unchanged(servers):
     """Through FastChat's servers: two streams in flight, a third cut off by its client mid-stream, and a
     fourth that joins while the first two are still being read; each survivor gets its sequential answer."""
     import time
 
-    from tests.servers import local_session
+    from fastchat_spec.bench.client import send_chat
+    from tests.servers import delta_text, local_session, open_chat_stream
 
     http = local_session()
+    api = servers.api_url + "/v1"
 
-    def ask(prompt: str, max_tokens: int) -> str:
-        r = http.post(servers.api_url + "/v1/chat/completions", timeout=300, json={
-            "model": SERVED, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-            "max_tokens": max_tokens})
-        assert r.status_code == 200, r.text
-        return r.json()["choices"][0]["message"]["content"]
-
-    def ask_streamed(prompt: str, max_tokens: int) -> str:
-        r, lines, text = open_chat_stream(http, servers, prompt, max_tokens)
-        with r:
-            return text + "".join(delta_text(line) for line in lines)
+    def ask(prompt: str, max_tokens: int, stream: bool = False) -> str:
+        reply = send_chat(http, api, SERVED, prompt, max_tokens, stream, timeout=300)
+        assert reply.ok, reply
+        return reply.text
 
     long_a, long_b, joining = (PROMPTS[1], 400), (PROMPTS[3], 400), (PROMPTS[6], 24)
     # Streamed alone too: FastChat's API server drops U+FFFD from streamed deltas, not from whole answers.
-    alone = [ask_streamed(*long_a), ask_streamed(*long_b), ask(*joining)]
+    alone = [ask(*long_a, stream=True), ask(*long_b, stream=True), ask(*joining)]
 
-    a, a_lines, a_text = open_chat_stream(http, servers, *long_a)
-    b, b_lines, b_text = open_chat_stream(http, servers, *long_b)
-    cancelled, _, _ = open_chat_stream(http, servers, PROMPTS[5], 400)
+    a, a_lines, a_text = open_chat_stream(http, api, SERVED, *long_a)
+    b, b_lines, b_text = open_chat_stream(http, api, SERVED, *long_b)
+    cancelled, _, _ = open_chat_stream(http, api, SERVED, PROMPTS[5], 400)
     cancelled.close()  # its client goes away mid-stream
     joined = ask(*joining)  # a new request joins the running ones
     a_text += "".join(delta_text(line) for line in a_lines)

@@ -23,8 +23,9 @@ import pytest
 import requests
 
 import fastchat_spec
-from fastchat_spec.bench.client import Reply, chat_payload, send_chat, session_for
-from tests.servers import checkout_env, logs_on_failure, module_servers, port_is_free, worker_status
+from fastchat_spec.bench.client import Reply, send_chat, session_for
+from tests.servers import (checkout_env, logs_on_failure, module_servers, open_chat_stream, port_is_free,
+                           worker_status)
 
 MODEL = "medusa-nano"
 EXPIRATION = 10  # seconds without a heart beat before the controller may drop a worker
@@ -121,17 +122,8 @@ def cpu_until_idle(proc, since: float) -> float:
 
 def open_stream(api: str, question: str, max_tokens: int):
     """A streamed request read until its third chunk with text: the worker is mid-generation."""
-    r = http.post(api + "/chat/completions", json=chat_payload(MODEL, question, max_tokens, True), stream=True,
-                  timeout=(10, 300))
-    assert r.status_code == 200, r.text
-    lines = r.iter_lines(chunk_size=None)
-    texts = 0
-    for line in lines:
-        if line.startswith(b"data: ") and b'"content"' in line:
-            texts += 1
-            if texts == 3:
-                return r, lines
-    pytest.fail("the stream ended before its third chunk with text")
+    response, lines, _ = open_chat_stream(http, api, MODEL, question, max_tokens, texts=3)
+    return response, lines
 
 
 def stream_ending(lines) -> str:
