@@ -21,8 +21,10 @@
 #   PROMPTS.jsonl: held-out first turns ({"turns": [...]}, as fastchat_spec.bench reads them)
 # Environment [defaults]: SIZE [small] (tiny: a CPU smoke run), BASE_ARGS [] extra flags for the base,
 #   DISTILL [7500] conversations, SHARDS [3], DISTILL_BATCH [128], METHODS [hydra-pp chimera] (names of
-#   head_recipe in scripts/stages.sh), HEAD_STEPS [2000], HEAD_BATCH [16], HEAD_ARGS [] extra flags for
-#   every head trainer, TREE_NODES [63], BENCH_PROMPTS [40], BENCH_ARGS [--dtype bfloat16],
+#   head_recipe in scripts/stages.sh), HEADS [4] heads per method (a step accepts at most HEADS + 1
+#   tokens), HEAD_STEPS [2000], HEAD_BATCH [16], HEAD_ARGS [] extra flags for every head trainer,
+#   TREE_NODES [63], BENCH_PROMPTS [40], BASELINES [fastchat,ar] (ar alone skips FastChat's slow stock
+#   decoder), BENCH_ARGS [--dtype bfloat16],
 #   STAGES [base distill heads bench].
 # Logs: RUN_DIR/<stage>.log and RUN_DIR/stages.log; results: OUT_DIR/tau.json (and .png), OUT_DIR/prompts.jsonl,
 #   OUT_DIR/train_<method>.json (each trainer's report: losses, tree, expected tokens per step).
@@ -59,7 +61,7 @@ fi
 if wanted heads; then
   [ -f "$DISTILLED" ] || { echo "no $DISTILLED: run the distill stage first (on the same machine)"; exit 1; }
   for method in $METHODS; do
-    recipe=$(head_recipe "$method") || exit 2
+    recipe=$(head_recipe "$method" "${HEADS:-4}") || exit 2
     # shellcheck disable=SC2086  # the recipe is a module and its flags; HEAD_ARGS a list of flags
     stage "heads_$method" $PY -m $recipe --model_name_or_path "$BASE" --output_dir "$RUN/$method-vicuna-$SIZE" \
       --data_path "$DISTILLED" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size "${HEAD_BATCH:-16}" \
@@ -92,7 +94,7 @@ PYEOF
   [ ${#checkpoints[@]} -gt 0 ] || { echo "no trained heads in $RUN: run the heads stage first"; exit 1; }
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
   stage bench $PY -m fastchat_spec.bench --model-path "${checkpoints[@]}" --prompts "$OUT/prompts.jsonl" \
-    --num-prompts "${BENCH_PROMPTS:-40}" --max-new-tokens 256 --baselines fastchat,ar ${BENCH_ARGS:---dtype bfloat16} \
+    --num-prompts "${BENCH_PROMPTS:-40}" --max-new-tokens 256 --baselines "${BASELINES:-fastchat,ar}" ${BENCH_ARGS:---dtype bfloat16} \
     --out "$OUT/tau.json" || { tail -20 "$RUN/bench.log"; exit 1; }
   tail -12 "$RUN/bench.log"
 fi

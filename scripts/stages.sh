@@ -25,18 +25,20 @@ for i in range(k): json.dump(c[i::k], open(f'{sys.argv[4]}.part{i}.in', 'w'))" "
     "$out" $(for ((i = 0; i < shards; i++)); do echo "$out.part$i"; done) || return 1
 }
 
-# head_recipe METHOD: the trainer module and flags of the reference heads of METHOD (4 heads each), as
-# "MODULE FLAGS...". Methods: medusa1 medusa2 hydra hydra-pp chimera chimera-published.
+# head_recipe METHOD [HEADS]: the trainer module and flags of the reference heads of METHOD (HEADS heads,
+# default 4; each head drafts one token deeper), as "MODULE FLAGS...".
+# Methods: medusa1 medusa2 hydra hydra-pp chimera chimera-published.
 head_recipe() {
+  local n=${2:-4}
   case $1 in
-    medusa1) echo "fastchat_spec.train.medusa --medusa_num_heads 4 --medusa_num_layers 1" ;;
-    medusa2) echo "fastchat_spec.train.medusa --medusa_num_heads 4 --medusa_num_layers 1 --medusa_stage 2" ;;
-    hydra) echo "fastchat_spec.train.hydra --hydra_num_heads 4 --hydra_num_layers 1 --hydra_head_arch mlp" \
+    medusa1) echo "fastchat_spec.train.medusa --medusa_num_heads $n --medusa_num_layers 1" ;;
+    medusa2) echo "fastchat_spec.train.medusa --medusa_num_heads $n --medusa_num_layers 1 --medusa_stage 2" ;;
+    hydra) echo "fastchat_spec.train.hydra --hydra_num_heads $n --hydra_num_layers 1 --hydra_head_arch mlp" \
       "--lm_loss_weight 1.0 --learning_rate 1e-3" ;;
-    hydra-pp) echo "fastchat_spec.train.hydra --hydra_num_heads 4 --hydra_num_layers 4 --hydra_head_arch prefix-mlp" \
+    hydra-pp) echo "fastchat_spec.train.hydra --hydra_num_heads $n --hydra_num_layers 4 --hydra_head_arch prefix-mlp" \
       "--teacher_loss_weight 1.0 --lm_loss_weight 0.0 --learning_rate 1e-3" ;;
-    chimera) echo "fastchat_spec.train.chimera --chimera_num_heads 4 --chimera_num_layers 1" ;;
-    chimera-published) echo "fastchat_spec.train.chimera --chimera_num_heads 4 --chimera_num_layers 1" \
+    chimera) echo "fastchat_spec.train.chimera --chimera_num_heads $n --chimera_num_layers 1" ;;
+    chimera-published) echo "fastchat_spec.train.chimera --chimera_num_heads $n --chimera_num_layers 1" \
       "--chimera_head_arch published" ;;
     *) echo "head_recipe: unknown method '$1' (medusa1 medusa2 hydra hydra-pp chimera chimera-published)" >&2
        return 2 ;;

@@ -184,7 +184,8 @@ def main(argv=None):
     bandwidth = measure_bandwidth(device)
     result = {"device": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
               "bandwidth_tb_s": bandwidth / 1e12, "context": args.context,
-              "compile_mode": os.environ.get("FASTCHAT_SPEC_COMPILE_MODE") or "default", "shapes": {}}
+              "compile_mode": os.environ.get("FASTCHAT_SPEC_COMPILE_MODE") or "default",
+              "compile_freeze": os.environ.get("FASTCHAT_SPEC_COMPILE_FREEZE", "0") == "1", "shapes": {}}
     for shape, compiled in [(s, c) for s in args.shapes.split(",") for c in args.compile.split(",")]:
         os.environ["FASTCHAT_SPEC_COMPILE"] = compiled
         r = step_times(shape, args.context, args.tree_nodes, device, args.profile)

@@ -24,6 +24,10 @@ from fastchat_spec.generate.verify import ForwardOut, base_forward
 GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
 COMPILE_ENV = "FASTCHAT_SPEC_COMPILE"  # set to 1 to torch.compile the decoder inside the graphs
 COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
+# Set to 1 to compile with Inductor's freezing: the weights become constants, so each layer's q, k and v
+# projections (and gate and up) are concatenated into one GEMM. Costs a copy of those weights per
+# compiled shape; the weights must not change after the first step.
+COMPILE_FREEZE_ENV = "FASTCHAT_SPEC_COMPILE_FREEZE"
 _CAPTURE_LOCK = threading.Lock()
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
@@ -42,9 +46,19 @@ def compiled_decoder(base):
         return None
     decoder = _COMPILED.get(base)
     if decoder is None:
-        mode = os.environ.get(COMPILE_MODE_ENV) or None
-        decoder = _COMPILED[base] = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False, mode=mode)
+        decoder = _COMPILED[base] = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False,
+                                                  **compile_settings())
     return decoder
+
+
+def compile_settings() -> dict:
+    """torch.compile's ``mode`` or ``options``, from the environment (they can't both be given)."""
+    mode = os.environ.get(COMPILE_MODE_ENV) or None
+    if os.environ.get(COMPILE_FREEZE_ENV, "0") != "1":
+        return {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**(list_mode_options(mode) if mode else {}), "freezing": True}}
 
 
 def capture(run, device: torch.device, warmups: int = 3, pool=None):
