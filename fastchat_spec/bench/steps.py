@@ -25,6 +25,8 @@ import statistics
 
 import torch
 
+from fastchat_spec.generate.cuda_graphs import freezing_enabled
+
 SHAPES = {
     "llama7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=32, vocab_size=32000),
@@ -185,7 +187,7 @@ def main(argv=None):
     result = {"device": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
               "bandwidth_tb_s": bandwidth / 1e12, "context": args.context,
               "compile_mode": os.environ.get("FASTCHAT_SPEC_COMPILE_MODE") or "default",
-              "compile_freeze": os.environ.get("FASTCHAT_SPEC_COMPILE_FREEZE", "0") == "1", "shapes": {}}
+              "compile_freeze": freezing_enabled(), "shapes": {}}
     for shape, compiled in [(s, c) for s in args.shapes.split(",") for c in args.compile.split(",")]:
         os.environ["FASTCHAT_SPEC_COMPILE"] = compiled
         r = step_times(shape, args.context, args.tree_nodes, device, args.profile)

@@ -25,8 +25,8 @@ GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
 COMPILE_ENV = "FASTCHAT_SPEC_COMPILE"  # set to 1 to torch.compile the decoder inside the graphs
 COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
 # Set to 1 to compile with Inductor's freezing: the weights become constants, so each layer's q, k and v
-# projections (and gate and up) are concatenated into one GEMM. Costs a copy of those weights per
-# compiled shape; the weights must not change after the first step.
+# projections (and gate and up) are concatenated into one GEMM. Each compiled shape should hold its own copy
+# of those weights, and the weights must not change after the first step.
 COMPILE_FREEZE_ENV = "FASTCHAT_SPEC_COMPILE_FREEZE"
 _CAPTURE_LOCK = threading.Lock()
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
@@ -46,19 +46,39 @@ def compiled_decoder(base):
         return None
     decoder = _COMPILED.get(base)
     if decoder is None:
-        decoder = _COMPILED[base] = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False,
-                                                  **compile_settings())
+        decoder = torch.compile(base.get_decoder(), dynamic=False, fullgraph=False, **compile_settings())
+        if freezing_enabled():
+            decoder = _with_weights_as_constants(decoder)
+        _COMPILED[base] = decoder
     return decoder
+
+
+def freezing_enabled() -> bool:
+    return os.environ.get(COMPILE_FREEZE_ENV, "0") == "1"
 
 
 def compile_settings() -> dict:
     """torch.compile's ``mode`` or ``options``, from the environment (they can't both be given)."""
     mode = os.environ.get(COMPILE_MODE_ENV) or None
-    if os.environ.get(COMPILE_FREEZE_ENV, "0") != "1":
+    if not freezing_enabled():
         return {"mode": mode}
     from torch._inductor import list_mode_options
 
     return {"options": {**(list_mode_options(mode) if mode else {}), "freezing": True}}
+
+
+def _with_weights_as_constants(compiled):
+    """Calls ``compiled`` with Dynamo keeping the module's parameters as attributes, not graph inputs.
+
+    Freezing folds only attributes into constants; with the default inlining of
+    nn.Modules the parameters arrive as inputs and nothing is fused (measured on
+    the H100: the same 631 kernels per step with and without freezing).
+    """
+    def call(*args, **kwargs):
+        with torch._dynamo.config.patch(inline_inbuilt_nn_modules=False):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def capture(run, device: torch.device, warmups: int = 3, pool=None):
