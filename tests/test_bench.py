@@ -97,6 +97,24 @@ def test_step_profile_counts_matmuls_fused_into_triton_kernels_as_matmuls():
     assert kernel_kind(sdpa) == "attention"
 
 
+def test_freezing_can_be_combined_with_a_compile_mode(monkeypatch):
+    """FASTCHAT_SPEC_COMPILE_FREEZE=1 next to FASTCHAT_SPEC_COMPILE_MODE: torch.compile refuses a
+    mode and options together, so the worker would die at its first step; the mode's settings are
+    merged into the options instead. Nothing is compiled here (that happens at the first call)."""
+    import torch
+
+    from fastchat_spec.generate import cuda_graphs
+
+    monkeypatch.setenv(cuda_graphs.COMPILE_ENV, "1")
+    monkeypatch.setenv(cuda_graphs.COMPILE_MODE_ENV, "max-autotune-no-cudagraphs")
+    monkeypatch.setenv(cuda_graphs.COMPILE_FREEZE_ENV, "1")
+    settings = cuda_graphs.compile_settings()
+    assert settings["options"]["freezing"] and settings["options"]["max_autotune"]
+    torch.compile(torch.nn.Linear(2, 2), **settings)  # accepted
+    monkeypatch.setenv(cuda_graphs.COMPILE_FREEZE_ENV, "0")
+    assert cuda_graphs.compile_settings() == {"mode": "max-autotune-no-cudagraphs"}
+
+
 def test_an_exported_revision_is_what_servers_with_server_code_import(tmp_path):
     """scripts/export_code.sh writes a revision's serving code (no bundled models) for an A/B run in
     one GPU call; a process with that folder first on its path, as serving_bench.sh's servers get it
