@@ -141,8 +141,8 @@ def test_an_exported_revision_is_what_servers_with_server_code_import(tmp_path):
 
 def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_per_category(tmp_path):
     """scripts/small_tau.sh at SIZE=tiny, every stage in one go, as the GPU runs it in consecutive calls:
-    a base, its own answers, Hydra++ and Chimera heads with searched trees, one benchmark of both with
-    tau per category next to our AR decoder."""
+    a base, its own answers, Hydra++ and Chimera heads (HEADS of them) with searched trees, one benchmark
+    of both with tau per category next to our AR decoder alone (BASELINES)."""
     import subprocess
     import sys
 
@@ -159,8 +159,8 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
     prompts.write_text("".join(json.dumps({"turns": [q]}) + "\n" for q in questions))
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": root, "SIZE": "tiny", "BASE_ARGS": "--max_steps 2",
            "DISTILL": "6", "SHARDS": "2", "DISTILL_BATCH": "3", "METHODS": "hydra-pp chimera", "HEAD_STEPS": "2",
-           "HEAD_BATCH": "2", "TREE_NODES": "7", "BENCH_PROMPTS": "3",
-           "BENCH_ARGS": "--dtype float32 --device cpu --max-new-tokens 16 --baselines ar"}
+           "HEADS": "5", "HEAD_BATCH": "2", "TREE_NODES": "7", "BENCH_PROMPTS": "3", "BASELINES": "ar",
+           "BENCH_ARGS": "--dtype float32 --device cpu --max-new-tokens 16"}
     run, out = tmp_path / "run", tmp_path / "out"
     done = subprocess.run(["bash", os.path.join(root, "scripts", "small_tau.sh"), str(data_dir), str(prompts),
                            str(run), str(out)], env=env, cwd=root, capture_output=True, text=True, timeout=900)
@@ -171,6 +171,8 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
         report = json.loads((out / f"train_{method}.json").read_text())
         tree = report[method.split("-")[0] + "_choices"]  # searched from the acceptance measured on held-out
         assert tree and report["expected_tokens_per_step"] >= 1.0, method
+        config = json.loads((run / f"{method}-vicuna-tiny" / "config.json").read_text())
+        assert config[method.split("-")[0] + "_num_heads"] == 5  # HEADS: a draft five tokens deep
     tau = json.loads((out / "tau.json").read_text())
     assert sorted(tau["methods"]) == ["chimera-vicuna-tiny", "hydra-pp-vicuna-tiny"]
     for name, result in tau["methods"].items():
