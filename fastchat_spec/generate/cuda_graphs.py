@@ -25,8 +25,9 @@ GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
 COMPILE_ENV = "FASTCHAT_SPEC_COMPILE"  # set to 1 to torch.compile the decoder inside the graphs
 COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
 # Set to 1 to compile with Inductor's freezing: the weights become constants, so each layer's q, k and v
-# projections (and gate and up) are concatenated into one GEMM. Each compiled shape should hold its own copy
-# of those weights, and the weights must not change after the first step.
+# projections (and gate and up) are concatenated into one GEMM. Each compiled shape (a worker has one per
+# prefill length and batch size) should hold its own copy of those weights, and the weights must not change
+# after the first step.
 COMPILE_FREEZE_ENV = "FASTCHAT_SPEC_COMPILE_FREEZE"
 _CAPTURE_LOCK = threading.Lock()
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
@@ -72,7 +73,9 @@ def _with_weights_as_constants(compiled):
 
     Freezing folds only attributes into constants; with the default inlining of
     nn.Modules the parameters arrive as inputs and nothing is fused (measured on
-    the H100: the same 631 kernels per step with and without freezing).
+    the H100: the same 631 kernels per step with and without freezing). The
+    setting is process-wide while a call runs; the compiles themselves happen
+    in captures' warm-ups, which are serialised (``_CAPTURE_LOCK``).
     """
     def call(*args, **kwargs):
         with torch._dynamo.config.patch(inline_inbuilt_nn_modules=False):
