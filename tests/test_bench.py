@@ -97,10 +97,12 @@ def test_step_profile_counts_matmuls_fused_into_triton_kernels_as_matmuls():
     assert kernel_kind(sdpa) == "attention"
 
 
-def test_freezing_can_be_combined_with_a_compile_mode(monkeypatch):
+def test_freezing_combines_with_a_compile_mode_and_says_when_it_does_nothing(monkeypatch, caplog):
     """FASTCHAT_SPEC_COMPILE_FREEZE=1 next to FASTCHAT_SPEC_COMPILE_MODE: torch.compile refuses a
     mode and options together, so the worker would die at its first step; the mode's settings are
     merged into the options instead. Nothing is compiled here (that happens at the first call)."""
+    import logging
+
     import torch
 
     from fastchat_spec.generate import cuda_graphs
@@ -113,6 +115,13 @@ def test_freezing_can_be_combined_with_a_compile_mode(monkeypatch):
     torch.compile(torch.nn.Linear(2, 2), **settings)  # accepted
     monkeypatch.setenv(cuda_graphs.COMPILE_FREEZE_ENV, "0")
     assert cuda_graphs.compile_settings() == {"mode": "max-autotune-no-cudagraphs"}
+
+    # Freezing alone does not compile: the worker's log says so instead of silently running uncompiled.
+    monkeypatch.setenv(cuda_graphs.COMPILE_ENV, "0")
+    monkeypatch.setenv(cuda_graphs.COMPILE_FREEZE_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="fastchat_spec.cuda_graphs"):
+        assert cuda_graphs.compiled_decoder(torch.nn.Linear(2, 2)) is None
+    assert "FASTCHAT_SPEC_COMPILE_FREEZE=1 does nothing without FASTCHAT_SPEC_COMPILE=1" in caplog.text
 
 
 def test_an_exported_revision_is_what_servers_with_server_code_import(tmp_path):

@@ -11,6 +11,7 @@ bounded per-model pool while a request runs.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -29,6 +30,7 @@ COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-
 # prefill length and batch size) should hold its own copy of those weights, and the weights must not change
 # after the first step.
 COMPILE_FREEZE_ENV = "FASTCHAT_SPEC_COMPILE_FREEZE"
+log = logging.getLogger("fastchat_spec.cuda_graphs")
 _CAPTURE_LOCK = threading.Lock()
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
@@ -44,6 +46,9 @@ def compiled_decoder(base):
     then removes what launch overhead is left.
     """
     if os.environ.get(COMPILE_ENV, "0") != "1":
+        if freezing_enabled():
+            log.warning("%s=1 does nothing without %s=1: the decoder is not compiled", COMPILE_FREEZE_ENV,
+                        COMPILE_ENV)
         return None
     decoder = _COMPILED.get(base)
     if decoder is None:
