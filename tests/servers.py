@@ -200,6 +200,16 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def wait_for(condition, bound: float, what: str) -> float:
+    """Poll ``condition`` until true; seconds it took. Fails after ``bound`` seconds."""
+    t0 = time.monotonic()
+    while not condition():
+        if time.monotonic() - t0 > bound:
+            pytest.fail(f"not within {bound:.0f}s: {what}")
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
 def worker_status(worker_url: str, timeout: float = 5.0) -> dict:
     """A worker's /worker_get_status: model_names, speed, queue_length (requests running + waiting)."""
     return _post_json(worker_url + "/worker_get_status", timeout=timeout)

@@ -170,10 +170,8 @@ def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(se
 def test_over_the_api_a_joining_and_a_cancelled_request_leave_the_others_unchanged(servers):
     """Through FastChat's servers: two streams in flight, a third cut off by its client mid-stream, and a
     fourth that joins while the first two are still being read; each survivor gets its sequential answer."""
-    import time
-
     from fastchat_spec.bench.client import send_chat
-    from tests.servers import delta_text, local_session, open_chat_stream
+    from tests.servers import delta_text, local_session, open_chat_stream, wait_for, worker_status
 
     http = local_session()
     api = servers.api_url + "/v1"
@@ -198,14 +196,11 @@ def test_over_the_api_a_joining_and_a_cancelled_request_leave_the_others_unchang
     b.close()
     assert [a_text, b_text, joined] == alone
 
-    deadline = time.monotonic() + 120  # the cut stream's slot is freed once the worker sees it gone
-    while time.monotonic() < deadline:
-        status = http.post(servers.worker_url + "/worker_get_status", timeout=30).json()
-        if status["spec_engine"][0]["busy_slots"] == 0 and status["queue_length"] == 0:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"slots still busy after every client finished or left: {status}")
+    def idle() -> bool:  # the cut stream's slot is freed once the worker sees it gone
+        status = worker_status(servers.worker_url, timeout=30)
+        return status["spec_engine"][0]["busy_slots"] == 0 and status["queue_length"] == 0
+
+    wait_for(idle, 120, "every slot free after every client finished or left")
 
 
 def test_batch_invariant_mode_steps_each_request_alone_with_the_same_text(medusa_dir, stock_texts, monkeypatch):

@@ -25,7 +25,7 @@ import requests
 import fastchat_spec
 from fastchat_spec.bench.client import Reply, send_chat, session_for
 from tests.servers import (checkout_env, logs_on_failure, module_servers, open_chat_stream, port_is_free,
-                           worker_status)
+                           wait_for, worker_status)
 
 MODEL = "medusa-nano"
 EXPIRATION = 10  # seconds without a heart beat before the controller may drop a worker
@@ -94,16 +94,6 @@ def revive(stack, n: int) -> None:
 
 def queue_length(worker) -> int:
     return worker_status(worker.url)["queue_length"]
-
-
-def wait_for(condition, bound: float, what: str) -> float:
-    """Poll ``condition`` until true; seconds it took. Fails after ``bound`` seconds."""
-    t0 = time.monotonic()
-    while not condition():
-        if time.monotonic() - t0 > bound:
-            pytest.fail(f"not within {bound:.0f}s: {what}")
-        time.sleep(0.2)
-    return time.monotonic() - t0
 
 
 def cpu_until_idle(proc, since: float) -> float:

@@ -25,7 +25,7 @@ import statistics
 
 import torch
 
-from fastchat_spec.generate.cuda_graphs import freezing_enabled
+from fastchat_spec.generate.cuda_graphs import COMPILE_ENV, COMPILE_MODE_ENV, freezing_enabled
 
 SHAPES = {
     "llama7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -186,10 +186,10 @@ def main(argv=None):
     bandwidth = measure_bandwidth(device)
     result = {"device": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
               "bandwidth_tb_s": bandwidth / 1e12, "context": args.context,
-              "compile_mode": os.environ.get("FASTCHAT_SPEC_COMPILE_MODE") or "default",
+              "compile_mode": os.environ.get(COMPILE_MODE_ENV) or "default",
               "compile_freeze": freezing_enabled(), "shapes": {}}
     for shape, compiled in [(s, c) for s in args.shapes.split(",") for c in args.compile.split(",")]:
-        os.environ["FASTCHAT_SPEC_COMPILE"] = compiled
+        os.environ[COMPILE_ENV] = compiled
         r = step_times(shape, args.context, args.tree_nodes, device, args.profile)
         torch.cuda.empty_cache()  # the shape's model and caches are gone with step_times' frame
         r["compiled"] = compiled == "1"
