@@ -25,7 +25,7 @@ from fastchat_spec.generate.verify import ForwardOut, base_forward
 GRAPHS_ENV = "FASTCHAT_SPEC_CUDA_GRAPHS"  # set to 0 to run eagerly on CUDA
 COMPILE_ENV = "FASTCHAT_SPEC_COMPILE"  # set to 1 to torch.compile the decoder inside the graphs
 COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
-# (max-autotune measured slower than the default mode on the H100, with freezing or without: BENCHMARKS.md section 1)
+# (max-autotune gave a slower AR step than the default mode on the H100, with freezing or without: BENCHMARKS.md §1)
 # Set to 1 to compile with Inductor's freezing: the weights become constants, so each layer's q, k and v
 # projections (and gate and up) are concatenated into one GEMM. Each compiled shape (a worker has one per
 # prefill length and batch size) should hold its own copy of those weights, and the weights must not change
