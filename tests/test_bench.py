@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
 from fastchat_spec.bench.__main__ import main as bench_main
 from fastchat_spec.generate.tree import chain
@@ -59,8 +61,6 @@ def test_bench_compares_several_checkpoints_of_one_base_side_by_side(tmp_path, b
 
 
 def test_bench_refuses_checkpoints_of_different_bases(tmp_path, base_dir, tokenizer_dir):
-    import pytest
-
     other_base_dir = tiny.build_llama(os.path.join(tmp_path, "vicuna-other"), tokenizer_dir, seed=7)
     paths = []
     for base in (base_dir, other_base_dir):
@@ -189,3 +189,29 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
         assert set(result["summary"]["by_category"]) <= {"code", "math", "general"}, name
     categories = [json.loads(line)["category"] for line in (out / "prompts.jsonl").read_text().splitlines()]
     assert categories[0] == "code" and categories[2] == "general"
+
+
+def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need_a_gpu(monkeypatch):
+    """`bench.gemms` times split-K forms of each projection next to the plain GEMM: they must be the
+    same product, whether the parts are copied out or read as a strided view of the weight. Its random
+    trees for `bench.attention` must be trees (each node sees itself and the root). Without a GPU both
+    tools stop with a message, not a CUDA traceback."""
+    import torch
+
+    from fastchat_spec.bench import attention, gemms
+
+    weight, x = torch.randn(96, 64), torch.randn(5, 64)
+    for copy in (True, False):
+        parts = gemms.split_k_weight(weight, 4, copy)
+        assert parts.shape == (4, 96, 16) and (copy or parts.data_ptr() == weight.data_ptr())
+        torch.testing.assert_close(gemms.split_k_linear(x, parts), x @ weight.T)
+    assert set(gemms.projections("llama7b")) == {"qkv", "o", "gate_up", "down"}
+    assert gemms.projections("llama7b")["down"] == (4096, 11008)
+
+    mask = attention.ancestor_mask(12, "cpu")
+    assert mask.diagonal().all() and mask[:, 0].all() and not mask.triu(1).any()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for tool in (gemms, attention):
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            tool.main([])

@@ -8,8 +8,8 @@ For each model shape (random weights, bf16) it times, with CUDA events:
   * graph_tree:  the same for a tree of ``--tree-nodes`` nodes;
 and the floor: the weights' bytes over the device bandwidth measured by a large copy.
 
-With ``--profile``, the one-token graph is also replayed under torch.profiler and its
-kernels are summed per step by kind (matmuls, attention, fused Triton kernels, copies,
+With ``--profile``, the one-token and the tree graphs are also replayed under torch.profiler
+and their kernels are summed per step by kind (matmuls, attention, fused Triton kernels, copies,
 the rest): where the time above the floor goes. The matmuls' line says which share of
 the copy bandwidth they reach on the weights they read (every linear layer and the
 LM head; the embedding table is read one row at a time and is left out).
@@ -113,8 +113,9 @@ def step_times(shape: str, context: int, tree_nodes: int, device, profile: bool 
               "graph_tree_ms": 1000 * graph_tree, "tree_nodes": tree.num_nodes}
     if profile:
         embedding = model.get_input_embeddings().weight
-        result["profile_1"] = kernel_profile(lambda: g1(tok1, pos1, start),
-                                             weight_bytes - embedding.numel() * embedding.element_size())
+        matmul_bytes = weight_bytes - embedding.numel() * embedding.element_size()
+        result["profile_1"] = kernel_profile(lambda: g1(tok1, pos1, start), matmul_bytes)
+        result["profile_tree"] = kernel_profile(lambda: gt(tokt, post, start), matmul_bytes)
     return result
 
 
@@ -168,6 +169,18 @@ def kernel_profile(step, matmul_bytes: int, steps: int = 20) -> dict:
                             for n, (c, us) in top]}
 
 
+def print_profile(prof, label: str, bandwidth: float) -> None:
+    if prof and prof["device_us_per_step"] is None:
+        print(f"  {label} profile: {prof['note']}", flush=True)
+    elif prof:
+        bandwidth_share = prof["matmul_tb_s"] and prof["matmul_tb_s"] * 1e12 / bandwidth
+        print(f"  {label} profile: {prof['device_us_per_step']:.0f} us of kernels per step "
+              f"({prof['kernels_per_step']:.0f} kernels): {prof['us_per_step_by_kind']}; matmuls at "
+              f"{prof['matmul_tb_s'] or 0:.2f} TB/s ({bandwidth_share or 0:.0%} of the copy bandwidth)", flush=True)
+        for k in prof["top_kernels"]:
+            print(f"    {k['us_per_step']:8.1f} us  x{k['calls_per_step']:<5g} {k['name']}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastchat_spec.bench.steps", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,7 +190,7 @@ def main(argv=None):
     p.add_argument("--compile", default="0,1",
                    help="comma list: 0 = graphs of the eager forward, 1 = graphs of the torch.compiled forward")
     p.add_argument("--profile", action="store_true",
-                   help="also profile the one-token graph: device time per step by kernel kind, top kernels")
+                   help="also profile the one-token and tree graphs: device time per step by kernel kind, top kernels")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -201,17 +214,8 @@ def main(argv=None):
         print(f"{shape}: HF eager {r['hf_eager_1_ms']:.2f} ms | graph 1 tok {r['graph_1_ms']:.2f} ms | "
               f"graph {r['tree_nodes']}-node tree {r['graph_tree_ms']:.2f} ms | floor {r['hbm_floor_ms']:.2f} ms "
               f"({r['ar_over_floor']:.2f}x floor, tree/AR {r['tree_over_ar']:.2f})", flush=True)
-        prof = r.get("profile_1")
-        if prof and prof["device_us_per_step"] is None:
-            print(f"  1 tok profile: {prof['note']}", flush=True)
-        elif prof:
-            bandwidth_share = prof["matmul_tb_s"] and prof["matmul_tb_s"] * 1e12 / bandwidth
-            print(f"  1 tok profile: {prof['device_us_per_step']:.0f} us of kernels per step "
-                  f"({prof['kernels_per_step']:.0f} kernels): {prof['us_per_step_by_kind']}; matmuls at "
-                  f"{prof['matmul_tb_s'] or 0:.2f} TB/s ({bandwidth_share or 0:.0%} of the copy bandwidth)",
-                  flush=True)
-            for k in prof["top_kernels"]:
-                print(f"    {k['us_per_step']:8.1f} us  x{k['calls_per_step']:<5g} {k['name']}", flush=True)
+        for key, label in (("profile_1", "1 tok"), ("profile_tree", f"{r['tree_nodes']}-node tree")):
+            print_profile(r.get(key), label, bandwidth)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

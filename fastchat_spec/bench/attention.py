@@ -1,0 +1,119 @@
+"""The tree step's attention alone, by SDPA backend: where a 64-node tree loses its time.
+
+  python -m fastchat_spec.bench.attention --context 512 --tree-nodes 64 --out attention.json
+
+Llama-7B shape (32 heads of 128, bf16): the tree's queries attend to `context` cached keys and
+to the tree's own keys through the ancestor mask. Timed per layer (CUDA-graph replays, median):
+  * each SDPA backend that accepts the mask, on the whole cache with the mask;
+  * split: the cached prefix without a mask (every node sees all of it) and the tree's own
+    keys with the mask, merged by their log-sum-exps.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+
+
+def time_graphed(fn, replays: int = 50, calls: int = 32) -> float:
+    """Seconds per call of fn (no arguments), `calls` of them captured in one graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    samples = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1000 / calls)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def ancestor_mask(nodes: int, device) -> torch.Tensor:
+    """A random tree's (nodes, nodes) ancestor-or-self mask: node i's parent is drawn among 0..i-1."""
+    parent = [-1] + [int(torch.randint(0, i, ()).item()) for i in range(1, nodes)]
+    mask = torch.zeros(nodes, nodes, dtype=torch.bool)
+    for i in range(nodes):
+        j = i
+        while j >= 0:
+            mask[i, j] = True
+            j = parent[j]
+    return mask.to(device)
+
+
+def split_attention(q, k_prefix, v_prefix, k_tree, v_tree, tree_bias):
+    """Attention over [prefix | tree] as two parts merged by their log-sum-exps."""
+    scale = q.shape[-1] ** -0.5
+    out_p, lse_p = torch.ops.aten._scaled_dot_product_flash_attention(q, k_prefix, v_prefix, scale=scale)[:2]
+    scores = (q @ k_tree.transpose(-1, -2)).float() * scale + tree_bias
+    lse_t = torch.logsumexp(scores, dim=-1)
+    out_t = torch.softmax(scores, dim=-1).to(q.dtype) @ v_tree
+    lse = torch.logaddexp(lse_p, lse_t)
+    return (out_p * (lse_p - lse).exp().unsqueeze(-1).to(q.dtype)
+            + out_t * (lse_t - lse).exp().unsqueeze(-1).to(q.dtype))
+
+
+@torch.inference_mode()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--tree-nodes", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("fastchat_spec.bench.attention times GPU kernels: no CUDA device here")
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    t, c, h, d = args.tree_nodes, args.context, args.heads, args.head_dim
+    q = torch.randn(1, h, t, d, device=device, dtype=dtype)
+    k = torch.randn(1, h, c + t, d, device=device, dtype=dtype)
+    v = torch.randn(1, h, c + t, d, device=device, dtype=dtype)
+    tree = ancestor_mask(t, device)
+    visible = torch.cat([torch.ones(t, c, dtype=torch.bool, device=device), tree], dim=1)
+    bias = torch.zeros(t, c + t, device=device, dtype=dtype).masked_fill(~visible, float("-inf"))
+    tree_bias = torch.zeros(t, t, device=device).masked_fill(~tree, float("-inf"))
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=visible)
+    report = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(device),
+              "context": c, "tree_nodes": t, "heads": h, "head_dim": d,
+              "kv_floor_us": 1e6 * 2 * k.numel() * k.element_size() / 2.9e12, "us": {}, "max_abs_err": {}}
+    runs = {f"{name} ({kind} mask)": (lambda backend=backend, mask=mask: _sdpa(q, k, v, mask, backend))
+            for name, backend in BACKENDS.items() for kind, mask in (("bool", visible), ("additive", bias))}
+    runs["split: flash prefix + masked tree"] = lambda: split_attention(q, k[:, :, :c], v[:, :, :c], k[:, :, c:],
+                                                                       v[:, :, c:], tree_bias)
+    for name, run in runs.items():
+        try:
+            err = (run().float() - reference).abs().max().item()
+            report["us"][name], report["max_abs_err"][name] = 1e6 * time_graphed(run), err
+            print(f"{name:40s} {report['us'][name]:7.1f} us per layer (max |err| {err:.3g})", flush=True)
+        except RuntimeError as e:
+            print(f"{name:40s} not run: {str(e).splitlines()[0][:100]}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def _sdpa(q, k, v, mask, backend):
+    with sdpa_kernel([backend]):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+if __name__ == "__main__":
+    main()
