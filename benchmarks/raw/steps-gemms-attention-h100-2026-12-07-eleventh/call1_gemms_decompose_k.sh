@@ -1,4 +1,4 @@
-# Call 1 (H100 80GB HBM3, 2026-12-07 02:31 UTC, at 2429612 + fastchat_spec/bench/gemms.py as committed with these files).
+# Call 1 (H100 80GB HBM3, 2026-12-07 02:31 UTC): code at 1bc9663 (the bench tools of that commit on 2429612).
 # The Llama-7B projection GEMMs alone, plain and split-K (fastchat_spec.bench.gemms), then the 64-node tree step
 # with Inductor's decompose-K offered for every GEMM (freezing + max-autotune), then the default freezing run
 # beside it. Carry: .gpu/whl_train .gpu/steps_gemms_dk.sh
