@@ -23,35 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fastchat_spec.bench.steps import measure_bandwidth
+from fastchat_spec.bench.steps import measure_bandwidth, time_graphed
 from fastchat_spec.generate.verify import attention_mask
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
-
-
-def time_graphed(fn, replays: int = 50, calls: int = 32) -> float:
-    """Seconds per call of fn (no arguments), `calls` of them captured in one graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    samples = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1000 / calls)
-    samples.sort()
-    return samples[len(samples) // 2]
 
 
 def ancestor_mask(nodes: int, device) -> torch.Tensor:
@@ -126,7 +102,7 @@ def main(argv=None):
         try:
             reference = F.scaled_dot_product_attention(query.float(), k.float(), v.float(), attn_mask=visible)
             err = (run().float() - reference).abs().max().item()
-            report["us"][name], report["max_abs_err"][name] = 1e6 * time_graphed(run), err
+            report["us"][name], report["max_abs_err"][name] = 1e6 * time_graphed(run, calls=32), err
             print(f"{name:44s} {report['us'][name]:7.1f} us per layer (max |err| {err:.3g})", flush=True)
         except Exception as e:  # a backend or compiler that refuses this shape: say so, time the rest
             print(f"{name:44s} not run: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}",

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from fastchat_spec.bench.steps import SHAPES, measure_bandwidth
+from fastchat_spec.bench.steps import SHAPES, measure_bandwidth, time_graphed
 
 L2_BYTES_TO_BEAT = 256 << 20  # rotate weights through more than any GPU's L2 cache
 
@@ -59,26 +59,12 @@ def time_gemm(rows: int, n: int, k: int, splits: int, device, copy: bool = True,
         weights = [split_k_weight(w, splits, copy) for w in weights]
     x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
     run = (lambda w: split_k_linear(x, w)) if splits > 1 else (lambda w: torch.nn.functional.linear(x, w))
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
+
+    def every_copy():
         for w in weights:
             run(w)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            run(w)
-    samples = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1000 / copies)
-    samples.sort()
-    return samples[len(samples) // 2]
+
+    return time_graphed(every_copy, replays=replays) / copies
 
 
 def check_split_k(device) -> float:
