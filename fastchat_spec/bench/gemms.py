@@ -92,7 +92,8 @@ def main(argv=None):
         for name, (n, k) in projections(shape).items():
             floor = 2 * n * k / bandwidth
             for rows in (int(r) for r in args.rows.split(",")):
-                variants = [(int(s), copy) for s in args.splits.split(",") for copy in ((True,) if s == "1" else (True, False))]
+                splits_list = [int(s) for s in args.splits.split(",")]
+                variants = [(s, copy) for s in splits_list for copy in ((True,) if s == 1 else (True, False))]
                 for splits, copy in variants:
                     if k % splits:
                         continue
