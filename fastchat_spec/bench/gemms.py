@@ -88,18 +88,19 @@ def main(argv=None):
     bandwidth = measure_bandwidth(device)
     report = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(device),
               "bandwidth_tb_s": bandwidth / 1e12, "split_k_max_abs_diff_fp32": check_split_k(device), "gemms": []}
+    splits_list = [int(s) for s in args.splits.split(",")]
+    variants = [(s, copy) for s in splits_list for copy in ((True,) if s == 1 else (True, False))]
     for shape in args.shapes.split(","):
         for name, (n, k) in projections(shape).items():
             floor = 2 * n * k / bandwidth
             for rows in (int(r) for r in args.rows.split(",")):
-                splits_list = [int(s) for s in args.splits.split(",")]
-                variants = [(s, copy) for s in splits_list for copy in ((True,) if s == 1 else (True, False))]
                 for splits, copy in variants:
                     if k % splits:
+                        print(f"{shape} {name}: K = {k} does not split into {splits} parts; skipped", flush=True)
                         continue
                     seconds = time_gemm(rows, n, k, splits, device, copy)
                     row = {"shape": shape, "gemm": name, "rows": rows, "n": n, "k": k, "splits": splits,
-                           "weight": "split copy" if copy else "strided view",
+                           "weight": "plain" if splits == 1 else "split copy" if copy else "strided view",
                            "us": 1e6 * seconds, "floor_us": 1e6 * floor, "bandwidth_share": floor / seconds}
                     report["gemms"].append(row)
                     layout = "" if splits == 1 else f" ({row['weight']})"
