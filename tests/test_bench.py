@@ -193,8 +193,8 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
 
 def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need_a_gpu(monkeypatch):
     """`bench.gemms` times split-K forms of each projection next to the plain GEMM: they must be the
-    same product, whether the parts are copied out or read as a strided view of the weight. Its random
-    trees for `bench.attention` must be trees (each node sees itself and the root). Without a GPU both
+    same product, whether the parts are copied out or read as a strided view of the weight. The tree
+    `bench.attention` masks with must be a tree (each node sees itself and the root). Without a GPU both
     tools stop with a message, not a CUDA traceback."""
     import torch
 
@@ -208,7 +208,7 @@ def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need
     assert set(gemms.projections("llama7b")) == {"qkv", "o", "gate_up", "down"}
     assert gemms.projections("llama7b")["down"] == (4096, 11008)
 
-    mask = attention.ancestor_mask(12, "cpu")
+    mask = attention.tree_mask(12, "cpu")
     assert mask.diagonal().all() and mask[:, 0].all() and not mask.triu(1).any()
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

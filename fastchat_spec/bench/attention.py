@@ -24,22 +24,16 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fastchat_spec.bench.steps import measure_bandwidth, time_graphed
+from fastchat_spec.generate.tree import default_tree
 from fastchat_spec.generate.verify import attention_mask
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
 
 
-def ancestor_mask(nodes: int, device) -> torch.Tensor:
-    """A random tree's (nodes, nodes) ancestor-or-self mask: node i's parent is drawn among 0..i-1."""
-    parent = [-1] + [int(torch.randint(0, i, ()).item()) for i in range(1, nodes)]
-    mask = torch.zeros(nodes, nodes, dtype=torch.bool)
-    for i in range(nodes):
-        j = i
-        while j >= 0:
-            mask[i, j] = True
-            j = parent[j]
-    return mask.to(device)
+def tree_mask(nodes: int, device) -> torch.Tensor:
+    """The (nodes, nodes) ancestor-or-self mask of the tree bench.steps verifies (``default_tree``)."""
+    return default_tree(4, num_nodes=nodes - 1).ancestors.to(device)
 
 
 def split_attention(q, k_prefix, v_prefix, k_tree, v_tree, tree_bias):
@@ -76,7 +70,7 @@ def main(argv=None):
     q_hf = torch.randn(1, t, h, d, device=device, dtype=dtype).transpose(1, 2)  # as Hugging Face's attention has it
     k = torch.randn(1, h, cap, d, device=device, dtype=dtype)
     v = torch.randn(1, h, cap, d, device=device, dtype=dtype)
-    tree = ancestor_mask(t, device)
+    tree = tree_mask(t, device)
     start = torch.tensor(c, device=device)
     engine_mask = attention_mask(start, tree, cap, dtype)  # (1, 1, t, cap), as the verification forward passes it
     visible = engine_mask[0, 0] == 0
@@ -94,7 +88,7 @@ def main(argv=None):
         q_hf, k, v, attn_mask=engine_mask))
     compiled_sdpa = torch.compile(F.scaled_dot_product_attention, dynamic=False)
     runs["as verified, compiled"] = (q_hf, lambda: compiled_sdpa(q_hf, k, v, attn_mask=engine_mask))
-    runs["flex attention, tree as a block mask"] = (q, flex_tree_attention(q, k, v, start, tree))
+    runs["flex attention, tree as a block mask"] = (q, flex_attention_over(q, k, v, visible))
     runs["split: flash prefix + masked tree"] = (q, lambda: split_attention(q, k[:, :, :c], v[:, :, :c],
                                                                            k[:, :, c:c + t], v[:, :, c:c + t],
                                                                            tree_bias))
@@ -113,18 +107,12 @@ def main(argv=None):
             json.dump(report, f, indent=2)
 
 
-def flex_tree_attention(q, k, v, start: torch.Tensor, tree: torch.Tensor):
-    """A no-argument call of compiled FlexAttention whose block mask is the cached prefix plus the tree."""
+def flex_attention_over(q, k, v, visible: torch.Tensor):
+    """A no-argument call of compiled FlexAttention whose block mask is ``visible`` (queries x keys, bool)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    t = tree.shape[0]
-
-    def visible(b, h, q_idx, kv_idx):
-        rel = kv_idx - start
-        in_tree = (rel >= 0) & (rel < t)
-        return (kv_idx < start) | (in_tree & tree[q_idx, rel.clamp(0, t - 1)])
-
-    block_mask = create_block_mask(visible, None, None, q.shape[-2], k.shape[-2], device=q.device)
+    block_mask = create_block_mask(lambda b, h, q_idx, kv_idx: visible[q_idx, kv_idx], None, None,
+                                   q.shape[-2], k.shape[-2], device=q.device)
     compiled = torch.compile(flex_attention, dynamic=False)
     return lambda: compiled(q, k, v, block_mask=block_mask)
 
