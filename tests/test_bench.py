@@ -191,7 +191,7 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
     assert categories[0] == "code" and categories[2] == "general"
 
 
-def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need_a_gpu(monkeypatch):
+def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need_a_gpu(monkeypatch, capsys):
     """`bench.gemms` times split-K forms of each projection next to the plain GEMM: they must be the
     same product, whether the parts are copied out or read as a strided view of the weight. The tree
     `bench.attention` masks with must be a tree (each node sees itself and the root). Without a GPU both
@@ -215,3 +215,12 @@ def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need
     for tool in (gemms, attention):
         with pytest.raises(SystemExit, match="no CUDA device"):
             tool.main([])
+    # bench.steps times the step under each attention implementation asked for; a name Hugging Face
+    # would not know is refused before any model is built.
+    from fastchat_spec.bench import steps
+
+    with pytest.raises(SystemExit) as refused:
+        steps.main(["--attention", "sdpa,flex"])
+    assert refused.value.code == 2 and "unknown ['flex']" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        steps.main(["--attention", "sdpa,flex_attention"])

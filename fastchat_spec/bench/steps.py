@@ -7,6 +7,9 @@ For each model shape (random weights, bf16) it times, with CUDA events:
   * graph_1:     our verification forward for one token, captured as a CUDA graph over a static cache;
   * graph_tree:  the same for a tree of ``--tree-nodes`` nodes;
 and the floor: the weights' bytes over the device bandwidth measured by a large copy.
+``--attention sdpa,flex_attention`` times every forward with each of Hugging Face's attention
+implementations in turn (the worker loads sdpa; FlexAttention splits the keys of a short query
+across the GPU, where SDPA's kernels give a head one block of queries).
 
 With ``--profile``, the one-token and the tree graphs are also replayed under torch.profiler
 and their kernels are summed per step by kind (matmuls, attention, fused Triton kernels, copies,
@@ -27,6 +30,8 @@ import torch
 
 from fastchat_spec.generate.cuda_graphs import COMPILE_ENV, COMPILE_MODE_ENV, freezing_enabled
 
+# Hugging Face attention implementations the forwards can be timed with (--attention).
+ATTENTIONS = ("sdpa", "flex_attention", "eager")
 SHAPES = {
     "llama7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=32, vocab_size=32000),
@@ -77,11 +82,11 @@ def time_graphed(fn, calls: int = 1, replays: int = 50) -> float:
     return _time(graph.replay, repeat=replays, warmup=1) / calls
 
 
-def random_model(shape: str, device, max_positions: int):
+def random_model(shape: str, device, max_positions: int, attention: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=max(4096, max_positions),
-                         tie_word_embeddings=False, attn_implementation="sdpa")
+                         tie_word_embeddings=False, attn_implementation=attention)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -93,14 +98,15 @@ def random_model(shape: str, device, max_positions: int):
 
 
 @torch.inference_mode()
-def step_times(shape: str, context: int, tree_nodes: int, device, profile: bool = False) -> dict:
+def step_times(shape: str, context: int, tree_nodes: int, device, profile: bool = False,
+               attention: str = "sdpa") -> dict:
     from transformers import DynamicCache
 
     from fastchat_spec.generate.cuda_graphs import GraphedForward
     from fastchat_spec.generate.kv_cache import new_cache
     from fastchat_spec.generate.tree import default_tree
 
-    model = random_model(shape, device, context + tree_nodes)
+    model = random_model(shape, device, context + tree_nodes, attention)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     prompt = torch.randint(0, model.config.vocab_size, (1, context), device=device)
 
@@ -205,10 +211,16 @@ def main(argv=None):
     p.add_argument("--tree-nodes", type=int, default=64, help="nodes of the verified tree, root included")
     p.add_argument("--compile", default="0,1",
                    help="comma list: 0 = graphs of the eager forward, 1 = graphs of the torch.compiled forward")
+    p.add_argument("--attention", default="sdpa",
+                   help="comma list of Hugging Face attention implementations to time the forwards with "
+                        f"({', '.join(ATTENTIONS)}); sdpa is what the worker loads")
     p.add_argument("--profile", action="store_true",
                    help="also profile the one-token and tree graphs: device time per step by kernel kind, top kernels")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    attentions = args.attention.split(",")
+    if set(attentions) - set(ATTENTIONS):
+        p.error(f"--attention: unknown {sorted(set(attentions) - set(ATTENTIONS))}; choose from {ATTENTIONS}")
     if not torch.cuda.is_available():
         raise SystemExit("bench.steps times CUDA graphs: it needs a CUDA GPU")
     device = torch.device("cuda")
@@ -217,12 +229,13 @@ def main(argv=None):
               "bandwidth_tb_s": bandwidth / 1e12, "context": args.context,
               "compile_mode": os.environ.get(COMPILE_MODE_ENV) or "default",
               "compile_freeze": freezing_enabled(), "shapes": {}}
-    for shape, compiled in [(s, c) for s in args.shapes.split(",") for c in args.compile.split(",")]:
+    runs = [(s, c, a) for s in args.shapes.split(",") for c in args.compile.split(",") for a in attentions]
+    for shape, compiled, attention in runs:
         os.environ[COMPILE_ENV] = compiled
-        r = step_times(shape, args.context, args.tree_nodes, device, args.profile)
+        r = step_times(shape, args.context, args.tree_nodes, device, args.profile, attention)
         torch.cuda.empty_cache()  # the shape's model and caches are gone with step_times' frame
-        r["compiled"] = compiled == "1"
-        shape = shape + ("+compile" if compiled == "1" else "")
+        r["compiled"], r["attention"] = compiled == "1", attention
+        shape = shape + ("+compile" if compiled == "1" else "") + ("" if attention == "sdpa" else f"+{attention}")
         r["hbm_floor_ms"] = 1000 * r["weight_bytes"] / bandwidth
         r["ar_over_floor"] = r["graph_1_ms"] / r["hbm_floor_ms"]
         r["tree_over_ar"] = r["graph_tree_ms"] / r["graph_1_ms"]
