@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Prepare what the lent GPU's calls carry (the device tool: ../.library/device/README.md), in .gpu/ (kept out
+# of git through .git/info/exclude). A new checkout has no .gpu/, so run this first in every session that
+# will use the GPU; it takes about 3 minutes, most of it compressing the training split.
+#
+#   .gpu/whl_min     transformers 4.57.6, tokenizers, huggingface_hub 0.36 and fschat 0.2.36 for Python 3.12
+#                    (the machine's image has transformers 5): enough to train, distill and benchmark (15 MiB)
+#   .gpu/whl_serve   what FastChat's servers add (fastapi, uvicorn, pydantic...): carry it too for the worker
+#   .gpu/small_xz    the ShareGPT split (train.json, heldout.json) the `small` reference base trains on
+#   .gpu/cllm_xz     its code-domain subsets for CLLM rounds (fastchat_spec.train.domain)
+#   .gpu/prompts.jsonl  40 held-out ShareGPT first turns, the tau benchmark's prompts
+#
+# A call carries at most 64 MiB with the tracked files (about 33 MiB), so whl_min and small_xz just fit
+# together. The calls, in order on one warm machine (issue 15):
+#   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 7 min)
+#   2. tau_2.sh  carry .gpu/prompts.jsonl .gpu/cllm_xz                          (about 7 min)
+#   3. attention_flex.sh  carry .gpu/whl_min                                    (about 5 min)
+# Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+[ -x $PY ] || bash scripts/setup.sh
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+mkdir -p .gpu/whl_min .gpu/whl_serve .gpu/small_xz .gpu/cllm_xz
+
+# The versions installed here (checked together on this stack), as wheels for the machine's Python 3.12.
+version() { $PY -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
+fetch() {  # fetch DIR NAME...
+  local dir=$1; shift
+  for name in "$@"; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$dir" "$name==$(version "$name")" 2>&1 | grep -v '^WARNING' || true
+  done
+}
+fetch .gpu/whl_min transformers tokenizers huggingface_hub fschat
+fetch .gpu/whl_serve fastapi starlette uvicorn pydantic pydantic_core typing_inspection annotated_types annotated_doc \
+  opentelemetry-api typing_extensions shortuuid nh3 markdown2 prompt_toolkit wcwidth
+[ -d data/sharegpt ] || PYTHONPATH=$PWD $PY -m fastchat_spec.train.data --out-dir data/sharegpt \
+  --tokenizer fastchat_spec/models/vicuna-nano --model-max-length 1024
+[ -d data/cllm ] || PYTHONPATH=$PWD $PY -m fastchat_spec.train.domain --data_dir data/sharegpt --out_dir data/cllm \
+  --domains code --train_limit 4096
+for f in train heldout; do xz -T2 -9e -c data/sharegpt/$f.json > .gpu/small_xz/$f.json.xz; done
+for f in train_code heldout_code heldout_all; do xz -T2 -9e -c data/cllm/$f.json > .gpu/cllm_xz/$f.json.xz; done
+PYTHONPATH=$PWD $PY - <<'PYEOF'
+import json
+from fastchat_spec.train.data import heldout_first_turns
+with open(".gpu/prompts.jsonl", "w") as f:
+    for turn in heldout_first_turns(40):
+        f.write(json.dumps({"turns": [turn], "category": "sharegpt-heldout"}) + "\n")
+PYEOF
+tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {printf "%.1f", s / 1048576}')
+du -sh .gpu/*
+echo "tracked files: $tracked MiB; a call carries at most 64 MiB in all"
