@@ -14,7 +14,8 @@
 # together. The calls, in order on one warm machine (issue 15):
 #   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 7 min)
 #   2. tau_2.sh  carry .gpu/prompts.jsonl .gpu/cllm_xz                          (about 7 min)
-#   3. attention_flex.sh  carry .gpu/whl_min                                    (about 5 min)
+#   3. attention_flex.sh  carry .gpu/whl_min                                    (about 8 min; its first
+#      part, 2 min, is the decisive one when the lease is short)
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
