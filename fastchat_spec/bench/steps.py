@@ -28,7 +28,7 @@ import statistics
 
 import torch
 
-from fastchat_spec.generate.cuda_graphs import COMPILE_ENV, COMPILE_MODE_ENV, freezing_enabled
+from fastchat_spec.generate.cuda_graphs import COMPILE_ENV, COMPILE_MODE_ENV, capture, freezing_enabled
 
 # Hugging Face attention implementations the forwards can be timed with (--attention).
 ATTENTIONS = ("sdpa", "flex_attention", "eager")
@@ -68,18 +68,13 @@ def _time(fn, repeat=50, warmup=5) -> float:
 
 def time_graphed(fn, calls: int = 1, replays: int = 50) -> float:
     """Seconds per call of ``fn`` (no arguments, static buffers): ``calls`` of them captured in one CUDA
-    graph after a warm-up on a side stream, the graph's replays timed (median), so no launch is counted."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    graph the way the engine captures its steps, the graph's replays timed (median), so no launch is counted."""
+    def every_call():
         for _ in range(calls):
             fn()
-    return _time(graph.replay, repeat=replays, warmup=1) / calls
+
+    replay, _ = capture(every_call, torch.device("cuda"))
+    return _time(replay, repeat=replays, warmup=1) / calls
 
 
 def random_model(shape: str, device, max_positions: int, attention: str = "sdpa"):

@@ -3,7 +3,6 @@
 # of the eager forward (about 2 minutes), then compiled with freezing (about 4 minutes); then the attention
 # kernels alone (bench.attention). Carry: .gpu/whl_min (scripts/device/prep.sh). About 8 minutes in all;
 # each part has its own timeout, so a short lease still returns the first.
-ls .whl/*.whl >/dev/null 2>&1 || { mkdir -p .whl && cp .gpu/whl_min/*.whl .whl/; }
 source scripts/device_setup.sh >/dev/null; date -u
 steps() {  # steps NAME TIMEOUT ARGS...: one bench.steps run, both attentions, into $OUT/NAME.json and .log
   local name=$1 limit=$2; shift 2

@@ -5,7 +5,6 @@
 source scripts/device_setup.sh >/dev/null; date -u
 [ -f runs/tau/distilled-small.json ] || { echo "no runs/tau here: tau_1.sh runs first, on this machine"; exit 1; }
 mkdir -p runs/cllm_data
-unxz() { python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$@"; }
 for f in .gpu/cllm_xz/*.xz; do unxz "$f" "runs/cllm_data/$(basename "$f" .xz)"; done
 BASE=runs/tau/vicuna-small SUBSETS=runs/cllm_data WORK=runs/cllm-small ROUNDS=${ROUNDS:-2} \
   timeout ${CLLM_TIMEOUT:-420} bash scripts/cllm_gpu.sh /tmp/cllmout > /tmp/cllm_call.log 2>&1 &
