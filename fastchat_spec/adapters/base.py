@@ -6,7 +6,9 @@ adapter module, whose import is what triggers our hook): ``match`` looks at
 the checkpoint's contents (never just its folder name), ``load_model`` loads
 the base through the FastChat adapter that stock FastChat would use for it,
 then the method's drafter, and ``get_default_conv_template`` is the base's
-(``fastchat_spec/conversation.py``).
+(``fastchat_spec/conversation.py``). A model path is a checkpoint folder or
+its Hugging Face hub id (``checkpoint_folder``: the config, tokenizer and
+drafter files of its snapshot in the Hugging Face cache).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Callable, Optional
 import torch
 from safetensors import SafetensorError
 
-from fastchat_spec.adapters.checkpoint import check_base_path, explain_load_failure, read_config, resolve_base_path
+from fastchat_spec.adapters.checkpoint import (cached_checkpoint_folder, check_base_path, checkpoint_folder,
+                                               explain_load_failure, read_config, resolve_base_path)
 from fastchat_spec.conversation import conversation_template
 from fastchat_spec.spec_model import SpecConfig, SpecModel
 
@@ -60,6 +63,22 @@ class SpecAdapter:
     def base_path(self, path: str, config: dict) -> str:
         return resolve_base_path(path, config)
 
+    def checkpoint(self, model_path: str, revision: Optional[str] = None) -> tuple[str, dict]:
+        """The checkpoint's local folder (a hub id's snapshot, fetched if need be) and its config.json."""
+        folder = checkpoint_folder(model_path, self.method, revision)
+        return folder, read_config(folder) or {}
+
+    def loaded_base_path(self, model_path: str, folder: str, config: dict) -> str:
+        """``base_path`` of the checkpoint in ``folder``, which ``model_path`` named.
+
+        A hub checkpoint that is its own base (CLLM, a Medusa-2 full checkpoint)
+        keeps its hub id as base: its snapshot came without the weights, and
+        Hugging Face fetches (or finds cached) the ones it loads, as for any
+        model, into the same snapshot folder.
+        """
+        base = self.base_path(folder, config)
+        return model_path if folder != model_path and base == folder else base
+
     # -- FastChat's adapter interface -----------------------------------------
     def match(self, model_path: str) -> bool:
         if os.path.isdir(model_path):
@@ -69,14 +88,14 @@ class SpecAdapter:
         return os.path.basename(model_path).lower().startswith(self.name_prefixes)
 
     def load_model(self, model_path: str, from_pretrained_kwargs: dict):
-        config = read_config(model_path) or {}
-        spec = self.spec_config(config, model_path)
-        base_path = self.base_path(model_path, config)
+        folder, config = self.checkpoint(model_path, from_pretrained_kwargs.get("revision"))
+        spec = self.spec_config(config, folder)
+        base_path = self.loaded_base_path(model_path, folder, config)
         kwargs = dict(from_pretrained_kwargs)
         _add_quantization(kwargs)
         base, tokenizer = load_base(model_path, base_path,
                                     lambda: fastchat_adapter_for(base_path).load_model(base_path, kwargs))
-        drafter = self.load_drafter(model_path, config, spec, base)
+        drafter = self.load_drafter(folder, config, spec, base)
         if drafter is not None:
             lm_head = base.get_output_embeddings().weight
             dtype = lm_head.dtype if lm_head.dtype.is_floating_point else torch.float16
@@ -87,20 +106,21 @@ class SpecAdapter:
         """FastChat's --load-8bit: compress the base as FastChat does, keep the drafter as is."""
         from fastchat.model.compression import load_compress_model
 
-        config = read_config(model_path) or {}
-        spec = self.spec_config(config, model_path)
-        base_path = self.base_path(model_path, config)
+        folder, config = self.checkpoint(model_path, revision)
+        spec = self.spec_config(config, folder)
+        base_path = self.loaded_base_path(model_path, folder, config)
         base, tokenizer = load_base(model_path, base_path, lambda: load_compress_model(
             base_path, device, torch_dtype, use_fast=use_fast, revision=revision))
-        drafter = self.load_drafter(model_path, config, spec, base)
+        drafter = self.load_drafter(folder, config, spec, base)
         if drafter is not None:
             drafter.to(device=device, dtype=torch_dtype).eval()
         return SpecModel(base.eval(), drafter, spec), tokenizer
 
     def get_default_conv_template(self, model_path: str):
-        if os.path.isdir(model_path):
-            return conversation_template(model_path, self.base_path(model_path, read_config(model_path) or {}))
-        # A bare model name (FastChat's Gradio server): the base's name follows our prefix.
+        folder = cached_checkpoint_folder(model_path)  # never fetches: the name may be a worker's model name
+        if folder is not None:
+            return conversation_template(folder, self.loaded_base_path(model_path, folder, read_config(folder) or {}))
+        # A bare model name (FastChat's Gradio server), or a hub id not cached yet: the base's name follows our prefix.
         name = os.path.basename(model_path)
         for prefix in self.name_prefixes:
             if name.lower().startswith(prefix):

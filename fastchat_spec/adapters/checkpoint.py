@@ -29,6 +29,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
                    "sentencepiece.bpe.model")
 # What a Hugging Face hub id looks like ("name" or "org/name"); anything else is meant as a local path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# What a checkpoint's hub download leaves out: the base model's own weights (a checkpoint that is its own
+# base has Hugging Face fetch them when the base loads), formats other than PyTorch's, and trainer state.
+# Config, tokenizer and drafter files (medusa_lm_head.pt, hydra_lm_head.pt, trimlp.pt, ...) come down.
+HUB_IGNORE_PATTERNS = ["pytorch_model*.bin", "model*.safetensors", "consolidated*.pth", "*.h5", "*.msgpack",
+                       "*.onnx", "*.ot", "*.gguf", "*.tflite", "optimizer*.pt", "scheduler*.pt", "rng_state*.pth"]
 # Globals that torch.save itself writes into a state dict's pickle.
 _TORCH_GLOBALS = ("torch.", "collections.OrderedDict")
 
@@ -244,11 +249,78 @@ def base_source(ckpt_path: str) -> str:
     return f"base_model_name_or_path in {os.path.join(ckpt_path, 'config.json')}"
 
 
+def is_hub_id(path: str) -> bool:
+    """``path`` names nothing on this machine and reads as a Hugging Face hub id ("name" or "org/name")."""
+    if os.path.exists(path) or os.path.isabs(path) or path.startswith(("~", ".")):
+        return False
+    return _HUB_ID.fullmatch(path) is not None
+
+
+def checkpoint_folder(model_path: str, method: str, revision: Optional[str] = None) -> str:
+    """The local folder of the ``method`` checkpoint ``model_path``, which holds its config.json.
+
+    A folder is itself; a hub id is its snapshot in the Hugging Face cache,
+    fetched (without the base's weights, ``HUB_IGNORE_PATTERNS``) unless
+    HF_HUB_OFFLINE is set, as Hugging Face fetches models.
+    """
+    if os.path.isdir(model_path):
+        folder, where = model_path, model_path
+    elif is_hub_id(model_path):
+        folder = _hub_snapshot(model_path, revision)
+        where = f"{model_path} (its Hugging Face snapshot {folder})"
+    elif os.path.exists(model_path):
+        raise FileNotFoundError(f"{model_path} is a file, not a folder: pass the {method} checkpoint's folder")
+    else:
+        raise FileNotFoundError(f"no such folder: {model_path}; pass the folder of a {method} checkpoint "
+                                "or its Hugging Face hub id (org/name)")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"{where} has no config.json: it is not a {method} checkpoint folder (a training "
+                                "run that was stopped before it saved writes none); pass the folder that holds "
+                                "the checkpoint's config.json and weights")
+    return folder
+
+
+def cached_checkpoint_folder(model_path: str) -> Optional[str]:
+    """``model_path`` if it is a folder, the cached snapshot of a hub id that has a config.json, else None.
+
+    Fetches nothing and raises nothing: FastChat asks for conversation
+    templates with bare model names too.
+    """
+    if os.path.isdir(model_path):
+        return model_path
+    if not is_hub_id(model_path):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id=model_path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return folder if os.path.isfile(os.path.join(folder, "config.json")) else None
+
+
+def _hub_snapshot(repo_id: str, revision: Optional[str]) -> str:
+    """The checkpoint's snapshot folder in the Hugging Face cache, fetched when missing and online."""
+    from huggingface_hub import constants, snapshot_download
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        return snapshot_download(repo_id=repo_id, revision=revision, ignore_patterns=HUB_IGNORE_PATTERNS,
+                                 local_files_only=offline)
+    except (OSError, ValueError) as error:
+        where = f"{repo_id} is neither a local folder nor in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        if offline:
+            raise OSError(f"{where}, and HF_HUB_OFFLINE is set, so it was not fetched; pass the checkpoint's "
+                          "local folder, or fetch it once with HF_HUB_OFFLINE unset") from error
+        raise OSError(f"{where}, and fetching it from the Hugging Face hub failed ({type(error).__name__}: {error}); "
+                      "check the folder or hub id, the network, and HF_TOKEN for a private or gated repo") from error
+
+
 def check_base_path(ckpt_path: str, base: str) -> None:
     """A base that is meant as a local folder must be one (a hub id is left to Hugging Face)."""
     if os.path.isdir(base):
         return
-    if os.path.exists(base) or os.path.isabs(base) or base.startswith(("~", ".")) or not _HUB_ID.fullmatch(base):
+    if not is_hub_id(base):
         raise FileNotFoundError(
             f"the base model {base} ({base_source(ckpt_path)}) is not a model folder; put the base model "
             f"there, or point base_model_name_or_path or {BASE_OVERRIDE_ENV} at the folder that holds it")

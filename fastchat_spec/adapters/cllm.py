@@ -16,6 +16,11 @@ A folder or name is a CLLM when
 * its config.json carries the flag our trainer writes,
   ``"fastchat_spec_method": "cllm"``, or a ``"cllm"`` object.
 
+A hub id (``cllm/consistency-llm-7b-sharegpt48k``) loads as the other
+methods' do (``SpecAdapter.load_model``): its config.json and tokenizer come
+from its snapshot, and the base, which is the checkpoint, loads by its hub id,
+so Hugging Face fetches the weights as it would for stock FastChat.
+
 The Jacobi window length comes from the request (``n_token_seq_length``, as in
 FastChat main), else from ``config.json``'s ``cllm.n_token_seq_length``, else 16.
 
@@ -34,7 +39,7 @@ import os
 from fastchat.conversation import Conversation, SeparatorStyle, register_conv_template
 
 from fastchat_spec.adapters.base import SpecAdapter
-from fastchat_spec.adapters.checkpoint import read_config, read_json
+from fastchat_spec.adapters.checkpoint import cached_checkpoint_folder, read_config, read_json
 from fastchat_spec.conversation import conversation_template
 from fastchat_spec.generate.proposers.jacobi import checked_window
 from fastchat_spec.spec_model import SpecConfig
@@ -83,8 +88,10 @@ class CllmAdapter(SpecAdapter):
         return None
 
     def get_default_conv_template(self, model_path: str):
-        # The checkpoint is its own base; FastChat main's rule brings main's template.
-        return conversation_template(model_path, base_path=model_path,
+        # The checkpoint is its own base; FastChat main's rule brings main's template. A hub id's
+        # config.json is read from its cached snapshot, when there is one (nothing is fetched).
+        folder = cached_checkpoint_folder(model_path) or model_path
+        return conversation_template(folder, base_path=model_path,
                                      method_template=TEMPLATE if MAIN_RULE in model_path.lower() else None)
 
 
