@@ -1,10 +1,14 @@
 """Medusa-1/2 training, the tree search and self-distillation on a tiny random Llama (CPU, about a minute)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -205,6 +209,35 @@ def test_stage2_keeps_the_base_and_writes_a_full_checkpoint(tmp_path, base_dir, 
 
 
 # --------------------------------------------------------------------------- self-distillation
+def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, base_dir, data):
+    """A scheduler's (or ``timeout``'s) SIGTERM mid-training still leaves a checkpoint that serves."""
+    out = str(tmp_path / "medusa-vicuna-tiny")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "fastchat_spec.train.medusa",
+           *train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "100000", "--logging_steps", "1",
+                       "--tree_nodes", "7")]
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # wait until a few steps have been logged
+            lines.append(line)
+            if sum("'loss'" in seen for seen in lines) >= 3:
+                break
+        proc.send_signal(signal.SIGTERM)
+        lines += proc.stdout.readlines()
+        assert proc.wait(timeout=300) == 0, "".join(lines[-30:])
+    finally:
+        proc.kill()
+    assert "SIGTERM: training stops after this step" in "".join(lines)
+    with open(os.path.join(out, REPORT_FILE)) as f:
+        report = json.load(f)
+    assert 3 <= report["stopped_by_sigterm_at_step"] < 100000
+    model, tok = load_model(out, device="cpu")
+    assert model.spec.num_heads == 2
+    assert greedy_texts(model, tok, get_generate_stream_function(model, out), PROMPTS[:1], 8)[0]
+
+
 def test_distill_writes_fastchat_json_and_batching_does_not_change_answers(tmp_path, base_dir):
     source = synthetic_conversations(3, seed=2)  # the first one has two rounds
     src = os.path.join(tmp_path, "in.json")
@@ -225,3 +258,44 @@ def test_distill_writes_fastchat_json_and_batching_does_not_change_answers(tmp_p
         assert roles == ["human", "gpt"] * (len(roles) // 2) and len(roles) == len(old["conversations"])
         assert [t["value"] for t in new["conversations"][::2]] == [t["value"] for t in old["conversations"][::2]]
         assert all(isinstance(t["value"], str) for t in new["conversations"][1::2])
+
+
+def _echo(convs: list) -> list:
+    """A fake generate: the answer names the conversation's first and current user turns."""
+    return [f"{c.messages[0][1]} / {c.messages[-2][1]}" for c in convs]
+
+
+FAILED_SIZES: list[int] = []
+
+
+def _fits_two(convs: list) -> list:
+    if len(convs) > 2:
+        FAILED_SIZES.append(len(convs))
+        raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+    return _echo(convs)
+
+
+def test_distill_halves_a_batch_that_runs_out_of_gpu_memory(capsys):
+    from fastchat.conversation import get_conv_template
+
+    source = synthetic_conversations(11, seed=3)  # three of them have two rounds
+    make_conv = functools.partial(get_conv_template, "vicuna_v1.1")
+    freed = []
+    FAILED_SIZES.clear()
+    safe = distill.halving_on_oom(_fits_two, lambda: freed.append(1), lambda c: 7, 256)
+    out, skipped = distill.distill(source, safe, make_conv, batch_size=8)
+    assert skipped == 0 and freed  # it backed off instead of dying
+    assert out == distill.distill(source, _echo, make_conv, batch_size=8)[0]
+    assert [c["id"] for c in out] == [c["id"] for c in source]
+    for new, old in zip(out, source):
+        asked = [t["value"] for t in old["conversations"][::2]]
+        assert [t["value"] for t in new["conversations"][::2]] == asked
+        assert [t["value"] for t in new["conversations"][1::2]] == [f"{asked[0]} / {q}" for q in asked]
+    assert capsys.readouterr().err.count("did not fit in GPU memory; halving") == 1
+    assert FAILED_SIZES == [8, 4]  # later batches start at the size that fitted, not at 8 again
+
+    def never_fits(convs: list) -> list:
+        raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+
+    with pytest.raises(RuntimeError, match=r"one prompt of 7 tokens .* --max-new-tokens 256"):
+        distill.distill(source[:3], distill.halving_on_oom(never_fits, lambda: None, lambda c: 7, 256), make_conv, 4)

@@ -30,6 +30,7 @@ import torch
 from fastchat_spec.train.arguments import flag_given
 from fastchat_spec.train.checkpoint import SAVE_DTYPES
 from fastchat_spec.train.dataset import Collator, TokenizedConversations, tokenize_conversations, trainable_rows
+from fastchat_spec.train.trainer import train_until_stopped
 
 FASTCHAT_TEMPLATE = "vicuna_v1.1"
 
@@ -114,6 +115,7 @@ class TrainResult:
     tokens_per_second: float  # non-padding tokens
     train_seconds: float
     log_history: List[Dict] = field(default_factory=list)
+    stopped_by_sigterm_at_step: Optional[int] = None  # None: trained to the end
 
 
 # ---------------------------------------------------------------- model
@@ -332,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> TrainResult:
         processing_class=tokenizer,
     )
     start = time.perf_counter()
-    train_output = trainer.train()
+    train_output, stopped_at = train_until_stopped(trainer)
     seconds = time.perf_counter() - start
     tokens_per_second = train_set.num_tokens() * trainer.state.epoch / seconds
     eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
@@ -347,6 +349,7 @@ def main(argv: Optional[List[str]] = None) -> TrainResult:
         tokens_per_second=tokens_per_second,
         train_seconds=seconds,
         log_history=list(trainer.state.log_history),
+        stopped_by_sigterm_at_step=stopped_at,
     )
     if verbose:
         _print_summary(result)

@@ -58,7 +58,7 @@ from fastchat_spec.train.cllm_eval import evaluate, heldout_prompts
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, supervised_dataset
 from fastchat_spec.train.domain import DOMAINS
 from fastchat_spec.train.report import save_and_report
-from fastchat_spec.train.trainer import HeadTrainer, load_base
+from fastchat_spec.train.trainer import HeadTrainer, load_base, train_until_stopped
 
 AR_TARGETS = ("teacher", "labels")
 
@@ -315,11 +315,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     collator = TrajectoryCollator(tokenizer.pad_token_id, window, data_args.model_max_length, cllm_args.ar_target,
                                   seed=training_args.seed)
     trainer = HeadTrainer(model=objective, args=training_args, train_dataset=records, data_collator=collator)
-    result = trainer.train()
+    result, stopped_at = train_until_stopped(trainer)
     after = evaluate(base, tokenizer, heldout, prompts, window, *measure, what="after") if verbose else {}
 
     report = {"records": len(records), "window": window, "train_loss": result.training_loss,
-              "train_seconds": result.metrics.get("train_runtime"), "before": before, "after": after}
+              "train_seconds": result.metrics.get("train_runtime"), "stopped_by_sigterm_at_step": stopped_at,
+              "before": before, "after": after}
 
     def write(state: dict, out_dir: str) -> None:
         write_checkpoint(base, tokenizer, out_dir, window, model_args.model_name_or_path,

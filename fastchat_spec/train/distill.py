@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,6 +82,43 @@ def cut_at_stop(text: str, stop) -> str:
 
 
 # --------------------------------------------------------------------------- back ends
+def halving_on_oom(generate: Generate, free_memory: Callable[[], None], prompt_tokens: Callable[[object], int],
+                   max_new_tokens: int) -> Generate:
+    """generate, but a batch that runs out of GPU memory is halved (again if need be); answers keep their order.
+
+    Once a size has failed, later batches start at the size that last fitted instead of failing again."""
+    limit: list[int | None] = [None]  # the batch size that last fitted after a failure
+
+    def one(convs: list) -> list:
+        try:
+            return generate(convs)
+        except torch.OutOfMemoryError:
+            pass  # leave the handler first: its traceback holds the failed batch's tensors
+        free_memory()
+        if len(convs) == 1:
+            raise RuntimeError(f"distill: one prompt of {prompt_tokens(convs[0])} tokens does not fit even alone in "
+                               f"GPU memory with --max-new-tokens {max_new_tokens}; lower --max-new-tokens or run "
+                               "fewer processes on this GPU")
+        half = (len(convs) + 1) // 2
+        if limit[0] is None:
+            print(f"distill: batch of {len(convs)} did not fit in GPU memory; halving", file=sys.stderr)
+        limit[0] = half if limit[0] is None else min(limit[0], half)
+        return safe(convs)
+
+    def safe(convs: list) -> list:
+        answers: list = []
+        while len(answers) < len(convs):  # the limit can fall while the batch is under way
+            answers += one(convs[len(answers):len(answers) + (limit[0] or len(convs))])
+        return answers
+
+    return safe
+
+
+def _free_cuda_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def local_generator(model_path: str, device: str, max_new_tokens: int, temperature: float, top_p: float,
                     conv_template: str | None):
     """(generate, make_conv, prompt_fits) for batched HF generate with left padding."""
@@ -111,10 +149,14 @@ def local_generator(model_path: str, device: str, max_new_tokens: int, temperatu
         texts = tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
         return [cut_at_stop(t, proto.stop_str) for t in texts]
 
-    def fits(prompt: str) -> bool:
-        return len(tokenizer(prompt).input_ids) + max_new_tokens <= context
+    def tokens(prompt: str) -> int:
+        return len(tokenizer(prompt).input_ids)
 
-    return generate, lambda: get_conv_template(template), fits
+    def fits(prompt: str) -> bool:
+        return tokens(prompt) + max_new_tokens <= context
+
+    safe = halving_on_oom(generate, _free_cuda_memory, lambda c: tokens(c.get_prompt()), max_new_tokens)
+    return safe, lambda: get_conv_template(template), fits
 
 
 def worker_generator(address: str, model_name: str, max_new_tokens: int, temperature: float, top_p: float,

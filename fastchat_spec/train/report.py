@@ -20,6 +20,7 @@ from torch import nn
 
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID
 from fastchat_spec.train.losses import target_ranks
+from fastchat_spec.train.trainer import train_until_stopped
 
 REPORT_FILE = "train_report.json"
 
@@ -117,9 +118,10 @@ def grown_tree(accuracy: dict | None, num_heads: int, num_nodes: int):
 
 def train_and_measure(trainer: transformers.Trainer, heldout, predict_fn: Callable, num_heads: int, num_nodes: int,
                       heads_key: str = "heads", tree_key: str = "tree") -> dict:
-    """``trainer.train()``, then ``measure_heads``: report entries with ``train_loss`` and, on a GPU,
-    ``peak_gpu_memory_gib``."""
-    out = {"train_loss": trainer.train().training_loss}
+    """Train (until done or SIGTERM), then ``measure_heads``: report entries with ``train_loss``,
+    ``stopped_by_sigterm_at_step`` (None when training ran its course) and, on a GPU, ``peak_gpu_memory_gib``."""
+    output, stopped_at = train_until_stopped(trainer)
+    out = {"train_loss": output.training_loss, "stopped_by_sigterm_at_step": stopped_at}
     if torch.cuda.is_available():
         out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     out.update(measure_heads(trainer, heldout, predict_fn, num_heads, num_nodes, heads_key, tree_key))

@@ -6,9 +6,14 @@ returns ``(loss, logs)`` (``logs``: name -> 0-dim tensor, e.g. ``head0_loss``,
 ``head0_top1``); ``HeadTrainer`` trains it and logs every entry of ``logs``.
 ``load_base`` loads the base frozen (or trainable, for Medusa-2 and CLLM) and
 ``base_hidden_states`` runs it without autograd when it is frozen.
+``train_until_stopped`` runs any of our Trainers so that SIGTERM ends training
+after the current step and the run goes on to save what it has learnt.
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from collections.abc import Callable
 
 import torch
@@ -177,3 +182,56 @@ class HeadTrainer(transformers.Trainer):
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         output.metrics.update({f"{prefix}_{k}": v for k, v in self._means["eval"].pop(self.accelerator).items()})
         return output
+
+
+# --------------------------------------------------------------------------- stopping early
+class StopOnSignal(transformers.TrainerCallback):
+    """Ends training after the step in which a stop signal arrived; every process stops at the same step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.stopped_at_step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._any_process_received(args.device):
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+        return control
+
+    def _any_process_received(self, device) -> bool:
+        received = self.received is not None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(received)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            received = bool(flag.item())
+        return received
+
+
+def train_until_stopped(trainer: transformers.Trainer) -> tuple:
+    """(``trainer.train()``'s output, the step at which SIGTERM stopped it or None).
+
+    A scheduler's or ``timeout``'s SIGTERM no longer loses the run: training ends
+    after the current step and the caller saves the weights as usual. A second
+    SIGTERM stops the process at once.
+    """
+    callback = StopOnSignal()
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.train(), None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        if callback.received is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+        callback.received = signum
+        print("SIGTERM: training stops after this step, then the run saves what it has (send it again to stop "
+              "at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    trainer.add_callback(callback)
+    try:
+        output = trainer.train()
+    finally:
+        trainer.remove_callback(callback)
+        signal.signal(signal.SIGTERM, previous)
+    return output, callback.stopped_at_step
