@@ -11,11 +11,12 @@
 #   .gpu/prompts.jsonl  40 held-out ShareGPT first turns, the tau benchmark's prompts
 #
 # A call carries at most 64 MiB with the tracked files (about 33 MiB), so whl_min and small_xz just fit
-# together. The calls, in order on one warm machine (issue 15):
+# together. The calls, in order on one warm machine (issue 15), sized for an 80 GB H100:
 #   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 7 min)
-#   2. tau_2.sh  carry .gpu/prompts.jsonl .gpu/cllm_xz                          (about 7 min)
-#   3. attention_flex.sh  carry .gpu/whl_min                                    (about 8 min; its first
-#      part, 2 min, is the decisive one when the lease is short)
+#   2. tau_2.sh  no carry                                                        (about 8 min)
+#   3. tau_3.sh  carry .gpu/prompts.jsonl                                        (about 3 min)
+#   then, if device time is left: cllm_small.sh  carry .gpu/cllm_xz (about 9 min, after tau_1.sh)
+# attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
