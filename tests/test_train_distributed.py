@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -59,3 +60,37 @@ def test_two_processes_match_one(tmp_path, base_dir, subprocess_env):
         assert (ref[key] - got[key]).abs().max() <= REL_TOL * scale, key
     # Held-out accuracy is summed over both processes' shards: the same tokens are counted.
     assert [h["tokens"] for h in single["heads"].values()] == [h["tokens"] for h in double["heads"].values()]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path, base_dir, subprocess_env):
+    """A SIGTERM that reaches only one rank (a node's scheduler) stops every rank after the same step, so the
+    run neither hangs in a collective nor loses its heads."""
+    data = write_conversations(str(tmp_path))
+    out = str(tmp_path / "stopped")
+    args = medusa_args(base_dir, data, out, 2)
+    args[args.index("--max_steps") + 1] = "100000"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(torchrun + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # rank 0 logs every step
+            lines.append(line)
+            if sum("'loss'" in seen for seen in lines) >= 3:
+                break
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            workers = [int(pid) for pid in f.read().split()]
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGTERM)  # one rank only
+        lines += proc.stdout.readlines()
+        assert proc.wait(timeout=300) == 0, "".join(lines[-40:])
+    finally:
+        proc.kill()
+    with open(os.path.join(out, "train_report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["world_size"] == 2 and 3 <= report["stopped_by_sigterm_at_step"] < 100000
+    steps = [h["step"] for h in report["log_history"] if "loss" in h]
+    assert steps[-1] == report["stopped_by_sigterm_at_step"]
+    assert head_tensors(out)  # the heads were written
