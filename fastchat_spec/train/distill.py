@@ -87,9 +87,10 @@ def halving_on_oom(generate: Generate, free_memory: Callable[[], None], prompt_t
     """generate, but a batch that runs out of GPU memory is halved (again if need be); answers keep their order.
 
     Once a size has failed, later batches start at the size that last fitted instead of failing again."""
-    limit: list[int | None] = [None]  # the batch size that last fitted after a failure
+    limit: int | None = None  # the batch size that last fitted after a failure
 
     def one(convs: list) -> list:
+        nonlocal limit
         try:
             return generate(convs)
         except torch.OutOfMemoryError:
@@ -99,16 +100,15 @@ def halving_on_oom(generate: Generate, free_memory: Callable[[], None], prompt_t
             raise RuntimeError(f"distill: one prompt of {prompt_tokens(convs[0])} tokens does not fit even alone in "
                                f"GPU memory with --max-new-tokens {max_new_tokens}; lower --max-new-tokens or run "
                                "fewer processes on this GPU")
-        half = (len(convs) + 1) // 2
-        if limit[0] is None:
+        if limit is None:
             print(f"distill: batch of {len(convs)} did not fit in GPU memory; halving", file=sys.stderr)
-        limit[0] = half if limit[0] is None else min(limit[0], half)
+        limit = min(limit or len(convs), (len(convs) + 1) // 2)
         return safe(convs)
 
     def safe(convs: list) -> list:
         answers: list = []
         while len(answers) < len(convs):  # the limit can fall while the batch is under way
-            answers += one(convs[len(answers):len(answers) + (limit[0] or len(convs))])
+            answers += one(convs[len(answers):len(answers) + (limit or len(convs))])
         return answers
 
     return safe

@@ -11,6 +11,6 @@ HEADS=8 METHODS=chimera HEAD_STEPS=${HEAD_STEPS:-1000} STAGES=heads timeout ${HE
 # A timeout's SIGTERM reaches the trainer too: it stops after its step and saves the heads it has; give it a
 # minute to do so before the call returns (which would kill it).
 for _ in $(seq 60); do pgrep -f fastchat_spec.train.chimera >/dev/null || break; sleep 1; done
-cp runs/tau/chimera-vicuna-small/train_report.json /tmp/tauout/train_chimera.json 2>/dev/null
-cp /tmp/tauout/train_chimera.json runs/tau/heads_chimera.log "$OUT"/ 2>/dev/null
+cp runs/tau/chimera-vicuna-small/train_report.json "$OUT"/train_chimera.json 2>/dev/null
+cp runs/tau/heads_chimera.log "$OUT"/ 2>/dev/null
 grep -a "expected\|saved\|train_runtime" runs/tau/heads_chimera.log | tail -5; date -u
