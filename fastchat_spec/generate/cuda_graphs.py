@@ -90,23 +90,30 @@ def _with_weights_as_constants(compiled):
     return call
 
 
-def capture(run, device: torch.device, warmups: int = 3, pool=None):
+def capture(run, device: torch.device, warmups: int = 3, pool=None, stream=None):
     """``run`` (no arguments, static buffers) captured as a CUDA graph: (replay, what the captured run returned).
 
     The warm-up runs on a side stream (kernels chosen, compiled, allocated)
     outside the graph. ``thread_local`` capture: work that other threads
     launch meanwhile (FastChat's stock decoder, say) neither breaks the
     capture nor is recorded into it. Captures are serialised process-wide.
+
+    ``stream``: the stream to capture on (default: PyTorch's one capture
+    stream). A graph keeps the cuBLAS workspace of the stream it was captured
+    on (PyTorch keys workspaces by handle and stream), so graphs that may
+    replay at the same time on different streams must be captured on
+    different streams, or their GEMMs share scratch memory.
     """
     with _CAPTURE_LOCK:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream), torch.inference_mode():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(warmups):
                 run()
-        torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=stream,
+                                                        capture_error_mode="thread_local"):
             out = run()
     return graph.replay, out
 

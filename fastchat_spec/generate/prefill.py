@@ -11,15 +11,20 @@ serves every slot). Padding sits after the prompt, where causal attention keeps
 it out of the prompt's rows; its cache entries lie past the request's length,
 which every later step masks until it overwrites them.
 
-On CUDA the prompt's forward runs on a stream of its own, beside the batched
-step that is in flight: on a small model both are launch-bound and share the
-device's idle SMs, so a request joining no longer stalls every other request
-for its whole prefill. Only the copy into the slot waits for the step in
-flight (on the loop's stream), because an empty row of that step writes into
-the free slot (``SlotState.free``). The prompt graphs keep their memory apart
-from the steps' graphs, since the two may now run at once.
-``FASTCHAT_SPEC_PREFILL_STREAM=0`` runs prefills on the loop's stream, after
-the step in flight, as before.
+By default the prompt's forward runs on the loop's stream, after the step in
+flight. ``FASTCHAT_SPEC_PREFILL_STREAM=1`` runs it on a stream of its own,
+beside that step: on a small model both are launch-bound and share the
+device's idle SMs, so a request joining stalls the others less (+4% tokens per
+second at 16 clients on an H100). Only the copy into the slot then waits for
+the step in flight (on the loop's stream), because an empty row of that step
+writes into the free slot (``SlotState.free``). The prompt graphs keep their
+memory apart from the steps' graphs, and are captured on the prefill stream,
+so that their GEMMs get a cuBLAS workspace of their own (``capture``). Captured
+on PyTorch's one capture stream, as the steps are, the two shared one; with
+prompt forwards beside steps, ``scripts/gpu_check.py`` found wrong float32
+greedy tokens in 1 to 4 of 16 prompts on an H100, different ones in each run
+(2026-12-07), and that shared workspace is the likely cause. The separate
+capture is not yet checked on the GPU, hence the default.
 
 Only the last prompt position's logits are computed: they give the first token,
 which stays on the device (``Prefilled.first``): the loop does not wait for the
@@ -43,7 +48,7 @@ from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forw
 
 
 GRAPHED_PROMPT_MAX = 4096  # longest prompt (tokens) prefilled through a graph
-PREFILL_STREAM_ENV = "FASTCHAT_SPEC_PREFILL_STREAM"  # 0: graphed prefills wait for the step in flight
+PREFILL_STREAM_ENV = "FASTCHAT_SPEC_PREFILL_STREAM"  # 1: graphed prefills run beside the step in flight
 
 
 @dataclass
@@ -54,12 +59,12 @@ class Prefilled:
 
 
 def prefill_stream() -> bool:
-    """Whether graphed prefills run on a stream of their own (``FASTCHAT_SPEC_PREFILL_STREAM``: 1 or 0)."""
+    """Whether graphed prefills run on a stream of their own (``FASTCHAT_SPEC_PREFILL_STREAM``: 1, or 0 by default)."""
     env = os.environ.get(PREFILL_STREAM_ENV, "").strip()
     if env not in ("", "0", "1"):
         raise ValueError(f"{PREFILL_STREAM_ENV} must be 1 (prompt forwards beside the step in flight) or 0 "
                          f"(after it), got {env!r}")
-    return env != "0"
+    return env == "1"
 
 
 def bucket_lengths(capacity: int, longest: int = GRAPHED_PROMPT_MAX) -> list[int]:
@@ -85,7 +90,7 @@ class SlotPrefill:
         self._lengths: list[int] = []  # bucket lengths with a graph, ascending
         self._graphs: list[_GraphedPrefill] = []
         # The prompt forwards' own CUDA stream (None: the loop's); the setting is checked when the loop is built.
-        self._stream = torch.cuda.Stream(device) if prefill_stream() and device.type == "cuda" else None
+        self.stream = torch.cuda.Stream(device) if prefill_stream() and device.type == "cuda" else None
         self._scratch_free = None  # CUDA event: the last graphed prefill's scratch has been read
 
     def capture_all(self) -> None:
@@ -114,7 +119,7 @@ class SlotPrefill:
         """
         p = len(prompt_ids)
         loop_stream = torch.cuda.current_stream(self.device)
-        stream = self._stream if self._stream is not None else loop_stream
+        stream = self.stream if self.stream is not None else loop_stream
         with torch.cuda.stream(stream):
             if self._scratch_free is not None:
                 stream.wait_event(self._scratch_free)
@@ -168,7 +173,8 @@ class _GraphedPrefill:
 
         # The graphs read the buffers these closures hold (positions, mask, cache): they must outlive them.
         self._runs = (forward, write_slot)
-        self._forward, (self.hidden, self.first) = capture(forward, device, pool=pool)
+        # Captured on the stream it replays on: its own cuBLAS workspace, apart from the steps' (``capture``).
+        self._forward, (self.hidden, self.first) = capture(forward, device, pool=pool, stream=prefill.stream)
         self._write_slot, _ = capture(write_slot, device, warmups=1, pool=pool)
 
     def forward(self, tokens: torch.Tensor) -> None:
