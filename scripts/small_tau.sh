@@ -23,6 +23,8 @@
 #   DISTILL [7500] conversations, SHARDS [3], DISTILL_BATCH [128], METHODS [hydra-pp chimera] (names of
 #   head_recipe in scripts/stages.sh), HEADS [4] heads per method (a step accepts at most HEADS + 1
 #   tokens), HEAD_STEPS [2000], HEAD_BATCH [16], HEAD_ARGS [] extra flags for every head trainer,
+#   MIX [0] of DATA_DIR's train.json conversations (human answers) shuffled in with the base's answers for the
+#   heads (fastchat_spec.train.data.mix_conversations: on the base's answers alone they overfit),
 #   TREE_NODES [63], BENCH_PROMPTS [40], BASELINES [fastchat,ar] (ar alone skips FastChat's slow stock
 #   decoder), BENCH_ARGS [--dtype bfloat16],
 #   STAGES [base distill heads bench].
@@ -60,11 +62,18 @@ fi
 
 if wanted heads; then
   [ -f "$DISTILLED" ] || { echo "no $DISTILLED: run the distill stage first (on the same machine)"; exit 1; }
+  HEAD_DATA=$DISTILLED
+  if [ "${MIX:-0}" -gt 0 ]; then
+    HEAD_DATA=$RUN/heads-data-$SIZE.json
+    $PY -c "import sys; from fastchat_spec.train.data import write_mix
+print(write_mix(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]), 'conversations for the heads')" \
+      "$DISTILLED" "$DATA/train.json" "$MIX" "$HEAD_DATA" || exit 1
+  fi
   for method in $METHODS; do
     recipe=$(head_recipe "$method" "${HEADS:-4}") || exit 2
     # shellcheck disable=SC2086  # the recipe is a module and its flags; HEAD_ARGS a list of flags
     stage "heads_$method" $PY -m $recipe --model_name_or_path "$BASE" --output_dir "$RUN/$method-vicuna-$SIZE" \
-      --data_path "$DISTILLED" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size "${HEAD_BATCH:-16}" \
+      --data_path "$HEAD_DATA" --eval_data_path "$DATA/heldout.json" --per_device_train_batch_size "${HEAD_BATCH:-16}" \
       --max_steps "${HEAD_STEPS:-2000}" --model_max_length 1024 --logging_steps 100 --disable_tqdm True \
       --dataloader_num_workers 2 --tree_nodes "${TREE_NODES:-63}" ${HEAD_ARGS:-} &
   done

@@ -30,6 +30,8 @@ def test_bench_reports_speedups_per_category(tmp_path, base_dir):
     assert overall["same_text_as_ar_rate"] == 1.0  # float32: the speculative text is the AR text
     assert set(overall["ms_per_step"]) == {"step", "other"}
     assert set(result["summary"]["by_category"]) == {"writing", "code"}
+    loops = result["summary"]["by_repetition"]  # tau on answers that loop (easy to draft) apart from the rest
+    assert loops["varied"]["prompts"] + loops["repetitive"]["prompts"] == 4
     assert os.path.getsize(os.path.join(tmp_path, "results.png")) > 1000
     assert result["command"].startswith("python -m fastchat_spec.bench")
     # --concurrency: the same prompts from 1 and 4 clients through one engine loop, same texts
@@ -39,6 +41,14 @@ def test_bench_reports_speedups_per_category(tmp_path, base_dir):
         assert levels["4"]["requests"] == 4 and levels["4"]["aggregate_tok_s"] > 0
         assert levels["4"]["rows_per_step"] > 1.0  # requests shared batched steps
         assert levels["4"]["same_text_as_first_level"] == 1.0  # float32: load does not change the text
+
+
+def test_an_answer_that_loops_counts_as_repetitive_and_a_varied_one_does_not():
+    from fastchat_spec.bench.__main__ import REPETITIVE, repeated_share
+
+    assert repeated_share(list(range(40))) == 0.0
+    assert repeated_share([1, 2, 3, 4, 5] * 8) >= REPETITIVE  # one five-token loop
+    assert repeated_share([7, 8]) == 0.0  # shorter than an n-gram
 
 
 def test_bench_compares_several_checkpoints_of_one_base_side_by_side(tmp_path, base_dir):
@@ -150,8 +160,9 @@ def test_an_exported_revision_is_what_servers_with_server_code_import(tmp_path):
 
 def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_per_category(tmp_path):
     """scripts/small_tau.sh at SIZE=tiny, every stage in one go, as the GPU runs it in consecutive calls:
-    a base, its own answers, Hydra++ and Chimera heads (HEADS of them) with searched trees, one benchmark
-    of both with tau per category next to our AR decoder alone (BASELINES)."""
+    a base, its own answers, Hydra++ and Chimera heads (HEADS of them) with searched trees, trained on those
+    answers and MIX human-answered conversations, one benchmark of both with tau per category next to our AR
+    decoder alone (BASELINES)."""
     import subprocess
     import sys
 
@@ -168,7 +179,7 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
     prompts.write_text("".join(json.dumps({"turns": [q]}) + "\n" for q in questions))
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": root, "SIZE": "tiny", "BASE_ARGS": "--max_steps 2",
            "DISTILL": "6", "SHARDS": "2", "DISTILL_BATCH": "3", "METHODS": "hydra-pp chimera", "HEAD_STEPS": "2",
-           "HEADS": "5", "HEAD_BATCH": "2", "TREE_NODES": "7", "BENCH_PROMPTS": "3", "BASELINES": "ar",
+           "HEADS": "5", "MIX": "10", "HEAD_BATCH": "2", "TREE_NODES": "7", "BENCH_PROMPTS": "3", "BASELINES": "ar",
            "BENCH_ARGS": "--dtype float32 --device cpu --max-new-tokens 16"}
     run, out = tmp_path / "run", tmp_path / "out"
     done = subprocess.run(["bash", os.path.join(root, "scripts", "small_tau.sh"), str(data_dir), str(prompts),
@@ -180,6 +191,7 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
         report = json.loads((out / f"train_{method}.json").read_text())
         tree = report[method.split("-")[0] + "_choices"]  # searched from the acceptance measured on held-out
         assert tree and report["expected_tokens_per_step"] >= 1.0, method
+        assert report["train_conversations"] == 6 + 10, method  # its own answers and MIX of ShareGPT's
         config = json.loads((run / f"{method}-vicuna-tiny" / "config.json").read_text())
         assert config[method.split("-")[0] + "_num_heads"] == 5  # HEADS: a draft five tokens deep
     tau = json.loads((out / "tau.json").read_text())

@@ -217,6 +217,19 @@ def _run_dict(run) -> dict:
             "text_ids": run.text_ids}
 
 
+REPEAT_N, REPETITIVE = 8, 0.3  # an answer is repetitive when 30% or more of its 8-grams occurred earlier in it
+
+
+def repeated_share(ids: list[int], n: int = REPEAT_N) -> float:
+    """Share of the answer's n-grams that already occurred earlier in it (0: no loop; near 1: one loop).
+
+    A small base's greedy answers often loop, and a loop is easy to draft: tau on such answers says
+    little about a larger model's, so the benchmark reports tau on varied and repetitive answers apart.
+    """
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def _summary(rows, name, baselines) -> dict:
     from fastchat_spec.bench.run import median
 
@@ -243,6 +256,10 @@ def _summary(rows, name, baselines) -> dict:
     categories = sorted({r["category"] for r in rows})
     if len(categories) > 1:
         summary["by_category"] = {c: block([r for r in rows if r["category"] == c]) for c in categories}
+    kinds = {"varied": [], "repetitive": []}
+    for r in rows:
+        kinds["repetitive" if repeated_share(r[name]["text_ids"]) >= REPETITIVE else "varied"].append(r)
+    summary["by_repetition"] = {k: block(sub) if sub else {"prompts": 0} for k, sub in kinds.items()}
     return summary
 
 
@@ -291,6 +308,9 @@ def _print_summary(name, summary):
         parts.append(f"{s['speedup_vs_ar']:.2f}x vs our AR ({s['ar_tok_s']:.1f} tok/s)")
     if "ms_per_step" in s:
         parts.append("ms/step " + ", ".join(f"{k} {v:.2f}" for k, v in s["ms_per_step"].items()))
+    varied = summary["by_repetition"]["varied"]
+    if varied["prompts"]:
+        parts.append(f"tau {varied['tau']:.2f} on the {varied['prompts']} answers that do not loop")
     print(" | ".join(parts))
 
 

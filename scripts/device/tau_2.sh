@@ -1,12 +1,13 @@
 # Lent-GPU call 2 of the tau run (issue 15), the next call on the machine tau_1.sh ran on: 8 Chimera heads on the
-# base's answers, alone on the GPU (HEAD_STEPS steps, then the tree searched from measured acceptance, saved).
-# On an H100 the heads took about 0.5 s a step while sharing the GPU with CLLM rounds (thirteenth session), so
-# 1,000 steps alone should end inside the limit; if not, the timeout's SIGTERM makes the trainer save what it
+# base's answers and MIX (11,000) of ShareGPT's human-answered conversations, alone on the GPU (HEAD_STEPS steps,
+# then the tree searched from measured acceptance, saved). On the base's 5,000 answers alone the heads overfit
+# (expected tokens per step 1.77); with the mix they reached tau 5.10 (fourteenth session). On an H100, 1,000
+# steps on the mix took 211 s; if the limit comes first, the timeout's SIGTERM makes the trainer save what it
 # has. Carry: nothing beyond the tracked files (the wheels, base and answers are still on the machine).
 # Next: tau_3.sh.
 source scripts/device_setup.sh >/dev/null; date -u
 [ -f runs/tau/distilled-small.json ] || { echo "no runs/tau here: tau_1.sh runs first, on this machine"; exit 1; }
-HEADS=8 METHODS=chimera HEAD_STEPS=${HEAD_STEPS:-1000} STAGES=heads timeout ${HEAD_TIMEOUT:-480} \
+HEADS=8 METHODS=chimera HEAD_STEPS=${HEAD_STEPS:-1000} MIX=${MIX:-11000} STAGES=heads timeout ${HEAD_TIMEOUT:-480} \
   bash scripts/small_tau.sh runs/small_data .gpu/prompts.jsonl runs/tau /tmp/tauout; echo "heads rc $?"
 # A timeout's SIGTERM reaches the trainer too: it stops after its step and saves the heads it has; give it a
 # minute to do so before the call returns (which would kill it).
