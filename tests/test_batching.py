@@ -322,6 +322,33 @@ def test_loop_settings_that_are_not_numbers_or_out_of_range_are_refused_by_name(
     monkeypatch.setenv(PREFILL_STREAM_ENV, "yes")
     with pytest.raises(ValueError, match=PREFILL_STREAM_ENV):
         prefill_stream()
+    monkeypatch.delenv(PREFILL_STREAM_ENV)
+    assert not prefill_stream()  # prompt forwards run after the step unless asked (until GPU-checked again)
+
+
+def test_prompt_graphs_never_share_the_steps_capture_stream_even_when_pytorch_hands_it_out_again(monkeypatch):
+    """On the GPU, graphs captured on one stream share its cuBLAS workspace; prompt graphs replay beside the
+    steps (FASTCHAT_SPEC_PREFILL_STREAM=1), so sharing would corrupt both (wrong greedy tokens on an H100).
+    PyTorch hands streams out from a pool in turn: the prefill's stream is drawn again if it is the steps'."""
+    import itertools
+
+    import torch
+
+    from fastchat_spec.generate import cuda_graphs
+
+    handles = itertools.cycle([1, 2])  # a pool of two streams, handed out in turn
+
+    class PooledStream:
+        def __init__(self, device=None):
+            self.cuda_stream = next(handles)
+
+    monkeypatch.setattr(torch.cuda, "Stream", PooledStream)
+    monkeypatch.setattr(cuda_graphs, "_CAPTURE_STREAMS", {})
+    device = torch.device("cuda", 0)
+    steps = cuda_graphs.default_capture_stream(device)  # stream 1
+    assert cuda_graphs.default_capture_stream(device) is steps  # one per device
+    next(handles)  # others took stream 2: the pool's next hand-out is stream 1 again
+    assert cuda_graphs.side_stream(device).cuda_stream != steps.cuda_stream
 
 
 @pytest.mark.parametrize("ahead", ["0", "1"])

@@ -33,6 +33,8 @@ COMPILE_MODE_ENV = "FASTCHAT_SPEC_COMPILE_MODE"  # torch.compile mode, e.g. max-
 COMPILE_FREEZE_ENV = "FASTCHAT_SPEC_COMPILE_FREEZE"
 log = logging.getLogger("fastchat_spec.cuda_graphs")
 _CAPTURE_LOCK = threading.Lock()
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> the stream graphs are captured on by default
+_STREAMS_LOCK = threading.Lock()
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
 
@@ -90,6 +92,31 @@ def _with_weights_as_constants(compiled):
     return call
 
 
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def default_capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream ``capture`` captures on unless told otherwise: one per device, for the graphs that replay on
+    the engine loop's stream (batched steps, host-driven steps)."""
+    index = _device_index(device)
+    with _STREAMS_LOCK:
+        if index not in _CAPTURE_STREAMS:
+            _CAPTURE_STREAMS[index] = torch.cuda.Stream(index)
+        return _CAPTURE_STREAMS[index]
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """A stream for graphs that replay beside the loop's, never ``default_capture_stream``: PyTorch hands
+    streams out from a pool of 32 in turn, so a new one can be the very stream the steps were captured on,
+    and graphs captured on it would share the steps' cuBLAS workspace (``capture``)."""
+    shared = default_capture_stream(device)
+    stream = torch.cuda.Stream(_device_index(device))
+    while stream.cuda_stream == shared.cuda_stream:
+        stream = torch.cuda.Stream(_device_index(device))
+    return stream
+
+
 def capture(run, device: torch.device, warmups: int = 3, pool=None, stream=None):
     """``run`` (no arguments, static buffers) captured as a CUDA graph: (replay, what the captured run returned).
 
@@ -98,11 +125,11 @@ def capture(run, device: torch.device, warmups: int = 3, pool=None, stream=None)
     launch meanwhile (FastChat's stock decoder, say) neither breaks the
     capture nor is recorded into it. Captures are serialised process-wide.
 
-    ``stream``: the stream to capture on (default: PyTorch's one capture
-    stream). A graph keeps the cuBLAS workspace of the stream it was captured
-    on (PyTorch keys workspaces by handle and stream), so graphs that may
-    replay at the same time on different streams must be captured on
-    different streams, or their GEMMs share scratch memory.
+    ``stream``: the stream to capture on (default: ``default_capture_stream``).
+    A graph keeps the cuBLAS workspace of the stream it was captured on
+    (PyTorch keys workspaces by handle and stream), so graphs that may replay
+    at the same time on different streams must be captured on different
+    streams, or their GEMMs share scratch memory.
     """
     with _CAPTURE_LOCK:
         side = torch.cuda.Stream(device)
@@ -112,6 +139,7 @@ def capture(run, device: torch.device, warmups: int = 3, pool=None, stream=None)
                 run()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        stream = stream if stream is not None else default_capture_stream(device)
         with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=stream,
                                                         capture_error_mode="thread_local"):
             out = run()

@@ -18,8 +18,9 @@ device's idle SMs, so a request joining stalls the others less (+4% tokens per
 second at 16 clients on an H100). Only the copy into the slot then waits for
 the step in flight (on the loop's stream), because an empty row of that step
 writes into the free slot (``SlotState.free``). The prompt graphs keep their
-memory apart from the steps' graphs, and are captured on the prefill stream,
-so that their GEMMs get a cuBLAS workspace of their own (``capture``). Captured
+memory apart from the steps' graphs, and are captured on the prefill stream
+(``side_stream``: never the steps' capture stream), so that their GEMMs get a
+cuBLAS workspace of their own (``capture``). Captured
 on PyTorch's one capture stream, as the steps are, the two shared one; with
 prompt forwards beside steps, ``scripts/gpu_check.py`` found wrong float32
 greedy tokens in 1 to 4 of 16 prompts on an H100, different ones in each run
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastchat_spec.generate.cuda_graphs import capture
+from fastchat_spec.generate.cuda_graphs import capture, side_stream
 from fastchat_spec.generate.kv_cache import round_up
 from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
@@ -90,7 +91,7 @@ class SlotPrefill:
         self._lengths: list[int] = []  # bucket lengths with a graph, ascending
         self._graphs: list[_GraphedPrefill] = []
         # The prompt forwards' own CUDA stream (None: the loop's); the setting is checked when the loop is built.
-        self.stream = torch.cuda.Stream(device) if prefill_stream() and device.type == "cuda" else None
+        self.stream = side_stream(device) if prefill_stream() and device.type == "cuda" else None
         self._scratch_free = None  # CUDA event: the last graphed prefill's scratch has been read
 
     def capture_all(self) -> None:
