@@ -4,14 +4,17 @@
 # (expected tokens per step 1.77); with the mix they reached tau 5.10 (fourteenth session). On an H100, 1,000
 # steps on the mix took 211 s; if the limit comes first, the timeout's SIGTERM makes the trainer save what it
 # has. Carry: nothing beyond the tracked files (the wheels, base and answers are still on the machine).
-# Next: tau_3.sh.
+# METHODS="hydra-pp chimera" trains both side by side for the per-method comparison (they share the GPU, so
+# give it HEAD_TIMEOUT=500; a trainer the limit stops saves its heads). Next: tau_3.sh with the same METHODS.
 source scripts/device_setup.sh >/dev/null; date -u
 [ -f runs/tau/distilled-small.json ] || { echo "no runs/tau here: tau_1.sh runs first, on this machine"; exit 1; }
-HEADS=8 METHODS=chimera HEAD_STEPS=${HEAD_STEPS:-1000} MIX=${MIX:-11000} STAGES=heads timeout ${HEAD_TIMEOUT:-480} \
+HEADS=8 METHODS=${METHODS:-chimera} HEAD_STEPS=${HEAD_STEPS:-1000} MIX=${MIX:-11000} STAGES=heads timeout ${HEAD_TIMEOUT:-480} \
   bash scripts/small_tau.sh runs/small_data .gpu/prompts.jsonl runs/tau /tmp/tauout; echo "heads rc $?"
 # A timeout's SIGTERM reaches the trainer too: it stops after its step and saves the heads it has; give it a
 # minute to do so before the call returns (which would kill it).
-for _ in $(seq 60); do pgrep -f fastchat_spec.train.chimera >/dev/null || break; sleep 1; done
-cp runs/tau/chimera-vicuna-small/train_report.json "$OUT"/train_chimera.json 2>/dev/null
-cp runs/tau/heads_chimera.log "$OUT"/ 2>/dev/null
-grep -a "expected\|saved\|train_runtime" runs/tau/heads_chimera.log | tail -5; date -u
+for _ in $(seq 60); do pgrep -f "fastchat_spec.train.(chimera|hydra)" >/dev/null || break; sleep 1; done
+for method in ${METHODS:-chimera}; do
+  cp runs/tau/$method-vicuna-small/train_report.json "$OUT"/train_$method.json 2>/dev/null
+  cp runs/tau/heads_$method.log "$OUT"/ 2>/dev/null
+  grep -a "expected\|saved\|train_runtime" runs/tau/heads_$method.log | tail -3
+done; date -u
