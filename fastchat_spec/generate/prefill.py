@@ -20,12 +20,12 @@ the step in flight (on the loop's stream), because an empty row of that step
 writes into the free slot (``SlotState.free``). The prompt graphs keep their
 memory apart from the steps' graphs, and are captured on the prefill stream
 (``side_stream``: never the steps' capture stream), so that their GEMMs get a
-cuBLAS workspace of their own (``capture``). Captured
-on PyTorch's one capture stream, as the steps are, the two shared one; with
-prompt forwards beside steps, ``scripts/gpu_check.py`` found wrong float32
-greedy tokens in 1 to 4 of 16 prompts on an H100, different ones in each run
-(2026-12-07), and that shared workspace is the likely cause. The separate
-capture is not yet checked on the GPU, hence the default.
+cuBLAS workspace of their own (``capture``). Until 2026-12-07 both were
+captured on one stream and shared one workspace; with prompt forwards beside
+the steps, ``scripts/gpu_check.py`` then found wrong float32 greedy tokens in
+1 to 4 of 16 prompts on an H100, different ones in each run, and that shared
+workspace is the likely cause. The separate capture is not yet checked on the
+GPU, hence the default.
 
 Only the last prompt position's logits are computed: they give the first token,
 which stays on the device (``Prefilled.first``): the loop does not wait for the

@@ -301,7 +301,7 @@ def mix_conversations(distilled: List[Conversation], originals: List[Conversatio
     Heads trained on a few thousand of the base's answers alone learn them by heart: 8 Chimera heads on 5,000
     answers for 1,000 steps (3 epochs) reached top-1 0.91-0.93 on their batches and 0.21-0.25 on held-out.
     With the first 11,000 of ShareGPT's own conversations beside them (one epoch), the same heads reached
-    0.48-0.52 and 0.37-0.40, and tau 5.1 (BENCHMARKS.md section 4, 2026-12-07).
+    0.48-0.52 and 0.37-0.40, and tau 5.1 (BENCHMARKS.md section 2, 2026-12-07).
     """
     mixed = list(distilled) + list(originals[:count])
     random.Random(seed).shuffle(mixed)
