@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_train_medusa import write_conversations
+from tests.test_train_medusa import lines_until_steps_logged, write_conversations
 
 STEPS = 4
 REL_TOL = 1e-4
@@ -74,12 +74,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_saves(tmp_path, 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = {**subprocess_env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(torchrun + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
     try:
-        for line in proc.stdout:  # rank 0 logs every step
-            lines.append(line)
-            if sum("'loss'" in seen for seen in lines) >= 3:
-                break
+        lines = lines_until_steps_logged(proc, 3)  # rank 0 logs every step
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             workers = [int(pid) for pid in f.read().split()]
         assert len(workers) == 2, workers

@@ -209,6 +209,16 @@ def test_stage2_keeps_the_base_and_writes_a_full_checkpoint(tmp_path, base_dir, 
 
 
 # --------------------------------------------------------------------------- self-distillation
+def lines_until_steps_logged(proc: subprocess.Popen, steps: int) -> list[str]:
+    """A trainer subprocess's output lines, read until it has logged ``steps`` losses."""
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if sum("'loss'" in seen for seen in lines) >= steps:
+            break
+    return lines
+
+
 def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, base_dir, data):
     """A scheduler's (or ``timeout``'s) SIGTERM mid-training still leaves a checkpoint that serves."""
     out = str(tmp_path / "medusa-vicuna-tiny")
@@ -218,12 +228,8 @@ def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, 
                        "--tree_nodes", "7")]
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
     try:
-        for line in proc.stdout:  # wait until a few steps have been logged
-            lines.append(line)
-            if sum("'loss'" in seen for seen in lines) >= 3:
-                break
+        lines = lines_until_steps_logged(proc, 3)
         proc.send_signal(signal.SIGTERM)
         lines += proc.stdout.readlines()
         assert proc.wait(timeout=300) == 0, "".join(lines[-30:])

@@ -110,10 +110,10 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
     """A stream for graphs that replay beside the loop's, never ``default_capture_stream``: PyTorch hands
     streams out from a pool of 32 in turn, so a new one can be the very stream the steps were captured on,
     and graphs captured on it would share the steps' cuBLAS workspace (``capture``)."""
-    shared = default_capture_stream(device)
-    stream = torch.cuda.Stream(_device_index(device))
+    shared, index = default_capture_stream(device), _device_index(device)
+    stream = torch.cuda.Stream(index)
     while stream.cuda_stream == shared.cuda_stream:
-        stream = torch.cuda.Stream(_device_index(device))
+        stream = torch.cuda.Stream(index)
     return stream
 
 

@@ -11,6 +11,7 @@ after the current step and the run goes on to save what it has learnt.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -224,8 +225,10 @@ def train_until_stopped(trainer: transformers.Trainer) -> tuple:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)
         callback.received = signum
-        print("SIGTERM: training stops after this step, then the run saves what it has (send it again to stop "
-              "at once)", file=sys.stderr, flush=True)
+        # os.write, not print: the handler runs between two bytecodes of the main thread, which may be inside
+        # a print of the Trainer's logs, and print is not reentrant (as web/stopping.py says).
+        os.write(sys.stderr.fileno(), b"SIGTERM: training stops after this step, then the run saves what it has "
+                                      b"(send it again to stop at once)\n")
 
     signal.signal(signal.SIGTERM, on_sigterm)
     trainer.add_callback(callback)
