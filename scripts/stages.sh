@@ -21,8 +21,10 @@ for i in range(k): json.dump(c[i::k], open(f'{sys.argv[4]}.part{i}.in', 'w'))" "
       --output "$out.part$i" --max-new-tokens 256 --batch-size "$batch" --max-turns 1 &
   done
   wait
-  $py -c "import json,sys; json.dump([x for f in sys.argv[2:] for x in json.load(open(f))], open(sys.argv[1], 'w'))" \
-    "$out" $(for ((i = 0; i < shards; i++)); do echo "$out.part$i"; done) || return 1
+  # Written aside and renamed, so that a limit reached mid-write (the call's timeout) leaves no half file that a
+  # later stage would take for the answers.
+  $py -c "import json,os,sys; json.dump([x for f in sys.argv[2:] for x in json.load(open(f))], open(sys.argv[1] + '.tmp', 'w'))
+os.replace(sys.argv[1] + '.tmp', sys.argv[1])" "$out" $(for ((i = 0; i < shards; i++)); do echo "$out.part$i"; done) || return 1
 }
 
 # head_recipe METHOD [HEADS]: the trainer module and flags of the reference heads of METHOD (HEADS heads,

@@ -244,6 +244,29 @@ def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, 
     assert greedy_texts(model, tok, get_generate_stream_function(model, out), PROMPTS[:1], 8)[0]
 
 
+def test_timeouts_sigterm_to_the_whole_process_group_still_saves_with_dataloader_workers(tmp_path, base_dir, data):
+    """``timeout`` signals its whole process group, DataLoader workers included; PyTorch's workers die of a
+    SIGTERM from anyone but their parent, which used to crash the trainer before it could save (H100 run,
+    2026-12-07: 8 Chimera heads lost after 235 s)."""
+    out = str(tmp_path / "medusa-vicuna-tiny")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "fastchat_spec.train.medusa",
+           *train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "100000", "--logging_steps", "1",
+                       "--tree_nodes", "7", "--dataloader_num_workers", "2")]
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as under `timeout`
+    try:
+        lines = lines_until_steps_logged(proc, 3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        lines += proc.stdout.readlines()
+        assert proc.wait(timeout=300) == 0, "".join(lines[-30:])
+    finally:
+        proc.kill()
+    with open(os.path.join(out, REPORT_FILE)) as f:
+        assert 3 <= json.load(f)["stopped_by_sigterm_at_step"] < 100000
+
+
 def test_distill_writes_fastchat_json_and_batching_does_not_change_answers(tmp_path, base_dir):
     source = synthetic_conversations(3, seed=2)  # the first one has two rounds
     src = os.path.join(tmp_path, "in.json")

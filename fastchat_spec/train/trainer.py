@@ -11,6 +11,7 @@ after the current step and the run goes on to save what it has learnt.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -177,10 +178,11 @@ class HeadTrainer(transformers.Trainer):
             logs = {**logs, **self._means["train"].pop(self.accelerator)}
         super().log(logs, *args, **kwargs)
 
-    def evaluation_loop(self, *args, **kwargs):
+    def evaluation_loop(self, dataloader, *args, **kwargs):
+        workers_ignore_sigterm(dataloader)  # an evaluation during training must survive the group's SIGTERM too
         self._means["eval"] = _Means()
-        output = super().evaluation_loop(*args, **kwargs)
-        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        output = super().evaluation_loop(dataloader, *args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
         output.metrics.update({f"{prefix}_{k}": v for k, v in self._means["eval"].pop(self.accelerator).items()})
         return output
 
@@ -192,6 +194,11 @@ class StopOnSignal(transformers.TrainerCallback):
     def __init__(self):
         self.received: int | None = None
         self.stopped_at_step: int | None = None
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None:
+            workers_ignore_sigterm(train_dataloader)
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._any_process_received(args.device):
@@ -206,6 +213,27 @@ class StopOnSignal(transformers.TrainerCallback):
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             received = bool(flag.item())
         return received
+
+
+def workers_ignore_sigterm(dataloader) -> None:
+    """Makes ``dataloader``'s worker processes ignore SIGTERM (call it before the loader is iterated).
+
+    ``timeout`` and batch schedulers signal the whole process group. PyTorch's workers die of a SIGTERM that
+    does not come from their parent, and the trainer then fails ("DataLoader worker is killed by signal:
+    Terminated") before it can save. The trainer alone decides when to stop; its workers still exit with it
+    (PyTorch's watchdog ends a worker whose parent is gone).
+    """
+    dataloader = getattr(dataloader, "base_dataloader", dataloader)  # accelerate's adapter iterates the one inside
+    init = getattr(dataloader, "worker_init_fn", None)
+    if getattr(dataloader, "num_workers", 0) == 0 or getattr(init, "func", None) is _worker_ignoring_sigterm:
+        return
+    dataloader.worker_init_fn = functools.partial(_worker_ignoring_sigterm, init)
+
+
+def _worker_ignoring_sigterm(init: Callable | None, worker_id: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if init is not None:
+        init(worker_id)
 
 
 def train_until_stopped(trainer: transformers.Trainer) -> tuple:
