@@ -323,7 +323,9 @@ def test_loop_settings_that_are_not_numbers_or_out_of_range_are_refused_by_name(
     with pytest.raises(ValueError, match=PREFILL_STREAM_ENV):
         prefill_stream()
     monkeypatch.delenv(PREFILL_STREAM_ENV)
-    assert not prefill_stream()  # prompt forwards run after the step unless asked (until GPU-checked again)
+    assert prefill_stream()  # prompt forwards run beside the step in flight unless asked not to
+    monkeypatch.setenv(PREFILL_STREAM_ENV, "0")
+    assert not prefill_stream()
 
 
 def test_prompt_graphs_never_share_the_steps_capture_stream_even_when_pytorch_hands_it_out_again(monkeypatch):

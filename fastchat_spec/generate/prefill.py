@@ -11,21 +11,20 @@ serves every slot). Padding sits after the prompt, where causal attention keeps
 it out of the prompt's rows; its cache entries lie past the request's length,
 which every later step masks until it overwrites them.
 
-By default the prompt's forward runs on the loop's stream, after the step in
-flight. ``FASTCHAT_SPEC_PREFILL_STREAM=1`` runs it on a stream of its own,
-beside that step: on a small model both are launch-bound and share the
-device's idle SMs, so a request joining stalls the others less (+4% tokens per
-second at 16 clients on an H100). Only the copy into the slot then waits for
-the step in flight (on the loop's stream), because an empty row of that step
-writes into the free slot (``SlotState.free``). The prompt graphs keep their
-memory apart from the steps' graphs, and are captured on the prefill stream
-(``side_stream``: never the steps' capture stream), so that their GEMMs get a
-cuBLAS workspace of their own (``capture``). Until 2026-12-07 both were
+By default the prompt's forward runs on a stream of its own, beside the step
+in flight: on a small model both are launch-bound and share the device's idle
+SMs, so a request joining stalls the others less (+4% tokens per second at 16
+clients on an H100). Only the copy into the slot then waits for the step in
+flight (on the loop's stream), because an empty row of that step writes into
+the free slot (``SlotState.free``). ``FASTCHAT_SPEC_PREFILL_STREAM=0`` runs the
+forward after the step instead, on the loop's stream. The prompt graphs keep
+their memory apart from the steps' graphs, and are captured on the prefill
+stream (``side_stream``: never the steps' capture stream), so that their GEMMs
+get a cuBLAS workspace of their own (``capture``). Until 2026-12-07 both were
 captured on one stream and shared one workspace; with prompt forwards beside
 the steps, ``scripts/gpu_check.py`` then found wrong float32 greedy tokens in
-1 to 4 of 16 prompts on an H100, different ones in each run, and that shared
-workspace is the likely cause. The separate capture is not yet checked on the
-GPU, hence the default.
+1 to 4 of 16 prompts on an H100, different ones in each run. With the separate
+capture it passed twice on an H100 (fifteenth session, BENCHMARKS.md section 7).
 
 Only the last prompt position's logits are computed: they give the first token,
 which stays on the device (``Prefilled.first``): the loop does not wait for the
@@ -60,12 +59,12 @@ class Prefilled:
 
 
 def prefill_stream() -> bool:
-    """Whether graphed prefills run on a stream of their own (``FASTCHAT_SPEC_PREFILL_STREAM``: 1, or 0 by default)."""
+    """Whether graphed prefills run on a stream of their own (``FASTCHAT_SPEC_PREFILL_STREAM``: 1 by default, or 0)."""
     env = os.environ.get(PREFILL_STREAM_ENV, "").strip()
     if env not in ("", "0", "1"):
         raise ValueError(f"{PREFILL_STREAM_ENV} must be 1 (prompt forwards beside the step in flight) or 0 "
                          f"(after it), got {env!r}")
-    return env == "1"
+    return env != "0"
 
 
 def bucket_lengths(capacity: int, longest: int = GRAPHED_PROMPT_MAX) -> list[int]:

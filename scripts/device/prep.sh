@@ -11,13 +11,12 @@
 #   .gpu/prompts.jsonl  40 held-out ShareGPT first turns, the tau benchmark's prompts
 #
 # A call carries at most 64 MiB with the tracked files (about 33 MiB), so whl_min and small_xz just fit
-# together. First, before anything else (the serving default waits on it):
-#   0. gpu_check_streams.sh  carry .gpu/whl_min                                  (about 7 min)
-# Then the calls of issue 15, in order on one warm machine, sized for an 80 GB H100:
-#   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 7 min)
+# together. The calls of issue 15, in order on one warm machine, sized for an 80 GB H100 (about 20 minutes):
+#   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 8.5 min)
 #   2. tau_2.sh  no carry (METHODS="hydra-pp chimera" HEAD_TIMEOUT=500 for both) (4 to 9 min)
 #   3. tau_3.sh  carry .gpu/prompts.jsonl, the same METHODS                      (about 3 min)
 #   then, if device time is left: cllm_small.sh  carry .gpu/cllm_xz (about 6 min, after tau_1.sh)
+# After a change to graph capture, streams or the loop: gpu_check_streams.sh  carry .gpu/whl_min (about 8 min).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
