@@ -12,9 +12,9 @@ source scripts/device_setup.sh >/dev/null; date -u
 [ -f runs/tau/distilled-small.json ] || { echo "no runs/tau here: tau_1.sh runs first, on this machine"; exit 1; }
 HEADS=8 METHODS=${METHODS:-chimera} HEAD_STEPS=${HEAD_STEPS:-1000} MIX=${MIX:-11000} STAGES=heads timeout ${HEAD_TIMEOUT:-440} \
   bash scripts/small_tau.sh runs/small_data .gpu/prompts.jsonl runs/tau /tmp/tauout; echo "heads rc $?"
-# A timeout's SIGTERM reaches the trainer too: it stops after its step, measures the heads it has on the held-out
-# conversations (under a minute on an H100: Hydra++ took 253 s in all for 197 s of training) and saves them; give it two minutes to do so before
-# the call returns (which would kill it).
+# A timeout's SIGTERM reaches the trainer too: it stops after its step, measures the heads it has on the
+# held-out conversations (under a minute on an H100: Hydra++ took 253 s in all for 197 s of training) and saves
+# them; give it two minutes to do so before the call returns (which would kill it).
 for _ in $(seq 120); do pgrep -f "fastchat_spec.train.(chimera|hydra)" >/dev/null || break; sleep 1; done
 for method in ${METHODS:-chimera}; do
   cp runs/tau/$method-vicuna-small/train_report.json "$OUT"/train_$method.json 2>/dev/null
