@@ -1,6 +1,7 @@
 """Medusa-1/2 training, the tree search and self-distillation on a tiny random Llama (CPU, about a minute)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -219,15 +220,21 @@ def lines_until_steps_logged(proc: subprocess.Popen, steps: int) -> list[str]:
     return lines
 
 
-def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, base_dir, data):
-    """A scheduler's (or ``timeout``'s) SIGTERM mid-training still leaves a checkpoint that serves."""
-    out = str(tmp_path / "medusa-vicuna-tiny")
+def start_endless_training(base_dir, data, out, *extra, **popen_args) -> subprocess.Popen:
+    """A Medusa trainer subprocess with 2 heads that logs every step and would run 100,000 steps."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "fastchat_spec.train.medusa",
            *train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "100000", "--logging_steps", "1",
-                       "--tree_nodes", "7")]
+                       "--tree_nodes", "7", *extra)]
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen_args)
+
+
+def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, base_dir, data):
+    """A scheduler's (or ``timeout``'s) SIGTERM mid-training still leaves a checkpoint that serves."""
+    out = str(tmp_path / "medusa-vicuna-tiny")
+    proc = start_endless_training(base_dir, data, out)
     try:
         lines = lines_until_steps_logged(proc, 3)
         proc.send_signal(signal.SIGTERM)
@@ -249,20 +256,16 @@ def test_timeouts_sigterm_to_the_whole_process_group_still_saves_with_dataloader
     SIGTERM from anyone but their parent, which used to crash the trainer before it could save (H100 run,
     2026-12-07: 8 Chimera heads lost after 235 s)."""
     out = str(tmp_path / "medusa-vicuna-tiny")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "fastchat_spec.train.medusa",
-           *train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "100000", "--logging_steps", "1",
-                       "--tree_nodes", "7", "--dataloader_num_workers", "2")]
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group, as under `timeout`
+    proc = start_endless_training(base_dir, data, out, "--dataloader_num_workers", "2",
+                                  start_new_session=True)  # its own process group, as under `timeout`
     try:
         lines = lines_until_steps_logged(proc, 3)
         os.killpg(proc.pid, signal.SIGTERM)
         lines += proc.stdout.readlines()
         assert proc.wait(timeout=300) == 0, "".join(lines[-30:])
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too, should the trainer have failed
     with open(os.path.join(out, REPORT_FILE)) as f:
         assert 3 <= json.load(f)["stopped_by_sigterm_at_step"] < 100000
 
