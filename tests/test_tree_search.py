@@ -183,3 +183,67 @@ def test_the_dynamic_estimate_is_reported_for_medusa_heads_and_refused_for_other
     hydra = checkpoint.write(method(name).write_checkpoint, str(tmp_path / "hydra-vicuna-tiny"), base_dir, base_model)
     with pytest.raises(ValueError, match="needs Medusa heads"):
         tree_search.main(["--model-path", hydra, "--data_path", data, "--max-len", "256", "--dynamic", "--dry-run"])
+
+
+def test_for_heads_that_read_their_path_a_dynamic_tree_goes_deep_where_sure_and_wide_where_torn():
+    """Hydra's nodes are drafted along their paths: two positions over the full tree of ranks < 2 and depth 2
+    (nodes (0), (1), (0, 0), (0, 1), (1, 0), (1, 1)); with two nodes a position picks its own shape."""
+    from fastchat_spec.train.dynamic_tree import chosen_accepted, full_tree, most_confident, most_often_hit
+
+    tree = full_tree(top=2, depth=2)
+    assert tree.num_nodes == 7
+    order = [tree.paths.index(p) + 1 for p in [(0,), (1,), (0, 0), (0, 1), (1, 0), (1, 1)]]
+    confidence = torch.zeros(2, 7)
+    hit = torch.zeros(2, 7, dtype=torch.bool)
+    hit[:, 0] = True
+    confidence[0, order] = torch.tensor([0.99, 0.01, 0.9, 0.09, 0.005, 0.005]).log()  # sure: a chain
+    hit[0, order[0]] = hit[0, order[2]] = True
+    confidence[1, order] = torch.tensor([0.5, 0.45, 0.15, 0.1, 0.2, 0.1]).log()  # torn: the runner-up
+    hit[1, order[1]] = True
+    dynamic = chosen_accepted(hit, most_confident(confidence, 2), tree)
+    assert dynamic.tolist() == [2, 1]
+    static = chosen_accepted(hit, most_often_hit(hit, 2), tree)
+    assert static.sum() < dynamic.sum()  # one fixed pair of nodes cannot serve both positions
+    assert chosen_accepted(hit, most_often_hit(hit, 6), tree).tolist() == [2, 1]  # the whole tree catches all
+
+
+def test_the_dynamic_estimate_for_hydra_drafts_the_engines_tokens_and_more_nodes_never_accept_less(
+        tmp_path, base_dir, base_model):
+    from fastchat_spec.train import dynamic_tree
+
+    name, checkpoint, _ = CASES["hydra++"]
+    path = checkpoint.write(method(name).write_checkpoint, str(tmp_path / "hydra-vicuna-tiny"), base_dir, base_model)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"turns": [p], "category": "x"}) + "\n" for p in tiny.PROMPTS[8:11]))
+    result = dynamic_tree.main(["--model-path", path, "--prompts", str(prompts), "--num-prompts", "3",
+                                "--max-new-tokens", "24", "--top", "3", "--sizes", "3,9,39"])
+    assert result["positions"] > 0 and result["full_tree_nodes"] == 3 + 9 + 27
+    rows = result["tokens_per_step"]
+    for kind in ("static_best", "dynamic"):
+        assert 1.0 <= rows[3][kind] <= rows[9][kind] <= rows[39][kind]
+    assert rows[39]["static_best"] == rows[39]["dynamic"]  # the whole full tree: the same nodes either way
+
+    model, _ = load_model(path, device="cpu")
+    feature = torch.randn(2, model.config.hidden_size)
+    tree = dynamic_tree.full_tree(2, 3)
+    tokens, confidence = dynamic_tree.drafted_confidences(model.drafter, model.base.get_input_embeddings(), feature,
+                                                          torch.tensor([5, 7]), tree)
+    assert (confidence[:, 1:] <= 0).all()
+    assert (confidence[:, 1:] <= confidence[:, tree.parent[1:]]).all()  # a path is never surer than its prefix
+    chain = [tree.paths.index((0,) * d) + 1 for d in (1, 2, 3)]
+    heads, embed = model.drafter, model.base.get_input_embeddings()
+    with torch.no_grad():
+        x, path = feature, [torch.tensor([5, 7])]
+        for d in range(3):  # the top-1 chain by hand, head by head
+            inputs = torch.cat([x] + [embed(t) for t in path], dim=-1)  # the feature, then the path's tokens
+            path.append(heads.head(d, inputs)[0].argmax(-1))
+    assert torch.equal(tokens[:, chain], torch.stack(path[1:], 1))
+
+
+def test_the_hydra_estimate_refuses_other_checkpoints_with_the_tool_to_use(tmp_path, base_dir, base_model):
+    from fastchat_spec.train import dynamic_tree
+
+    name, checkpoint, _ = CASES["medusa"]
+    path = checkpoint.write(method(name).write_checkpoint, str(tmp_path / "medusa-vicuna-tiny"), base_dir, base_model)
+    with pytest.raises(SystemExit, match="tree_search --dynamic"):
+        dynamic_tree.main(["--model-path", path])

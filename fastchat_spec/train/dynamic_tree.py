@@ -17,15 +17,25 @@ averages a static tree, 1 + that is its expected tokens per step.
 
 Caveats: a path tied in confidence with the true prefix counts in the prefix's
 favour; near an answer's end, depths without a target offer no candidates.
-Hydra's and Chimera's depths depend on the drafted path, and teacher-forced
-predictions give their distributions only along the true path, so the estimate
-is for Medusa heads alone.
+
+Hydra's depths depend on the drafted path, and teacher-forced predictions give
+their distributions only along the true path. For them, ``python -m
+fastchat_spec.train.dynamic_tree --model-path CKPT`` decodes the base's greedy
+answers to held-out prompts and, at every step position, drafts every node of
+a full tree (ranks < ``--top`` at each depth) as the engine drafts it, with its
+path's confidence. A dynamic tree of N nodes accepts the true path's nodes
+among the position's N most confident; the best static tree of N nodes is the
+N nodes most often on the true path over all positions (fitted to the very
+positions it is scored on, which favours it). Chimera is not covered: its
+drafts also go through an encoder with a cache of its own.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+
+from fastchat_spec.generate.tree import Tree
 
 CHUNK_FLOATS = 1 << 24  # path scores held at once (positions x (K + K^2 + ... + K^D))
 
@@ -84,3 +94,163 @@ class DynamicTreeEstimate:
         if not self.positions:
             raise ValueError("no held-out position had a draft target: nothing to estimate")
         return {n: 1.0 + self.accepted[n] / self.positions for n in self.sizes}
+
+
+# --------------------------------------------------------------------------- heads that read the drafted path
+# Hydra's head k reads the tokens drafted before it, so a node's distribution depends on its path and the
+# teacher-forced grid above does not give it. Instead every node of a full tree (every rank path up to a
+# depth) is drafted at each position, as the engine drafts it, together with its path's confidence; the
+# dynamic tree of N nodes is then the N most confident nodes at that position, and the best static tree of N
+# nodes the N nodes most often on the true path over all positions (fitted to the same positions).
+def full_tree(top: int, depth: int) -> Tree:
+    """Every rank path with ranks < ``top`` and 1 to ``depth`` draft tokens."""
+    paths = [()]
+    every = []
+    for _ in range(depth):
+        paths = [p + (r,) for p in paths for r in range(top)]
+        every += paths
+    return Tree.from_paths(every)
+
+
+def drafted_confidences(heads, embed: torch.nn.Module, feature: torch.Tensor, root: torch.Tensor,
+                        tree: Tree) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, log-confidence), both (P, N): every node of ``tree`` drafted by Hydra ``heads`` at P positions.
+
+    ``feature`` (P, H) is the heads' input at each position (``HydraHeads.feature``), ``root`` (P,) the
+    base's token after it. Node 0 is the root (confidence 0); a node's confidence is the sum of its path's
+    log-probabilities under the heads. The tokens are the ones ``HydraProposer.propose`` drafts.
+    """
+    from fastchat_spec.generate.proposers.hydra import depth_plan  # the engine's own drafting order
+
+    positions = feature.shape[0]
+    tokens = root.new_zeros(positions, tree.num_nodes)
+    tokens[:, 0] = root
+    confidence = feature.new_zeros(positions, tree.num_nodes, dtype=torch.float32)
+    parent = tree.parent.to(feature.device)
+    for step in depth_plan(tree.to(feature.device), heads.grounded):
+        x = feature[:, None, :].expand(-1, step.paths.shape[0], -1)  # (P, R, H)
+        if heads.grounded:
+            x = torch.cat([x, embed(tokens[:, step.paths]).to(x.dtype).flatten(2)], dim=-1)
+        logits, _ = heads.head(step.head, x)  # (P, R, V)
+        top = logits.float().log_softmax(-1).topk(step.top_k, dim=-1)
+        tokens[:, step.children] = top.indices[:, step.rows, step.ranks]
+        confidence[:, step.children] = confidence[:, parent[step.children]] + top.values[:, step.rows, step.ranks]
+    return tokens, confidence
+
+
+def on_true_path(tokens: torch.Tensor, truth: torch.Tensor, tree: Tree) -> torch.Tensor:
+    """(P, N) bool: the node's path is the true continuation. ``truth`` (P, D): the tokens after the root,
+    negative where the text has ended."""
+    hit = torch.zeros_like(tokens, dtype=torch.bool)
+    hit[:, 0] = True
+    for d in range(1, tree.max_depth + 1):
+        nodes = torch.tensor(tree.nodes_at_depth(d), device=tokens.device)
+        parents = tree.parent.to(tokens.device)[nodes]
+        hit[:, nodes] = hit[:, parents] & (tokens[:, nodes] == truth[:, d - 1 : d])
+    return hit
+
+
+def chosen_accepted(hit: torch.Tensor, chosen: torch.Tensor, tree: Tree) -> torch.Tensor:
+    """(P,) draft tokens accepted when only the ``chosen`` (P, N) nodes are drafted: the true path's nodes,
+    depth by depth, while each is chosen."""
+    on = hit & chosen
+    depths = [on[:, tree.nodes_at_depth(d)].any(1) for d in range(1, tree.max_depth + 1)]
+    return torch.stack(depths, 1).long().cumprod(1).sum(1)
+
+
+def most_confident(confidence: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """(P, N) bool: each position's ``num_nodes`` most confident nodes besides the root (its dynamic tree)."""
+    order = confidence[:, 1:].argsort(dim=1, descending=True, stable=True)
+    chosen = torch.zeros_like(confidence, dtype=torch.bool)
+    chosen[:, 1:].scatter_(1, order[:, :num_nodes], True)
+    return chosen
+
+
+def most_often_hit(hit: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """(P, N) bool: the ``num_nodes`` nodes most often on the true path over all positions, the same at
+    every position (the best static tree of that size; a node is never hit more often than its parent)."""
+    order = hit[:, 1:].float().mean(0).argsort(descending=True, stable=True)
+    chosen = torch.zeros(hit.shape[1], dtype=torch.bool, device=hit.device)
+    chosen[1:][order[:num_nodes]] = True
+    return chosen.expand_as(hit)
+
+
+def greedy_positions(model, prompt_ids: list[int], max_new_tokens: int, depth: int):
+    """(feature (P, H), root (P,), truth (P, depth)) at every step position of the base's greedy answer.
+
+    At position i the base has run up to token i and its greedy token i+1 is the root; the true drafts
+    are tokens i+2 .. i+depth+1 of the greedy text (-1 past its end), which greedy decoding accepts.
+    """
+    base, heads = model.base, model.drafter
+    device = next(base.parameters()).device
+    prompt = torch.tensor([prompt_ids], device=device)
+    text = base.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                         do_sample=False)[0]
+    hidden = base.model(text[None]).last_hidden_state  # (1, T, H)
+    feature = heads.feature(hidden)[0]
+    first, last = len(prompt_ids) - 1, text.numel() - 3  # the last position with a true draft token
+    if last < first:
+        return None
+    rows = torch.arange(first, last + 1, device=device)
+    padded = torch.cat([text, text.new_full((depth + 2,), -1)])
+    truth = torch.stack([padded[rows + 2 + d] for d in range(depth)], 1)
+    return feature[rows], text[rows + 1], truth
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m fastchat_spec.train.dynamic_tree --model-path HYDRA_CKPT``: dynamic against static trees."""
+    import argparse
+    import json
+
+    from fastchat.model.model_adapter import load_model
+
+    import fastchat_spec  # noqa: F401  (registers our adapters)
+    from fastchat_spec.bench.prompts import load_prompts
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", required=True, help="a Hydra or Hydra++ checkpoint")
+    parser.add_argument("--prompts", default=None, help="JSONL with turns (default: held-out ShareGPT)")
+    parser.add_argument("--num-prompts", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--top", type=int, default=4, help="candidates per node of the full tree drafted")
+    parser.add_argument("--depth", type=int, default=None, help="draft depth (default: every head)")
+    parser.add_argument("--sizes", default="7,15,31,63", help="tree sizes (nodes besides the root)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunk", type=int, default=64, help="positions drafted at once")
+    args = parser.parse_args(argv)
+
+    model, tokenizer = load_model(args.model_path, device=args.device)
+    if getattr(model, "spec", None) is None or model.spec.method != "hydra":
+        raise SystemExit(f"{args.model_path} is not a Hydra checkpoint; Medusa heads: tree_search --dynamic")
+    model.eval()
+    depth = args.depth or model.drafter.num_heads
+    tree = full_tree(args.top, depth)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    if max(sizes) >= tree.num_nodes:
+        raise SystemExit(f"--sizes must stay below the full tree's {tree.num_nodes - 1} nodes (raise --top)")
+    embed = model.base.get_input_embeddings()
+    hits, confidences = [], []
+    with torch.inference_mode():
+        for prompt in load_prompts(args.model_path, args.prompts, args.num_prompts):
+            found = greedy_positions(model, tokenizer(prompt.text).input_ids, args.max_new_tokens, depth)
+            if found is None:
+                continue
+            for start in range(0, found[0].shape[0], args.chunk):
+                feature, root, truth = (t[start : start + args.chunk] for t in found)
+                tokens, confidence = drafted_confidences(model.drafter, embed, feature, root, tree)
+                hits.append(on_true_path(tokens, truth, tree))
+                confidences.append(confidence)
+    hit, confidence = torch.cat(hits), torch.cat(confidences)
+    result = {"model_path": args.model_path, "positions": hit.shape[0], "full_tree_nodes": tree.num_nodes - 1,
+              "tokens_per_step": {}}
+    for n in sizes:
+        static = 1 + chosen_accepted(hit, most_often_hit(hit, n), tree).float().mean().item()
+        dynamic = 1 + chosen_accepted(hit, most_confident(confidence, n), tree).float().mean().item()
+        result["tokens_per_step"][n] = {"static_best": round(static, 4), "dynamic": round(dynamic, 4)}
+        print(f"{n:4d} nodes: best static tree {static:.3f}, dynamic tree {dynamic:.3f} tokens per step")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

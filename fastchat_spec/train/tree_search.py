@@ -41,6 +41,8 @@ else, and the estimate is only approximate.
 ``--dynamic`` (Medusa heads) adds, at 7, 15, 31, ... nodes, what a tree
 chosen afresh at every step by the heads' own confidence would accept
 (EAGLE-2's dynamic tree; ``train/dynamic_tree.py``) next to the best static tree.
+For Hydra heads, whose depths read the drafted path, ``python -m
+fastchat_spec.train.dynamic_tree --model-path CKPT`` drafts the full tree instead.
 
 ``--mode keep`` keeps the checkpoint's own paths and only rewrites them most
 often accepted first. Every tree is written in that order, as Medusa's
@@ -212,8 +214,9 @@ def measure(model, dataset, batch_size: int = 8, max_rank: int = 10, pad_token_i
         raise ValueError(f"tree_search measures {sorted(PREDICTORS)} checkpoints; this one is {method!r}, "
                          "which drafts no tree")
     if dynamic_sizes and method != "medusa":
+        hint = "; for Hydra heads run python -m fastchat_spec.train.dynamic_tree" if method == "hydra" else ""
         raise ValueError(f"the dynamic-tree estimate needs Medusa heads (depths independent of the path); this "
-                         f"checkpoint is {method!r}")
+                         f"checkpoint is {method!r}{hint}")
     dynamic = DynamicTreeEstimate(dynamic_sizes, max_rank) if dynamic_sizes else None
     recording = RecordingPredictor(PREDICTORS[method], max_rank, dynamic)
     measured = evaluate_heads(model, dataset, recording, Collator(pad_token_id), batch_size=batch_size,
