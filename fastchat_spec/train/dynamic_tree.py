@@ -228,11 +228,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sizes = [int(n) for n in args.sizes.split(",")]
     if max(sizes) >= tree.num_nodes:
         raise SystemExit(f"--sizes must stay below the full tree's {tree.num_nodes - 1} nodes (raise --top)")
+    from fastchat.utils import get_context_length
+
     embed = model.base.get_input_embeddings()
-    hits, confidences = [], []
+    context = get_context_length(model.config)
+    hits, confidences, too_long = [], [], 0
     with torch.inference_mode():
         for prompt in load_prompts(args.model_path, args.prompts, args.num_prompts):
-            found = greedy_positions(model, tokenizer(prompt.text).input_ids, args.max_new_tokens, depth)
+            ids = tokenizer(prompt.text).input_ids
+            if len(ids) + args.max_new_tokens > context:  # past the positions the base was trained on
+                too_long += 1
+                continue
+            found = greedy_positions(model, ids, args.max_new_tokens, depth)
             if found is None:
                 continue
             for start in range(0, found[0].shape[0], args.chunk):
@@ -240,9 +247,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 tokens, confidence = drafted_confidences(model.drafter, embed, feature, root, tree)
                 hits.append(on_true_path(tokens, truth, tree))
                 confidences.append(confidence)
+    if not hits:
+        raise SystemExit(f"no prompt fits the model's {context} positions with {args.max_new_tokens} new tokens")
     hit, confidence = torch.cat(hits), torch.cat(confidences)
-    result = {"model_path": args.model_path, "positions": hit.shape[0], "full_tree_nodes": tree.num_nodes - 1,
-              "tokens_per_step": {}}
+    result = {"model_path": args.model_path, "positions": hit.shape[0], "prompts_too_long": too_long,
+              "full_tree_nodes": tree.num_nodes - 1, "top": args.top, "depth": depth, "tokens_per_step": {}}
     for n in sizes:
         static = 1 + chosen_accepted(hit, most_often_hit(hit, n), tree).float().mean().item()
         dynamic = 1 + chosen_accepted(hit, most_confident(confidence, n), tree).float().mean().item()
