@@ -181,12 +181,14 @@ def greedy_positions(model, prompt_ids: list[int], max_new_tokens: int, depth: i
     At position i the base has run up to token i and its greedy token i+1 is the root; the true drafts
     are tokens i+2 .. i+depth+1 of the greedy text (-1 past its end), which greedy decoding accepts.
     """
+    from fastchat_spec.train.trainer import base_hidden_states
+
     base, heads = model.base, model.drafter
     device = next(base.parameters()).device
     prompt = torch.tensor([prompt_ids], device=device)
     text = base.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
                          do_sample=False)[0]
-    hidden = base.model(text[None]).last_hidden_state  # (1, T, H)
+    hidden, _ = base_hidden_states(base, text[None], with_logits=False)
     feature = heads.feature(hidden)[0]
     first, last = len(prompt_ids) - 1, text.numel() - 3  # the last position with a true draft token
     if last < first:
@@ -195,6 +197,41 @@ def greedy_positions(model, prompt_ids: list[int], max_new_tokens: int, depth: i
     padded = torch.cat([text, text.new_full((depth + 2,), -1)])
     truth = torch.stack([padded[rows + 2 + d] for d in range(depth)], 1)
     return feature[rows], text[rows + 1], truth
+
+
+def scored_positions(model, tokenizer, prompts, max_new_tokens: int, tree: Tree, chunk: int = 64):
+    """(hit, confidence, prompts too long): ``on_true_path`` and ``drafted_confidences`` of every step
+    position of the base's greedy answers to ``prompts`` (``bench.prompts.Prompt``), stacked."""
+    from fastchat.utils import get_context_length
+
+    embed = model.base.get_input_embeddings()
+    context = get_context_length(model.config)
+    hits, confidences, too_long = [], [], 0
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = tokenizer(prompt.text).input_ids
+            if len(ids) + max_new_tokens > context:  # past the positions the base was trained on
+                too_long += 1
+                continue
+            found = greedy_positions(model, ids, max_new_tokens, tree.max_depth)
+            for start in range(0, found[0].shape[0] if found else 0, chunk):
+                feature, root, truth = (t[start : start + chunk] for t in found)
+                tokens, confidence = drafted_confidences(model.drafter, embed, feature, root, tree)
+                hits.append(on_true_path(tokens, truth, tree))
+                confidences.append(confidence)
+    if not hits:
+        raise SystemExit(f"no prompt fits the model's {context} positions with {max_new_tokens} new tokens")
+    return torch.cat(hits), torch.cat(confidences), too_long
+
+
+def static_and_dynamic(hit: torch.Tensor, confidence: torch.Tensor, tree: Tree, sizes: Sequence[int]) -> dict:
+    """{N: {"static_best": tokens per step, "dynamic": tokens per step}} for each tree size N."""
+    out = {}
+    for n in sizes:
+        static = 1 + chosen_accepted(hit, most_often_hit(hit, n), tree).float().mean().item()
+        dynamic = 1 + chosen_accepted(hit, most_confident(confidence, n), tree).float().mean().item()
+        out[n] = {"static_best": round(static, 4), "dynamic": round(dynamic, 4)}
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -223,40 +260,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if getattr(model, "spec", None) is None or model.spec.method != "hydra":
         raise SystemExit(f"{args.model_path} is not a Hydra checkpoint; Medusa heads: tree_search --dynamic")
     model.eval()
-    depth = args.depth or model.drafter.num_heads
-    tree = full_tree(args.top, depth)
+    tree = full_tree(args.top, args.depth or model.drafter.num_heads)
     sizes = [int(n) for n in args.sizes.split(",")]
     if max(sizes) >= tree.num_nodes:
         raise SystemExit(f"--sizes must stay below the full tree's {tree.num_nodes - 1} nodes (raise --top)")
-    from fastchat.utils import get_context_length
-
-    embed = model.base.get_input_embeddings()
-    context = get_context_length(model.config)
-    hits, confidences, too_long = [], [], 0
-    with torch.inference_mode():
-        for prompt in load_prompts(args.model_path, args.prompts, args.num_prompts):
-            ids = tokenizer(prompt.text).input_ids
-            if len(ids) + args.max_new_tokens > context:  # past the positions the base was trained on
-                too_long += 1
-                continue
-            found = greedy_positions(model, ids, args.max_new_tokens, depth)
-            if found is None:
-                continue
-            for start in range(0, found[0].shape[0], args.chunk):
-                feature, root, truth = (t[start : start + args.chunk] for t in found)
-                tokens, confidence = drafted_confidences(model.drafter, embed, feature, root, tree)
-                hits.append(on_true_path(tokens, truth, tree))
-                confidences.append(confidence)
-    if not hits:
-        raise SystemExit(f"no prompt fits the model's {context} positions with {args.max_new_tokens} new tokens")
-    hit, confidence = torch.cat(hits), torch.cat(confidences)
+    prompts = load_prompts(args.model_path, args.prompts, args.num_prompts)
+    hit, confidence, too_long = scored_positions(model, tokenizer, prompts, args.max_new_tokens, tree, args.chunk)
+    rows = static_and_dynamic(hit, confidence, tree, sizes)
+    for n, row in rows.items():
+        print(f"{n:4d} nodes: best static tree {row['static_best']:.3f}, dynamic tree {row['dynamic']:.3f} "
+              f"tokens per step")
     result = {"model_path": args.model_path, "positions": hit.shape[0], "prompts_too_long": too_long,
-              "full_tree_nodes": tree.num_nodes - 1, "top": args.top, "depth": depth, "tokens_per_step": {}}
-    for n in sizes:
-        static = 1 + chosen_accepted(hit, most_often_hit(hit, n), tree).float().mean().item()
-        dynamic = 1 + chosen_accepted(hit, most_confident(confidence, n), tree).float().mean().item()
-        result["tokens_per_step"][n] = {"static_best": round(static, 4), "dynamic": round(dynamic, 4)}
-        print(f"{n:4d} nodes: best static tree {static:.3f}, dynamic tree {dynamic:.3f} tokens per step")
+              "full_tree_nodes": tree.num_nodes - 1, "top": args.top, "depth": tree.max_depth,
+              "tokens_per_step": rows}
     print(json.dumps(result))
     return result
 
