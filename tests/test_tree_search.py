@@ -188,7 +188,7 @@ def test_the_dynamic_estimate_is_reported_for_medusa_heads_and_refused_for_other
 def test_for_heads_that_read_their_path_a_dynamic_tree_goes_deep_where_sure_and_wide_where_torn():
     """Hydra's nodes are drafted along their paths: two positions over the full tree of ranks < 2 and depth 2
     (nodes (0), (1), (0, 0), (0, 1), (1, 0), (1, 1)); with two nodes a position picks its own shape."""
-    from fastchat_spec.train.dynamic_tree import chosen_accepted, full_tree, most_confident, most_often_hit
+    from fastchat_spec.train.dynamic_tree import accepted_paths, chosen_accepted, full_tree, most_confident
 
     tree = full_tree(top=2, depth=2)
     assert tree.num_nodes == 7
@@ -202,9 +202,10 @@ def test_for_heads_that_read_their_path_a_dynamic_tree_goes_deep_where_sure_and_
     hit[1, order[1]] = True
     dynamic = chosen_accepted(hit, most_confident(confidence, 2), tree)
     assert dynamic.tolist() == [2, 1]
-    static = chosen_accepted(hit, most_often_hit(hit, 2), tree)
-    assert static.sum() < dynamic.sum()  # one fixed pair of nodes cannot serve both positions
-    assert chosen_accepted(hit, most_often_hit(hit, 6), tree).tolist() == [2, 1]  # the whole tree catches all
+    frequencies = accepted_path_frequencies(accepted_paths(hit, tree), 2)
+    static = joint_expected_length(most_frequent_tree(frequencies, 2), frequencies) - 1  # per position
+    assert static * 2 < dynamic.sum()  # one fixed pair of nodes cannot serve both positions
+    assert joint_expected_length(most_frequent_tree(frequencies, 6), frequencies) - 1 == 1.5  # the whole tree: 2, 1
 
 
 def test_the_dynamic_estimate_for_hydra_drafts_the_engines_tokens_and_more_nodes_never_accept_less(

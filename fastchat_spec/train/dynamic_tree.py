@@ -31,11 +31,13 @@ drafts also go through an encoder with a cache of its own.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
-from fastchat_spec.generate.tree import Tree
+from fastchat_spec.generate.tree import (Tree, accepted_path_frequencies, joint_expected_length,
+                                         most_frequent_tree)
 
 CHUNK_FLOATS = 1 << 24  # path scores held at once (positions x (K + K^2 + ... + K^D))
 
@@ -101,7 +103,7 @@ class DynamicTreeEstimate:
 # teacher-forced grid above does not give it. Instead every node of a full tree (every rank path up to a
 # depth) is drafted at each position, as the engine drafts it, together with its path's confidence; the
 # dynamic tree of N nodes is then the N most confident nodes at that position, and the best static tree of N
-# nodes the N nodes most often on the true path over all positions (fitted to the same positions).
+# nodes ``generate.tree.most_frequent_tree`` of the paths accepted over all positions (fitted to them).
 def full_tree(top: int, depth: int) -> Tree:
     """Every rank path with ranks < ``top`` and 1 to ``depth`` draft tokens."""
     paths = [()]
@@ -166,13 +168,10 @@ def most_confident(confidence: torch.Tensor, num_nodes: int) -> torch.Tensor:
     return chosen
 
 
-def most_often_hit(hit: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """(P, N) bool: the ``num_nodes`` nodes most often on the true path over all positions, the same at
-    every position (the best static tree of that size; a node is never hit more often than its parent)."""
-    order = hit[:, 1:].float().mean(0).argsort(descending=True, stable=True)
-    chosen = torch.zeros(hit.shape[1], dtype=torch.bool, device=hit.device)
-    chosen[1:][order[:num_nodes]] = True
-    return chosen.expand_as(hit)
+def accepted_paths(hit: torch.Tensor, tree: Tree) -> Counter:
+    """{rank path: positions}: the path of each position's deepest node on the true path (``()``: none)."""
+    deepest = (hit.long() * tree.depth.to(hit.device)).argmax(1).tolist()  # one hit node per depth
+    return Counter(tree.paths[node - 1] if node else () for node in deepest)
 
 
 def greedy_positions(model, prompt_ids: list[int], max_new_tokens: int, depth: int):
@@ -226,9 +225,10 @@ def scored_positions(model, tokenizer, prompts, max_new_tokens: int, tree: Tree,
 
 def static_and_dynamic(hit: torch.Tensor, confidence: torch.Tensor, tree: Tree, sizes: Sequence[int]) -> dict:
     """{N: {"static_best": tokens per step, "dynamic": tokens per step}} for each tree size N."""
+    frequencies = accepted_path_frequencies(accepted_paths(hit, tree), int(tree.rank.max()) + 1)
     out = {}
     for n in sizes:
-        static = 1 + chosen_accepted(hit, most_often_hit(hit, n), tree).float().mean().item()
+        static = joint_expected_length(most_frequent_tree(frequencies, n), frequencies)
         dynamic = 1 + chosen_accepted(hit, most_confident(confidence, n), tree).float().mean().item()
         out[n] = {"static_best": round(static, 4), "dynamic": round(dynamic, 4)}
     return out
