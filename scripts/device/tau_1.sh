@@ -1,6 +1,5 @@
 # Lent-GPU call 1 of the tau run (issue 15): the `small` reference base, then its greedy answers to the first
-# DISTILL (5,000) training prompts. Carry: .gpu/small_xz .gpu/prompts.jsonl, after a call that carried
-# .gpu/whl_min and left .whl/ on the machine (the calls in order: scripts/device/prep.sh).
+# DISTILL (5,000) training prompts. Carry: .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl (scripts/device/prep.sh).
 # The base and the answers stay on the machine (runs/tau) for tau_2.sh, the next call on the same warm machine.
 # Sized for an 80 GB H100 (about 8.5 minutes: base 5, answers 3.5; 502 s in the fifteenth session, when the old
 # 500 s limit cut the merge of the answers short): four answer processes of 64 prompts; a batch
