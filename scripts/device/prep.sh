@@ -16,6 +16,8 @@
 #   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 8.5 min)
 #   2. tau_2.sh  no carry (METHODS="hydra-pp chimera" HEAD_TIMEOUT=440 for both) (4 to 9.5 min)
 #   3. tau_3.sh  carry .gpu/prompts.jsonl, the same METHODS                      (about 3 min)
+#   or, with under 15 minutes of device time: tau_nano.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl
+#     (every head method on the bundled nano base, about 6 min)
 #   then, if device time is left: cllm_small.sh  carry .gpu/cllm_xz (about 6 min, after tau_1.sh)
 # After a change to graph capture, streams or the loop: gpu_check_streams.sh  carry .gpu/whl_min (about 8 min).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
