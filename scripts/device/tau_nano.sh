@@ -3,6 +3,7 @@
 # training prompts; each method's heads (HEADS 4, HEAD_STEPS 600) train at once on those answers mixed with MIX
 # (11,000) ShareGPT conversations, their trees searched from measured acceptance; then tau per method and per
 # category against our graphed AR decoder on the 40 held-out prompts (fastchat_spec.bench, bf16).
+# With less device time: METHODS="medusa1 hydra-pp chimera" DISTILL=1000 HEAD_TIMEOUT=150 BENCH_TIMEOUT=120 (about 5 min).
 # Carry: .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl (scripts/device/prep.sh).
 source scripts/device_setup.sh >/dev/null; date -u
 mkdir -p runs/small_data runs/taunano
@@ -15,6 +16,7 @@ DISTILL=${DISTILL:-2000} SHARDS=2 DISTILL_BATCH=128 HEAD_STEPS=${HEAD_STEPS:-600
   runs/taunano /tmp/tauout; echo "heads rc $?"
 for _ in $(seq 60); do pgrep -f "fastchat_spec.train.(medusa|chimera|hydra)" >/dev/null || break; sleep 1; done
 grep -a "expected tokens" runs/taunano/heads_*.log
+cp /tmp/tauout/train_*.json runs/taunano/stages.log "$OUT"/ 2>/dev/null  # back even if the call is cut short
 BASELINES=ar STAGES=bench timeout ${BENCH_TIMEOUT:-180} bash scripts/small_tau.sh runs/small_data .gpu/prompts.jsonl \
   runs/taunano /tmp/tauout; echo "bench rc $?"
 cp /tmp/tauout/tau.json /tmp/tauout/train_*.json runs/taunano/stages.log runs/taunano/*.log "$OUT"/ 2>/dev/null
