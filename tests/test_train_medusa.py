@@ -270,6 +270,39 @@ def test_timeouts_sigterm_to_the_whole_process_group_still_saves_with_dataloader
         assert 3 <= json.load(f)["stopped_by_sigterm_at_step"] < 100000
 
 
+# The trainer, with its held-out measurement made to receive a SIGTERM first: as when `timeout` comes after the
+# last step, while the heads are measured (before the fix the default handler was back and the run died unsaved).
+SIGTERM_WHILE_MEASURING = """
+import os, signal, sys
+from fastchat_spec.train import medusa, report
+measure = report.measure_heads
+def measure_after_sigterm(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return measure(*args, **kwargs)
+report.measure_heads = measure_after_sigterm
+medusa.main(sys.argv[1:])
+"""
+
+
+def test_sigterm_after_the_last_step_still_measures_and_saves(tmp_path, base_dir, data):
+    """A SIGTERM that comes after training, while the heads are measured, no longer kills the run before it
+    saves (H100 run, 2026-12-07: Chimera's heads, lost that way while Medusa's and Hydra++'s beside it saved)."""
+    out = str(tmp_path / "medusa-vicuna-tiny")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "2", "--tree_nodes", "7")
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_MEASURING, *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "then the run saves what it has" in proc.stderr
+    with open(os.path.join(out, REPORT_FILE)) as f:
+        report = json.load(f)
+    assert report["stopped_by_sigterm_at_step"] is None  # training had run its course
+    assert report["heads"] and report["medusa_choices"]  # measured, and its tree grown from the measurement
+    model, tok = load_model(out, device="cpu")
+    assert greedy_texts(model, tok, get_generate_stream_function(model, out), PROMPTS[:1], 8)[0]
+
+
 def test_distill_writes_fastchat_json_and_batching_does_not_change_answers(tmp_path, base_dir):
     source = synthetic_conversations(3, seed=2)  # the first one has two rounds
     src = os.path.join(tmp_path, "in.json")

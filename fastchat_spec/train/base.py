@@ -30,7 +30,7 @@ import torch
 from fastchat_spec.train.arguments import flag_given
 from fastchat_spec.train.checkpoint import SAVE_DTYPES
 from fastchat_spec.train.dataset import Collator, TokenizedConversations, tokenize_conversations, trainable_rows
-from fastchat_spec.train.trainer import train_until_stopped
+from fastchat_spec.train.trainer import saving_on_sigterm, train_until_stopped
 
 FASTCHAT_TEMPLATE = "vicuna_v1.1"
 
@@ -308,6 +308,7 @@ def _last_logged_loss(log_history: List[Dict]) -> Optional[float]:
     return losses[-1] if losses else None
 
 
+@saving_on_sigterm()
 def main(argv: Optional[List[str]] = None) -> TrainResult:
     """Command line entry point (``argv`` as a list for in-process use); returns the measurements."""
     from transformers import Trainer

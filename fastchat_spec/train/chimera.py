@@ -47,7 +47,7 @@ from fastchat_spec.train.checkpoint import stored_dtype, without_prefix, write_h
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, training_datasets
 from fastchat_spec.train.losses import head_logs, head_loss, kl_to_teacher
 from fastchat_spec.train.report import finish, train_and_measure
-from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base
+from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base, saving_on_sigterm
 
 DEFAULTS = {"learning_rate": "1e-3"}
 
@@ -146,6 +146,7 @@ def write_checkpoint(state: dict, out_dir: str, args: ChimeraArguments, base, ba
 
 
 # --------------------------------------------------------------------------- main
+@saving_on_sigterm()
 def train(argv=None) -> dict | None:
     """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
     model_args, data_args, training_args, cargs = parse_args(

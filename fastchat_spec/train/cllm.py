@@ -58,7 +58,7 @@ from fastchat_spec.train.cllm_eval import evaluate, heldout_prompts
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, supervised_dataset
 from fastchat_spec.train.domain import DOMAINS
 from fastchat_spec.train.report import save_and_report
-from fastchat_spec.train.trainer import HeadTrainer, load_base, train_until_stopped
+from fastchat_spec.train.trainer import HeadTrainer, load_base, saving_on_sigterm, train_until_stopped
 
 AR_TARGETS = ("teacher", "labels")
 
@@ -290,6 +290,7 @@ def write_checkpoint(base: nn.Module, tokenizer, out_dir: str, window: int, base
                           state_dict=state)
 
 
+@saving_on_sigterm()
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     """Command line entry point; returns the report (main process) also written to train_report.json."""
     from fastchat_spec.conversation import conversation_template

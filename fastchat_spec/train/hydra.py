@@ -41,7 +41,7 @@ from fastchat_spec.train.checkpoint import without_prefix, write_heads_only
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, training_datasets
 from fastchat_spec.train.losses import head_logs, head_loss, per_item, shift_labels
 from fastchat_spec.train.report import finish, train_and_measure
-from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base
+from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base, saving_on_sigterm
 
 DEFAULTS = {"learning_rate": "1e-3"}
 
@@ -208,6 +208,7 @@ def write_checkpoint(state: dict, out_dir: str, args: HydraArguments, base_confi
 
 
 # --------------------------------------------------------------------------- main
+@saving_on_sigterm()
 def train(argv=None) -> dict | None:
     """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
     model_args, data_args, training_args, hargs = parse_args(

@@ -46,7 +46,7 @@ from fastchat_spec.train.data import read_fastchat_json
 from fastchat_spec.train.dataset import IGNORE_TOKEN_ID, Collator, training_datasets
 from fastchat_spec.train.losses import head_logs, head_loss, kl_to_teacher, shift_labels
 from fastchat_spec.train.report import finish, train_and_measure
-from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base
+from fastchat_spec.train.trainer import HeadTrainer, TrainingModule, base_hidden_states, load_base, saving_on_sigterm
 
 STAGE_DEFAULTS = {1: {"learning_rate": "1e-3"}, 2: {"learning_rate": "2e-5"}}
 
@@ -295,6 +295,7 @@ def build_trainer(model_args, data_args, training_args, margs: MedusaArguments):
     return trainer, tokenizer, heldout
 
 
+@saving_on_sigterm()
 def train(argv=None) -> dict | None:
     """Parse ``argv``, train, measure, write the checkpoint and its report; the report on the main process."""
     stage = _stage(argv)

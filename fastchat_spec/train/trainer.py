@@ -7,10 +7,12 @@ returns ``(loss, logs)`` (``logs``: name -> 0-dim tensor, e.g. ``head0_loss``,
 ``load_base`` loads the base frozen (or trainable, for Medusa-2 and CLLM) and
 ``base_hidden_states`` runs it without autograd when it is frozen.
 ``train_until_stopped`` runs any of our Trainers so that SIGTERM ends training
-after the current step and the run goes on to save what it has learnt.
+after the current step; within ``saving_on_sigterm`` (each trainer's whole run)
+the run then goes on to measure and save what it has learnt.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -189,10 +191,11 @@ class HeadTrainer(transformers.Trainer):
 
 # --------------------------------------------------------------------------- stopping early
 class StopOnSignal(transformers.TrainerCallback):
-    """Ends training after the step in which a stop signal arrived; every process stops at the same step."""
+    """Ends training after the step in which ``handler`` recorded a stop signal; every process stops at the
+    same step. ``handler`` None (off the main thread, where no signal handler can be set): never stops."""
 
-    def __init__(self):
-        self.received: int | None = None
+    def __init__(self, handler: "DeferredSigterm | None"):
+        self.handler = handler
         self.stopped_at_step: int | None = None
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
@@ -207,7 +210,7 @@ class StopOnSignal(transformers.TrainerCallback):
         return control
 
     def _any_process_received(self, device) -> bool:
-        received = self.received is not None
+        received = self.handler is not None and self.handler.received is not None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             flag = torch.tensor([float(received)], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -236,33 +239,55 @@ def _worker_ignoring_sigterm(init: Callable | None, worker_id: int) -> None:
         init(worker_id)
 
 
+class DeferredSigterm:
+    """The SIGTERM handler of ``saving_on_sigterm``: the first signal is recorded (``received``), a second one
+    stops the process at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __call__(self, signum, frame):
+        if self.received is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+        self.received = signum
+        # os.write, not print: the handler runs between two bytecodes of the main thread, which may be inside
+        # a print of the Trainer's logs, and print is not reentrant (as web/stopping.py says).
+        os.write(sys.stderr.fileno(), b"SIGTERM: training stops after this step (or has ended), then the run "
+                                      b"saves what it has (send it again to stop at once)\n")
+
+
+@contextlib.contextmanager
+def saving_on_sigterm():
+    """Within the block a scheduler's or ``timeout``'s SIGTERM does not lose the run: ``train_until_stopped``
+    ends training after the current step and the rest of the block (measuring, saving) goes on. Wrap a
+    trainer's whole train-measure-save in it: a signal that came after training used to kill the run before it
+    saved (H100, 2026-12-07: Chimera's heads, stopped while measuring). Yields the ``DeferredSigterm`` (an
+    enclosing block's, when nested), or None off the main thread, where Python sets no signal handlers.
+    Usable as a decorator: ``@saving_on_sigterm()``."""
+    current = signal.getsignal(signal.SIGTERM)
+    if isinstance(current, DeferredSigterm) or threading.current_thread() is not threading.main_thread():
+        yield current if isinstance(current, DeferredSigterm) else None
+        return
+    handler = DeferredSigterm()
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield handler
+    finally:
+        signal.signal(signal.SIGTERM, current)
+
+
 def train_until_stopped(trainer: transformers.Trainer) -> tuple:
     """(``trainer.train()``'s output, the step at which SIGTERM stopped it or None).
 
-    A scheduler's or ``timeout``'s SIGTERM no longer loses the run: training ends
-    after the current step and the caller saves the weights as usual. A second
-    SIGTERM stops the process at once.
+    Within ``saving_on_sigterm`` (its own, unless the caller's block encloses it), a SIGTERM ends training after
+    the current step and the caller saves the weights as usual. A second SIGTERM stops the process at once.
     """
-    callback = StopOnSignal()
-    if threading.current_thread() is not threading.main_thread():
-        return trainer.train(), None
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        if callback.received is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.raise_signal(signal.SIGTERM)
-        callback.received = signum
-        # os.write, not print: the handler runs between two bytecodes of the main thread, which may be inside
-        # a print of the Trainer's logs, and print is not reentrant (as web/stopping.py says).
-        os.write(sys.stderr.fileno(), b"SIGTERM: training stops after this step, then the run saves what it has "
-                                      b"(send it again to stop at once)\n")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    trainer.add_callback(callback)
-    try:
-        output = trainer.train()
-    finally:
-        trainer.remove_callback(callback)
-        signal.signal(signal.SIGTERM, previous)
-    return output, callback.stopped_at_step
+    with saving_on_sigterm() as handler:
+        callback = StopOnSignal(handler)
+        trainer.add_callback(callback)
+        try:
+            output = trainer.train()
+        finally:
+            trainer.remove_callback(callback)
+        return output, callback.stopped_at_step
