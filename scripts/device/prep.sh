@@ -10,9 +10,9 @@
 #   .gpu/cllm_xz     its code-domain subsets for CLLM rounds (fastchat_spec.train.domain)
 #   .gpu/prompts.jsonl  40 held-out ShareGPT first turns, the tau benchmark's prompts
 #
-# A call carries at most 64 MiB with the tracked files (28 MiB: the run logs in benchmarks/raw/ over 20 KB are
-# committed xz-compressed so that this stays true), so whl_min and small_xz fit
-# together. The calls of issue 15, in order on one warm machine, sized for an 80 GB H100 (about 20 minutes):
+# A call carries at most 64 MiB with the tracked files (28 MiB: benchmarks/raw/ keeps run logs over 20 KB and large
+# bench outputs xz-compressed so that this stays true), so whl_min and small_xz fit together.
+# The calls of issue 15, in order on one warm machine, sized for an 80 GB H100 (about 20 minutes):
 #   1. tau_1.sh  carry .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl            (about 8.5 min)
 #   2. tau_2.sh  no carry (METHODS="hydra-pp chimera" HEAD_TIMEOUT=440 for both) (4 to 9.5 min)
 #   3. tau_3.sh  carry .gpu/prompts.jsonl, the same METHODS                      (about 3 min)
