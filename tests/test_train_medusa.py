@@ -19,6 +19,8 @@ from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.train import arguments, dataset, distill, losses, medusa, tree_search
 from fastchat_spec.train.report import REPORT_FILE
+from tests.conftest import ROOT
+from tests.servers import checkout_env
 from tests.tiny import CONTEXT, MAX_NEW, PROMPTS, WORDS
 
 # Answers repeat a few sentences, so tokens two or three ahead are learnable in a few steps.
@@ -222,13 +224,11 @@ def lines_until_steps_logged(proc: subprocess.Popen, steps: int) -> list[str]:
 
 def start_endless_training(base_dir, data, out, *extra, **popen_args) -> subprocess.Popen:
     """A Medusa trainer subprocess with 2 heads that logs every step and would run 100,000 steps."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "fastchat_spec.train.medusa",
            *train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "100000", "--logging_steps", "1",
                        "--tree_nodes", "7", *extra)]
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen_args)
+    return subprocess.Popen(cmd, cwd=ROOT, env={**checkout_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen_args)
 
 
 def test_sigterm_ends_training_and_the_heads_trained_so_far_are_saved(tmp_path, base_dir, data):
@@ -288,10 +288,8 @@ def test_sigterm_after_the_last_step_still_measures_and_saves(tmp_path, base_dir
     """A SIGTERM that comes after training, while the heads are measured, no longer kills the run before it
     saves (H100 run, 2026-12-07: Chimera's heads, lost that way while Medusa's and Hydra++'s beside it saved)."""
     out = str(tmp_path / "medusa-vicuna-tiny")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     args = train_args(base_dir, data, out, "--medusa_num_heads", "2", "--max_steps", "2", "--tree_nodes", "7")
-    proc = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_MEASURING, *args], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_MEASURING, *args], cwd=ROOT, env=checkout_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "then the run saves what it has" in proc.stderr

@@ -145,10 +145,10 @@ def on_true_path(tokens: torch.Tensor, truth: torch.Tensor, tree: Tree) -> torch
     negative where the text has ended."""
     hit = torch.zeros_like(tokens, dtype=torch.bool)
     hit[:, 0] = True
+    parent = tree.parent.to(tokens.device)
     for d in range(1, tree.max_depth + 1):
         nodes = torch.tensor(tree.nodes_at_depth(d), device=tokens.device)
-        parents = tree.parent.to(tokens.device)[nodes]
-        hit[:, nodes] = hit[:, parents] & (tokens[:, nodes] == truth[:, d - 1 : d])
+        hit[:, nodes] = hit[:, parent[nodes]] & (tokens[:, nodes] == truth[:, d - 1 : d])
     return hit
 
 
@@ -213,7 +213,9 @@ def scored_positions(model, tokenizer, prompts, max_new_tokens: int, tree: Tree,
                 too_long += 1
                 continue
             found = greedy_positions(model, ids, max_new_tokens, tree.max_depth)
-            for start in range(0, found[0].shape[0] if found else 0, chunk):
+            if found is None:  # the answer ended before a draft had a target
+                continue
+            for start in range(0, found[0].shape[0], chunk):
                 feature, root, truth = (t[start : start + chunk] for t in found)
                 tokens, confidence = drafted_confidences(model.drafter, embed, feature, root, tree)
                 hits.append(on_true_path(tokens, truth, tree))

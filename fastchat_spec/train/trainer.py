@@ -266,8 +266,11 @@ def saving_on_sigterm():
     enclosing block's, when nested), or None off the main thread, where Python sets no signal handlers.
     Usable as a decorator: ``@saving_on_sigterm()``."""
     current = signal.getsignal(signal.SIGTERM)
-    if isinstance(current, DeferredSigterm) or threading.current_thread() is not threading.main_thread():
-        yield current if isinstance(current, DeferredSigterm) else None
+    if isinstance(current, DeferredSigterm):
+        yield current
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield None
         return
     handler = DeferredSigterm()
     signal.signal(signal.SIGTERM, handler)
