@@ -29,6 +29,10 @@ def test_bench_reports_speedups_per_category(tmp_path, base_dir):
     assert overall["speedup_vs_fastchat"] > 0 and overall["speedup_vs_ar"] > 0
     assert overall["same_text_as_ar_rate"] == 1.0  # float32: the speculative text is the AR text
     assert set(overall["ms_per_step"]) == {"step", "other"}
+    # time to the first token, for the method and our AR, within each prompt's whole time
+    assert 0 < overall["first_token_ms"] and 0 < overall["ar_first_token_ms"]
+    for row in result["prompts"]:
+        assert 0 < row["medusa"]["first_token_s"] <= row["medusa"]["seconds"]
     assert set(result["summary"]["by_category"]) == {"writing", "code"}
     loops = result["summary"]["by_repetition"]  # tau on answers that loop (easy to draft) apart from the rest
     assert loops["varied"]["prompts"] + loops["repetitive"]["prompts"] == 4
@@ -203,7 +207,7 @@ def test_the_tau_script_trains_heads_on_the_bases_own_answers_and_reports_tau_pe
     assert categories[0] == "code" and categories[2] == "general"
 
 
-def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need_a_gpu(monkeypatch, capsys):
+def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need_a_gpu(monkeypatch, capsys, tmp_path):
     """`bench.gemms` times split-K forms of each projection next to the plain GEMM: they must be the
     same product, whether the parts are copied out or read as a strided view of the weight. The tree
     `bench.attention` masks with must be a tree (each node sees itself and the root). Without a GPU both
@@ -218,6 +222,19 @@ def test_gemm_and_attention_tools_time_the_products_they_claim_and_say_they_need
         assert parts.shape == (4, 96, 16) and (copy or parts.data_ptr() == weight.data_ptr())
         torch.testing.assert_close(gemms.split_k_linear(x, parts), x @ weight.T)
     assert set(gemms.projections("llama7b")) == {"qkv", "o", "gate_up", "down"}
+
+    # bench.first_use times a forward at lengths new to the process, once and again, under each attention
+    # policy; no two policies share a length (a shape cached under one would look free under the next).
+    from fastchat_spec.bench import first_use
+
+    out = tmp_path / "first_use.json"
+    first_use.main(["--device", "cpu", "--dtype", "float32", "--lengths", "2", "--first-length", "9",
+                    "--out", str(out)])
+    policies = json.loads(out.read_text())["policies"]
+    assert set(policies) == {"default", "no-cudnn"}
+    lengths = [row["length"] for p in policies.values() for row in p["lengths"]]
+    assert len(lengths) == 4 == len(set(lengths))
+    assert all(row["first_ms"] > 0 and row["again_ms"] > 0 for p in policies.values() for row in p["lengths"])
     assert gemms.projections("llama7b")["down"] == (4096, 11008)
 
     mask = attention.tree_mask(12, "cpu")

@@ -213,8 +213,8 @@ def _base_fingerprint(base) -> tuple:
 
 
 def _run_dict(run) -> dict:
-    return {"tokens": run.tokens, "seconds": run.seconds, "steps": run.steps, "tok_s": run.tok_s, "tau": run.tau,
-            "text_ids": run.text_ids}
+    return {"tokens": run.tokens, "seconds": run.seconds, "first_token_s": run.first_s, "steps": run.steps,
+            "tok_s": run.tok_s, "tau": run.tau, "text_ids": run.text_ids}
 
 
 REPEAT_N, REPETITIVE = 8, 0.3  # an answer is repetitive when 30% or more of its 8-grams occurred earlier in it
@@ -236,13 +236,15 @@ def _summary(rows, name, baselines) -> dict:
     def block(sub):
         out = {"prompts": len(sub),
                "tau": median([r[name]["tau"] for r in sub]),
-               "tok_s": median([r[name]["tok_s"] for r in sub])}
+               "tok_s": median([r[name]["tok_s"] for r in sub]),
+               "first_token_ms": _first_token_ms(sub, name)}
         if "fastchat" in baselines:
             out["speedup_vs_fastchat"] = median([r[name]["speedup_vs_fastchat"] for r in sub])
             out["fastchat_tok_s"] = median([r["fastchat"]["tok_s"] for r in sub])
         if "ar" in baselines:
             out["speedup_vs_ar"] = median([r[name]["speedup_vs_ar"] for r in sub])
             out["ar_tok_s"] = median([r["ar"]["tok_s"] for r in sub])
+            out["ar_first_token_ms"] = _first_token_ms(sub, "ar")
             same = [r[name]["same_text_as_ar"] for r in sub if "same_text_as_ar" in r[name]]
             if same:
                 out["same_text_as_ar_rate"] = sum(same) / len(same)
@@ -261,6 +263,14 @@ def _summary(rows, name, baselines) -> dict:
         kinds["repetitive" if repeated_share(r[name]["text_ids"]) >= REPETITIVE else "varied"].append(r)
     summary["by_repetition"] = {k: block(sub) if sub else {"prompts": 0} for k, sub in kinds.items()}
     return summary
+
+
+def _first_token_ms(rows, name):
+    """Median time to the first token, in ms (None for results written before it was recorded)."""
+    from fastchat_spec.bench.run import median
+
+    values = [1000 * r[name]["first_token_s"] for r in rows if "first_token_s" in r[name]]
+    return median(values) if values else None
 
 
 def _chart(rows, names, path):
@@ -306,6 +316,9 @@ def _print_summary(name, summary):
         parts.append(f"{s['speedup_vs_fastchat']:.2f}x vs FastChat ({s['fastchat_tok_s']:.1f} tok/s)")
     if "speedup_vs_ar" in s:
         parts.append(f"{s['speedup_vs_ar']:.2f}x vs our AR ({s['ar_tok_s']:.1f} tok/s)")
+    if s.get("first_token_ms") is not None:
+        ar = f" (our AR {s['ar_first_token_ms']:.1f})" if s.get("ar_first_token_ms") is not None else ""
+        parts.append(f"first token {s['first_token_ms']:.1f} ms{ar}")
     if "ms_per_step" in s:
         parts.append("ms/step " + ", ".join(f"{k} {v:.2f}" for k, v in s["ms_per_step"].items()))
     varied = summary["by_repetition"]["varied"]

@@ -27,6 +27,7 @@ class Run:
     steps: int  # base forward passes
     text_ids: list = field(default_factory=list)
     split: dict = field(default_factory=dict)  # seconds per phase (profiled runs only)
+    first_s: float = 0.0  # wall time to the first token (the prefill, and whatever else a request waits for)
 
     @property
     def tok_s(self) -> float:
@@ -55,27 +56,29 @@ def run_engine(model, prompt_ids: list[int], max_new_tokens: int, temperature: f
     steps_s = loop.stats.seconds
     _sync(model.device)
     t0 = time.perf_counter()
-    out, steps = _decode(loop, prompt_ids, max_new_tokens, temperature, eos)
+    out, steps, first = _decode(loop, prompt_ids, max_new_tokens, temperature, eos)
     _sync(model.device)
     seconds = time.perf_counter() - t0
     split = {}
     if profile:
         in_steps = loop.stats.seconds - steps_s
         split = {"step": in_steps, "other": seconds - in_steps}
-    return Run(len(out), seconds, steps, out, split)
+    return Run(len(out), seconds, steps, out, split, first - t0)
 
 
-def _decode(loop, prompt_ids, max_new_tokens, temperature, eos) -> tuple[list[int], int]:
+def _decode(loop, prompt_ids, max_new_tokens, temperature, eos) -> tuple[list[int], int, float]:
+    """The answer's ids, the steps that made them, and when (``perf_counter``) the first token came."""
     sampling = SamplingParams(temperature, 1.0, -1, 1.0)
     ticket = loop.submit(Job(list(prompt_ids), max_new_tokens, sampling, [eos]))
-    out, steps = [], 0
+    out, steps, first = [], 0, None
     for emitted in ticket.steps(loop.alive):
+        first = first or time.perf_counter()
         out += emitted.tokens
         steps += 1
     out = out[:max_new_tokens]
     if eos in out:
         out = out[: out.index(eos) + 1]
-    return out, steps
+    return out, steps, first or time.perf_counter()
 
 
 def run_concurrent(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos: int,
@@ -98,7 +101,7 @@ def run_concurrent(model, prompts: list[list[int]], max_new_tokens: int, tempera
                     return
                 i, ids = todo.pop(0)
             t0 = time.perf_counter()
-            out, steps = _decode(loop, ids, max_new_tokens, temperature, eos)
+            out, steps, _ = _decode(loop, ids, max_new_tokens, temperature, eos)
             results[i] = {"tokens": len(out), "steps": steps, "latency_s": time.perf_counter() - t0,
                           "text_ids": out}
 

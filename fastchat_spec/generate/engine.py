@@ -21,7 +21,7 @@ from fastchat_spec.generate.cuda_graphs import borrow_runner, pool_for
 from fastchat_spec.generate.kv_cache import commit_path, new_cache
 from fastchat_spec.generate.proposers import Committed, proposer_class
 from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
-from fastchat_spec.generate.verify import base_forward, causal_visibility
+from fastchat_spec.generate.verify import base_forward, causal_visibility, eager_attention
 from fastchat_spec.spec_model import SpecModel
 
 ACCEPTANCE_RULES = ("lossless", "typical")
@@ -104,6 +104,7 @@ class Generation:
 
     # -- the first token -------------------------------------------------
     @torch.inference_mode()
+    @eager_attention()
     def prefill(self) -> list[int]:
         p = self.prompt_len
         tokens = self.ids[:p]

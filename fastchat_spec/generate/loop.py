@@ -51,7 +51,7 @@ from fastchat_spec.generate.proposers import Committed, proposer_class
 from fastchat_spec.generate.request import RequestError
 from fastchat_spec.generate.slots import SlotStore
 from fastchat_spec.generate.tickets import Job, Ticket
-from fastchat_spec.generate.verify import compute_dtype
+from fastchat_spec.generate.verify import compute_dtype, eager_attention
 
 log = logging.getLogger("fastchat_spec.loop")
 
@@ -335,7 +335,8 @@ class EngineLoop:
         forward while the steps in flight need launching.
         """
         done = self.prefill(slot, prompt_ids)
-        self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
+        with eager_attention():  # a proposer's own layers over the prompt run at its length
+            self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
         self.state.occupy(slot, len(prompt_ids), done.first)
 
     def _step_rows(self) -> None:

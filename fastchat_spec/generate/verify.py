@@ -6,9 +6,14 @@ ids and cache positions, so any decoder-only model with a standard cache works
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Every SDPA backend but cuDNN's, for forwards whose length is a request's own (see ``eager_attention``).
+EAGER_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -33,6 +38,20 @@ def attention_mask(start: torch.Tensor, visible: torch.Tensor, capacity: int, dt
     mask = torch.zeros(t, capacity, device=visible.device, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask.view(1, 1, t, capacity)
+
+
+@contextmanager
+def eager_attention():
+    """Attention for an eager forward whose length comes from the request (a prompt, on the host path).
+
+    SDPA prefers cuDNN on Hopper, and cuDNN builds an execution plan for each
+    new shape the first time it sees it: tens of milliseconds per prompt
+    length never seen before (``python -m fastchat_spec.bench.first_use``).
+    Fixed-shape forwards (the graphed steps and prompt buckets, captured at
+    load) keep it; these take the other backends, which need no plan.
+    """
+    with sdpa_kernel(EAGER_BACKENDS):
+        yield
 
 
 def compute_dtype(base) -> torch.dtype:
