@@ -1,11 +1,19 @@
 # Lent-GPU call: what an eager forward costs at a prompt length the process has not seen (cuDNN's per-shape
 # plan), and what it cost each Hydra++/Chimera request before generate.verify.eager_attention: the benchmark on
-# 40 held-out prompts with this tree ("after", with 8 concurrent clients too) and with the tree before the fix
-# ("before"), then the concurrent GPU check (scripts/gpu_check.py). About 5 minutes on an H100.
-# Carry: .gpu/whl_min .gpu/prompts.jsonl runs/ttft/data runs/old, where runs/ttft/data holds the first 400 training
-# and 24 held-out conversations of the small_data split (train400.json, heldout24.json), and runs/old the tree
-# before the fix: mkdir -p runs/old && git archive be388ef fastchat_spec ":(exclude)fastchat_spec/models" | tar -x -C runs/old
+# 40 held-out prompts with this tree ("after", with 1 and 8 concurrent clients too) and with the tree before the fix
+# ("before"), then the concurrent GPU check (scripts/gpu_check.py). About 5 minutes on an H100 (3.5 of them ran in the seventeenth session).
+# Carry: .gpu/whl_min .gpu/small_xz .gpu/prompts.jsonl runs/old (scripts/device/prep.sh makes .gpu/; runs/old is the
+# tree before the fix: mkdir -p runs/old && git archive be388ef fastchat_spec ":(exclude)fastchat_spec/models" | tar -x -C runs/old).
+# The seventeenth session carried the 400 + 24 conversations as runs/ttft/data instead, and ran out of device time
+# during "before" (benchmarks/raw/first-use-h100-2026-12-07-seventeenth/calls.sh).
 source scripts/device_setup.sh >/dev/null; source scripts/stages.sh; date -u
+mkdir -p runs/ttft/data
+if [ ! -f runs/ttft/data/train400.json ]; then
+  for f in train heldout; do unxz .gpu/small_xz/$f.json.xz runs/ttft/data/$f.json; done
+  python3 -c "import json; d = 'runs/ttft/data/'
+json.dump(json.load(open(d + 'train.json'))[:400], open(d + 'train400.json', 'w'))
+json.dump(json.load(open(d + 'heldout.json'))[:24], open(d + 'heldout24.json', 'w'))"
+fi
 # 4 heads per method for the bundled nano base, trained briefly here (their float32 weights are too large to
 # carry); the time a request takes beyond its steps does not depend on how well they draft.
 for method in hydra-pp chimera; do
@@ -20,7 +28,7 @@ python3 -m fastchat_spec.bench.first_use --out "$OUT"/first_use_nano.json 2>&1 |
 M="runs/ttft/hydra-pp-nano runs/ttft/chimera-nano"
 B="--prompts .gpu/prompts.jsonl --num-prompts 40 --max-new-tokens 256 --baselines ar --dtype bfloat16"
 # shellcheck disable=SC2086  # lists of paths and flags
-timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B --concurrency 8 --out "$OUT"/after.json \
+timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B --concurrency 1,8 --out "$OUT"/after.json \
   > "$OUT"/after.log 2>&1; echo "after rc $?"; grep -a " tau " "$OUT"/after.log
 # shellcheck disable=SC2086
 PYTHONPATH=$PWD/runs/old:$PYTHONPATH timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B \

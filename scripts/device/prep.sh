@@ -20,6 +20,8 @@
 #     (every head method on the bundled nano base, about 6 min)
 #   then, if device time is left: cllm_small.sh  carry .gpu/cllm_xz (about 6 min, after tau_1.sh)
 # After a change to graph capture, streams or the loop: gpu_check_streams.sh  carry .gpu/whl_min (about 8 min).
+# The prompt path's cost per new prompt length, before and after eager_attention: first_use.sh  carry .gpu/whl_min
+#   .gpu/small_xz .gpu/prompts.jsonl runs/old (about 5 min; the script says how to make runs/old).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
