@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -88,7 +89,7 @@ def main(argv=None):
         "device": device_name(args.device),
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
-        "command": "python -m fastchat_spec.bench.first_use " + " ".join(argv or __import__("sys").argv[1:]),
+        "command": "python -m fastchat_spec.bench.first_use " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model_path": args.model_path,
         "dtype": args.dtype,
         "policies": measure(base, device, dtype, args.lengths, args.first_length, capacity),
