@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from fastchat_spec.bench.run import device_name
+from fastchat_spec.bench.run import _sync, device_name
 from fastchat_spec.generate.kv_cache import new_cache
 from fastchat_spec.generate.verify import base_forward, causal_visibility, eager_attention
 
@@ -40,12 +40,10 @@ def time_forward(base, cache, length: int, device) -> float:
     tokens = torch.randint(3, base.config.vocab_size, (length,), device=device)
     positions = torch.arange(length, device=device)
     start = torch.zeros((), dtype=torch.long, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     t0 = time.perf_counter()
     base_forward(base, cache, tokens, positions, start, causal_visibility(length, device))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     return time.perf_counter() - t0
 
 

@@ -334,8 +334,10 @@ class EngineLoop:
         step reports it (``root_token``), so the host never waits for a prompt's
         forward while the steps in flight need launching.
         """
-        done = self.prefill(slot, prompt_ids)
-        with eager_attention():  # a proposer's own layers over the prompt run at its length
+        # Eager forwards here run at the prompt's own length (a proposer's layers, a prompt past the graphed
+        # buckets): no cuDNN plan per length. The graphed buckets replay what was captured at load.
+        with eager_attention():
+            done = self.prefill(slot, prompt_ids)
             self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
         self.state.occupy(slot, len(prompt_ids), done.first)
 

@@ -44,7 +44,7 @@ import torch
 from fastchat_spec.generate.cuda_graphs import capture, side_stream
 from fastchat_spec.generate.kv_cache import round_up
 from fastchat_spec.generate.slots import SlotStore, rows_mask
-from fastchat_spec.generate.verify import causal_visibility, compute_dtype, eager_attention, forward_rows
+from fastchat_spec.generate.verify import causal_visibility, compute_dtype, forward_rows
 
 
 GRAPHED_PROMPT_MAX = 4096  # longest prompt (tokens) prefilled through a graph
@@ -141,9 +141,8 @@ class SlotPrefill:
         cache = self.store.rows(slot, 1, length, positions)
         mask = rows_mask(torch.zeros(1, dtype=torch.long, device=self.device),
                          causal_visibility(p, self.device), length, self.dtype)
-        with eager_attention():
-            out = forward_rows(self.base, cache, tokens.view(1, p), positions, mask, positions[0],
-                               logits_at=torch.full((1,), p - 1, device=self.device))
+        out = forward_rows(self.base, cache, tokens.view(1, p), positions, mask, positions[0],
+                           logits_at=torch.full((1,), p - 1, device=self.device))
         return out.hidden[0], out.logits[0, 0].argmax()
 
 
