@@ -30,8 +30,10 @@ B="--prompts .gpu/prompts.jsonl --num-prompts 40 --max-new-tokens 256 --baseline
 # shellcheck disable=SC2086  # lists of paths and flags
 timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B --concurrency 1,8 --out "$OUT"/after.json \
   > "$OUT"/after.log 2>&1; echo "after rc $?"; grep -a " tau " "$OUT"/after.log
+# The tree before the fix runs from its own folder (`python -m` puts the working directory ahead of PYTHONPATH).
+R=$PWD; M="$R/runs/ttft/hydra-pp-nano $R/runs/ttft/chimera-nano"; B=${B//.gpu\/prompts.jsonl/$R/.gpu/prompts.jsonl}
 # shellcheck disable=SC2086
-PYTHONPATH=$PWD/runs/old:$PYTHONPATH timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B \
-  --out "$OUT"/before.json > "$OUT"/before.log 2>&1; echo "before rc $?"; grep -a " tau " "$OUT"/before.log
+(cd runs/old && timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B \
+  --out "$OUT"/before.json > "$OUT"/before.log 2>&1); echo "before rc $?"; grep -a " tau " "$OUT"/before.log
 timeout ${CHECK_TIMEOUT:-170} python3 scripts/gpu_check.py --out "$OUT"/gpu_check.json > "$OUT"/gpu_check.log 2>&1
 echo "gpu_check rc $?"; grep -a "FAILURES\|passed\|failed" "$OUT"/gpu_check.log | tail -3 | cut -c1-300; date -u
