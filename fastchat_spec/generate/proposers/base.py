@@ -48,6 +48,12 @@ class Committed:
         return Committed(self.hidden[i], self.path[i], self.depth[i : i + 1], self.tokens[i], self.start[i],
                          None if self.logits is None else self.logits[i])
 
+    def as_one_row(self) -> "Committed":
+        """This request's event as a batched step's event of one row (``row``'s inverse)."""
+        return Committed(self.hidden.unsqueeze(0), self.path.unsqueeze(0), self.depth.view(1),
+                         self.tokens.unsqueeze(0), self.start.view(1),
+                         None if self.logits is None else self.logits.unsqueeze(0))
+
     def last_hidden(self) -> torch.Tensor:
         """The base's hidden state at the last committed row: (1, H), batched (b, 1, H)."""
         return torch.take_along_dim(self.hidden, self.path[..., -1:, None], dim=-2)

@@ -19,33 +19,22 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.kv_cache import capacity as cache_capacity
-from fastchat_spec.generate.kv_cache import new_cache
-from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer
+from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer, SlotProposers
 from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree, state_capacity
+from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.tree import Tree
-from fastchat_spec.generate.verify import attention_mask
 from fastchat_spec.heads.chimera import PAD_ID
 
 
 class ChimeraProposer(Proposer):
-    device_state = True  # every piece of state below is a tensor updated in place
+    """One request's Chimera state: the first and only row of a ``ChimeraSlots``."""
+
+    device_state = True  # every piece of state is a tensor updated in place
 
     def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int):
-        self.drafter = drafter
-        self.embed = base.get_input_embeddings()
-        self.rotary = base.get_decoder().rotary_emb
         self.tree = tree
-        self.device = device
-        self.dtype = drafter.chimera_head[0][-1].weight.dtype
-        self.plan = _DepthPlan(tree, device)
-        self.capacity = capacity  # positions of the encoder cache, for the whole request
-        self._cache = None  # allocated on first use, never moved (a captured step reads it)
-        self.length = torch.zeros((), dtype=torch.long, device=device)  # positions in the encoder cache
-        self.last_tokens = torch.full((2,), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
-        self.hidden = last_hidden_buffer(base, device)  # base hidden state at the last committed position
-        self.layout = PathLayout(tree, device)
-        self.last_two = torch.tensor([1, 2], device=device)
+        self.slots = ChimeraSlots(drafter, base, tree, device, capacity, slots=1)
+        self.one = slice(0, 1)
 
     @classmethod
     def tree_for(cls, model, options=None):
@@ -60,51 +49,86 @@ class ChimeraProposer(Proposer):
         tree = cls.tree_for(model, options).to(device)
         return cls(model.drafter, model.base, tree, device, state_capacity(options, tree))
 
-    # -- learning from commits -------------------------------------------------
+    @classmethod
+    def for_slots(cls, model, device, slots, capacity):
+        tree = cls.tree_for(model).to(device)
+        return ChimeraSlots(model.drafter, model.base, tree, device, state_capacity({"capacity": capacity}, tree),
+                            slots)
+
     def observe(self, event: Committed) -> None:
+        self.slots.observe(self.one, event.as_one_row())
+
+    def propose(self, root: torch.Tensor) -> torch.Tensor:
+        return self.slots.propose(self.one, root.view(1))[0]
+
+
+class ChimeraSlots(SlotProposers):
+    """The Chimera state of every slot of an engine loop, in shared tensors: a batched step drafts all its rows
+    with one trigram, encoder and head call per depth, and encodes their commits with one encoder call.
+
+    Per slot: the full-context encoder's KV cache (one row of a ``SlotStore``), its length, the last two
+    committed tokens (for the root's trigram) and the base's last hidden state.
+    """
+
+    def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int, slots: int):
+        self.drafter = drafter
+        self.embed = base.get_input_embeddings()
+        self.rotary = base.get_decoder().rotary_emb
+        self.tree = tree
+        self.dtype = drafter.chimera_head[0][-1].weight.dtype
+        self.plan = _DepthPlan(tree, device)
+        self.layout = PathLayout(tree, device)
+        self.store = SlotStore(drafter.encoder_config, slots, capacity, device, self.dtype)
+        self.length = torch.zeros(slots, dtype=torch.long, device=device)  # positions in each encoder cache
+        self.last_tokens = torch.full((slots, 2), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
+        self.hidden = last_hidden_buffer(base, device).new_zeros(slots, base.config.hidden_size)
+        self.last_two = torch.tensor([1, 2], device=device)
+
+    def reset(self, slot: int, event: Committed) -> None:
+        self.last_tokens[slot].fill_(PAD_ID)
+        self.observe(slice(slot, slot + 1), event.as_one_row())
+
+    # -- learning from commits -------------------------------------------------
+    def observe(self, rows: slice, event: Committed) -> None:
         # Every committed row; a padded path's entries past ``depth`` land beyond the new end of the
         # encoder cache, masked until overwritten, as in the base's cache.
-        offsets, visible = self.layout(event.path.numel())
-        self._encode_committed(event.hidden.index_select(0, event.path), event.start, offsets, visible)
-        recent = torch.cat([self.last_tokens, event.tokens])  # the last two of the first depth + 3
-        self.last_tokens.copy_(recent.index_select(0, event.depth + self.last_two))
-        self.hidden.copy_(event.last_hidden())
-        self.length.copy_(event.start + event.depth[0] + 1)
+        size = event.hidden.shape[-1]
+        hidden = event.hidden.gather(1, event.path.unsqueeze(-1).expand(-1, -1, size))  # (b, P, H)
+        self._encode_committed(rows, hidden, event.start)
+        recent = torch.cat([self.last_tokens[rows], event.tokens], dim=1)  # the last two of the first depth + 3
+        self.last_tokens[rows] = recent.gather(1, event.depth.view(-1, 1) + self.last_two)
+        self.hidden[rows] = event.last_hidden()[:, 0]
+        self.length[rows] = event.start + event.depth + 1
 
-    def _encode_committed(self, hidden, start: torch.Tensor, offsets: torch.Tensor, visible) -> None:
-        """Write the encoder's keys/values for committed hidden states (k, H) at positions start + offsets."""
-        k = hidden.shape[0]
-        cache = self.cache()
-        mask = attention_mask(start, visible, cache_capacity(cache), self.dtype)
-        positions = start + offsets
-        self.drafter.encode(hidden.to(self.dtype).unsqueeze(0), positions.view(1, k), mask, self.rotary,
-                            cache, positions)  # only the keys/values written to the cache matter
-
-    def cache(self):
-        """The full-context encoder's KV cache for this generation."""
-        if self._cache is None:
-            self._cache = new_cache(self.drafter.encoder_config, self.capacity, self.device, self.dtype)
-        return self._cache
+    def _encode_committed(self, rows: slice, hidden: torch.Tensor, start: torch.Tensor) -> None:
+        """Write the encoder's keys/values for committed hidden states (b, k, H), row r at start[r] + 0..k-1."""
+        b, k = hidden.shape[:2]
+        offsets, visible = self.layout(k)
+        positions = start.unsqueeze(1) + offsets  # (b, k)
+        cache = self.store.rows(rows.start, b, self.store.capacity, positions)
+        mask = rows_mask(start, visible, self.store.capacity, self.dtype)
+        self.drafter.encode(hidden.to(self.dtype), positions, mask, self.rotary, cache, offsets)
 
     # -- drafting ----------------------------------------------------------------
-    def propose(self, root: torch.Tensor) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
         plan, tree = self.plan, self.tree
-        start = self.length
-        cache = self.cache()
-        mask = attention_mask(start, tree.ancestors, cache_capacity(cache), self.dtype)  # (1, 1, N, cap)
-        positions = start + tree.depth
-        # ids[0:2] are the last committed tokens, ids[2 + i] is tree node i's token.
-        ids = torch.cat([self.last_tokens, root.view(1).to(self.device), plan.blank])
+        b, start = roots.shape[0], self.length[rows]
+        mask = rows_mask(start, tree.ancestors, self.store.capacity, self.dtype)  # (b, 1, N, cap)
+        positions = start.unsqueeze(1) + tree.depth  # (b, N)
+        hidden = self.hidden[rows]
+        # ids[:, 0:2] are each row's last committed tokens, ids[:, 2 + i] its tree node i's token.
+        ids = torch.cat([self.last_tokens[rows], roots.view(b, 1), plan.blank.expand(b, -1)], dim=1)
         for d in range(tree.max_depth):
             nodes = plan.nodes[d]
             n = nodes.numel()
-            features = self.drafter.trigram(self.embed, ids[plan.trigram[nodes]])  # (n, H)
-            encoded = self.drafter.encode(features.view(1, n, -1), positions[nodes].view(1, n), mask[:, :, nodes],
-                                          self.rotary, cache, start + nodes)[0]
-            logits = self.drafter.head(d, self.hidden.expand(n, -1), encoded)  # (n, V)
-            top = logits.topk(plan.top_k[d], dim=-1).indices
-            ids[2 + plan.nodes[d + 1]] = top[plan.parent_row[d + 1], plan.rank[d + 1]]
-        return ids[3:]
+            cache = self.store.rows(rows.start, b, self.store.capacity, start.unsqueeze(1) + nodes)
+            features = self.drafter.trigram(self.embed, ids[:, plan.trigram[nodes]])  # (b, n, H)
+            encoded = self.drafter.encode(features, positions[:, nodes], mask[:, :, nodes], self.rotary, cache,
+                                          nodes)
+            logits = self.drafter.head(d, hidden.unsqueeze(1).expand(b, n, -1), encoded)  # (b, n, V)
+            top = logits.topk(plan.top_k[d], dim=-1).indices  # (b, n, K)
+            ids[:, 2 + plan.nodes[d + 1]] = top[:, plan.parent_row[d + 1], plan.rank[d + 1]]
+        return ids[:, 3:]
 
 
 class _DepthPlan:

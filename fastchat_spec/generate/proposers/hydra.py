@@ -8,7 +8,10 @@ takes its parent's r-th most likely token.
 
 Per-generation state lives here, never on the modules: the last feature and,
 for Hydra++, the prefix layer's own KV cache, which ``observe`` extends over
-every newly committed hidden state.
+every newly committed hidden state. ``HydraSlots`` keeps that state for every
+slot of an engine loop in shared tensors, so that a batched step drafts and
+updates all its rows in one pass per depth instead of one pass per row; a
+request served alone is the one row of its own.
 """
 from __future__ import annotations
 
@@ -16,11 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fastchat_spec.generate.kv_cache import capacity, new_cache
-from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer
+from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer, SlotProposers
 from fastchat_spec.generate.proposers.base import last_hidden_buffer, state_capacity
+from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.tree import Tree
-from fastchat_spec.generate.verify import attention_mask
 
 
 
@@ -59,61 +61,90 @@ def depth_plan(tree: Tree, grounded: bool = True) -> list[DepthStep]:
 
 
 class HydraProposer(Proposer):
+    """One request's Hydra state: the first and only row of a ``HydraSlots``."""
+
     device_state = True  # the feature and the prefix cache are updated in place
 
     def __init__(self, heads, base, tree: Tree, capacity: int):
-        self.heads = heads
-        self.embed = base.get_input_embeddings()
         self.tree = tree
-        self.plan = depth_plan(tree, heads.grounded)
-        self.feature = last_hidden_buffer(base, tree.parent.device)  # the heads' input at the last position
-        self.capacity = capacity  # positions of the Hydra++ prefix cache, for the whole request
-        self._prefix_cache = None  # allocated on first use, never moved (a captured step reads it)
-        self.layout = PathLayout(tree, tree.parent.device)
+        self.slots = HydraSlots(heads, base, tree, capacity, slots=1)
+        self.one = slice(0, 1)
 
     @classmethod
     def build(cls, model, device, options):
         tree = cls.tree_for(model, options).to(device)
         return cls(model.drafter, model.base, tree, state_capacity(options, tree))
 
+    @classmethod
+    def for_slots(cls, model, device, slots, capacity):
+        tree = cls.tree_for(model).to(device)
+        return HydraSlots(model.drafter, model.base, tree, state_capacity({"capacity": capacity}, tree), slots)
+
+    @property
+    def feature(self) -> torch.Tensor:
+        """(1, H): the heads' input at the last committed position."""
+        return self.slots.feature
+
     def observe(self, event: Committed) -> None:
-        if not self.heads.has_prefix:
-            self.feature.copy_(event.last_hidden())
+        self.slots.observe(self.one, event.as_one_row())
+
+    def propose(self, root: torch.Tensor) -> torch.Tensor:
+        return self.slots.propose(self.one, root.view(1))[0]
+
+
+class HydraSlots(SlotProposers):
+    """The Hydra state of every slot of an engine loop, in shared tensors: the heads' input feature (slots, H)
+    and, for Hydra++, the prefix layer's KV cache (one row of a ``SlotStore`` per slot). A batched step drafts
+    all its rows with one head call per depth and extends their prefix caches with one prefix-layer call."""
+
+    def __init__(self, heads, base, tree: Tree, capacity: int, slots: int):
+        self.heads = heads
+        self.embed = base.get_input_embeddings()
+        self.tree = tree
+        self.plan = depth_plan(tree, heads.grounded)
+        self.layout = PathLayout(tree, tree.parent.device)
+        one = last_hidden_buffer(base, tree.parent.device)
+        self.feature = one.new_zeros(slots, one.shape[1])  # the heads' input at each slot's last position
+        layer = heads.prefix_embeding_layer
+        self.store = None if layer is None else SlotStore(layer.config, slots, capacity, one.device, one.dtype)
+
+    def reset(self, slot: int, event: Committed) -> None:
+        self.observe(slice(slot, slot + 1), event.as_one_row())
+
+    def observe(self, rows: slice, event: Committed) -> None:
+        if self.store is None:
+            self.feature[rows] = event.last_hidden()[:, 0]
             return
         # The prefix layer over every committed row; a padded path's entries past ``depth`` land
         # beyond the new end of its cache, where they stay masked until overwritten.
-        offsets, visible = self.layout(event.path.numel())
-        out = self._prefix_forward(event.hidden.index_select(0, event.path), event.start, offsets, visible)
-        self.feature.copy_(out.index_select(0, event.depth))
+        size = event.hidden.shape[-1]
+        hidden = event.hidden.gather(1, event.path.unsqueeze(-1).expand(-1, -1, size))  # (b, P, H)
+        out = self._prefix_forward(rows, hidden, event.start)
+        self.feature[rows] = out.gather(1, event.depth.view(-1, 1, 1).expand(-1, 1, size))[:, 0]
 
-    def propose(self, root: torch.Tensor) -> torch.Tensor:
-        tokens = torch.empty(self.tree.num_nodes, dtype=torch.long, device=root.device)
-        tokens[0] = root
-        dtype = self.feature.dtype
+    def _prefix_forward(self, rows: slice, hidden: torch.Tensor, begin: torch.Tensor) -> torch.Tensor:
+        """The prefix layer over ``hidden`` (b, k, H), row r at positions begin[r] + 0..k-1 of its slot's cache,
+        each seeing its slot's committed positions and the block causally; writes those caches."""
+        b, k = hidden.shape[:2]
+        offsets, visible = self.layout(k)
+        positions = begin.unsqueeze(1) + offsets  # (b, k)
+        cache = self.store.rows(rows.start, b, self.store.capacity, positions)
+        mask = rows_mask(begin, visible, self.store.capacity, hidden.dtype)
+        return self.heads.prefix_embeding_layer(hidden, positions, attention_mask=mask, cache=cache,
+                                                cache_position=offsets)
+
+    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+        """(b, N-1) drafts below each row's root (b,)."""
+        feature = self.feature[rows]
+        b = feature.shape[0]
+        tokens = torch.empty(b, self.tree.num_nodes, dtype=torch.long, device=roots.device)
+        tokens[:, 0] = roots
         for step in self.plan:
-            x = self.feature.expand(step.paths.shape[0], -1)  # (P, H)
+            x = feature.unsqueeze(1).expand(b, step.paths.shape[0], -1)  # (b, P, H)
             if self.heads.grounded:
-                path_embeds = self.embed(tokens[step.paths]).to(dtype)  # (P, d, H)
-                x = torch.cat([x, path_embeds.flatten(1)], dim=-1)  # (P, (d + 1) * H)
-            logits, _ = self.heads.head(step.head, x)  # (P, V)
-            top = logits.topk(step.top_k, dim=-1).indices  # (P, K)
-            tokens[step.children] = top[step.rows, step.ranks]
-        return tokens[1:]
-
-    # -- Hydra++ prefix layer ----------------------------------------------
-    def _prefix_forward(self, hidden, begin: torch.Tensor, offsets: torch.Tensor, visible) -> torch.Tensor:
-        """The prefix layer over ``hidden`` (k, H) at positions begin + offsets, writing its cache there."""
-        k = hidden.shape[0]
-        positions = begin + offsets
-        cache = self.prefix_cache()
-        mask = attention_mask(begin, visible, capacity(cache), hidden.dtype)
-        out = self.heads.prefix_embeding_layer(hidden.view(1, k, -1), positions.view(1, k), attention_mask=mask,
-                                               cache=cache, cache_position=positions)
-        return out[0]
-
-    def prefix_cache(self):
-        """The prefix layer's KV cache for this generation (Hydra++ only)."""
-        if self._prefix_cache is None:
-            layer = self.heads.prefix_embeding_layer
-            self._prefix_cache = new_cache(layer.config, self.capacity, self.feature.device, self.feature.dtype)
-        return self._prefix_cache
+                path_embeds = self.embed(tokens[:, step.paths]).to(feature.dtype)  # (b, P, d, H)
+                x = torch.cat([x, path_embeds.flatten(2)], dim=-1)  # (b, P, (d + 1) * H)
+            logits, _ = self.heads.head(step.head, x)  # (b, P, V)
+            top = logits.topk(step.top_k, dim=-1).indices  # (b, P, K)
+            tokens[:, step.children] = top[:, step.rows, step.ranks]
+        return tokens[:, 1:]
