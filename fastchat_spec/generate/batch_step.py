@@ -30,6 +30,16 @@ from fastchat_spec.generate.verify import compute_dtype, forward_rows
 
 
 DEVICE_STEP_ENV = "FASTCHAT_SPEC_DEVICE_STEP"  # set to 0 to drive every step from the host
+# The parts of ``BatchStep.run``, each a torch.profiler range named ``batch_step.<phase>``
+# (``bench/batch_profile.py`` sums the kernels inside each).
+PHASES = ("propose", "mask", "verify", "accept", "commit", "observe")
+PHASE_PREFIX = "batch_step."
+
+
+def phase(name: str):
+    """A profiler range over one part of the step. It exists while a step runs eagerly (and at capture); a
+    graph replay has no host code, so it costs the served steps nothing."""
+    return torch.profiler.record_function(PHASE_PREFIX + name)
 
 
 def supports_device_step(proposer, sampling) -> bool:
@@ -151,24 +161,32 @@ class BatchStep:
         self.dtype = compute_dtype(base)
 
     def run(self) -> None:
+        """One step; its parts (``PHASES``) are profiler ranges, which ``bench/batch_profile.py`` reads."""
         tree, rows, state = self.tree, self.rows, self.state
         roots, starts, active = state.roots[rows], state.starts[rows], state.active[rows]
-        drafts = self.proposers.propose(rows, roots)  # (b, N-1) for the proposers' whole tree
-        if self.draft_index is not None:
-            drafts = drafts[:, self.draft_index]
-        tokens = torch.cat([roots.unsqueeze(1), drafts], dim=1)  # (b, N) for this step's tree
-        self.write_at.copy_(starts.unsqueeze(1) + self.nodes)
-        mask = rows_mask(starts, tree.ancestors, self.length, self.dtype)
-        out = forward_rows(self.base, self.cache, tokens, starts.unsqueeze(1) + tree.depth, mask, self.nodes,
-                           self.decoder)
-        target = out.logits.argmax(dim=-1)  # (b, N)
-        node = greedy_nodes(tree, tokens, target) * active  # an empty row keeps its root only
-        path = tree.path_nodes[node]  # (b, D+1)
-        commit_rows(self.cache, starts, path)
-        kept = tokens.gather(1, path)
-        depth = tree.depth[node]
-        bonus = target.gather(1, node.unsqueeze(1))
-        state.report[rows] = torch.cat([depth.unsqueeze(1), kept, bonus], dim=1)
-        self.proposers.observe(rows, Committed(out.hidden, path, depth, kept, starts, out.logits))
-        starts.add_((depth + 1) * active)
-        roots.copy_(torch.where(active, bonus[:, 0], roots))
+        with phase("propose"):
+            drafts = self.proposers.propose(rows, roots)  # (b, N-1) for the proposers' whole tree
+            if self.draft_index is not None:
+                drafts = drafts[:, self.draft_index]
+            tokens = torch.cat([roots.unsqueeze(1), drafts], dim=1)  # (b, N) for this step's tree
+        with phase("mask"):
+            self.write_at.copy_(starts.unsqueeze(1) + self.nodes)
+            mask = rows_mask(starts, tree.ancestors, self.length, self.dtype)
+        with phase("verify"):
+            out = forward_rows(self.base, self.cache, tokens, starts.unsqueeze(1) + tree.depth, mask, self.nodes,
+                               self.decoder)
+        with phase("accept"):
+            target = out.logits.argmax(dim=-1)  # (b, N)
+            node = greedy_nodes(tree, tokens, target) * active  # an empty row keeps its root only
+            path = tree.path_nodes[node]  # (b, D+1)
+            kept = tokens.gather(1, path)
+            depth = tree.depth[node]
+            bonus = target.gather(1, node.unsqueeze(1))
+            state.report[rows] = torch.cat([depth.unsqueeze(1), kept, bonus], dim=1)
+        with phase("commit"):
+            commit_rows(self.cache, starts, path)
+        # The rows move on only after the proposers have read where this step started.
+        with phase("observe"):
+            self.proposers.observe(rows, Committed(out.hidden, path, depth, kept, starts, out.logits))
+            starts.add_((depth + 1) * active)
+            roots.copy_(torch.where(active, bonus[:, 0], roots))
