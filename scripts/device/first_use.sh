@@ -36,4 +36,4 @@ R=$PWD; M="$R/runs/ttft/hydra-pp-nano $R/runs/ttft/chimera-nano"; B=${B//.gpu\/p
 (cd runs/old && timeout ${BENCH_TIMEOUT:-150} python3 -m fastchat_spec.bench --model-path $M $B \
   --out "$OUT"/before.json > "$OUT"/before.log 2>&1); echo "before rc $?"; grep -a " tau " "$OUT"/before.log
 timeout ${CHECK_TIMEOUT:-170} python3 scripts/gpu_check.py --out "$OUT"/gpu_check.json > "$OUT"/gpu_check.log 2>&1
-echo "gpu_check rc $?"; grep -a "FAILURES\|passed\|failed" "$OUT"/gpu_check.log | tail -3 | cut -c1-300; date -u
+echo "gpu_check rc $?"; grep -a "FAILURES\|float32:\|bfloat16:\|passed\|failed" "$OUT"/gpu_check.log | tail -4 | cut -c1-300; date -u

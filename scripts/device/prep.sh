@@ -22,6 +22,9 @@
 # After a change to graph capture, streams or the loop: gpu_check_streams.sh  carry .gpu/whl_min (about 8 min).
 # The prompt path's cost per new prompt length, before and after eager_attention: first_use.sh  carry .gpu/whl_min
 #   .gpu/small_xz .gpu/prompts.jsonl runs/old (about 5 min; the script says how to make runs/old).
+# A change to the loop measured on `small`, before and after on the same heads: tau_1.sh and tau_2.sh as above, then
+#   tau_fix.sh carry .gpu/prompts.jsonl runs/old (CONCURRENCY=1,8 for concurrent clients; about 6-9 min, with the
+#   GPU check), then batch_profile.sh (no carry; a batched step's device time by phase for 1 to 8 rows, ~5 min).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail

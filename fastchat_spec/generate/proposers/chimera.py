@@ -4,7 +4,7 @@ Both head architectures run through the same calls (``drafter.head(d, hidden,
 encoded)``); the authors' released heads ignore the base hidden state, which
 is still kept so that the state and the captured step are the same for both.
 
-Per generation it keeps the full-context encoder's own KV cache, the last two
+Per request it keeps the full-context encoder's own KV cache, the last two
 committed tokens (for the root's trigram) and the base's last hidden state.
 Slot i of the encoder cache holds position i: committed positions were written
 from the base's hidden states by ``observe``; a draft tree is written from
@@ -12,8 +12,9 @@ trigram features at ``start + node`` (as the base's verify writes it) and is
 masked or overwritten afterwards, exactly like the base's cache.
 
 ``propose`` runs one encoder call and one head call per tree depth, batched
-over the depth's nodes: a node's trigram holds its parent's and grandparent's
-tokens, so each depth needs the previous one's choices.
+over the depth's nodes and over the rows of a batched step (``ChimeraSlots``):
+a node's trigram holds its parent's and grandparent's tokens, so each depth
+needs the previous one's choices.
 """
 from __future__ import annotations
 
