@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
 
 import torch
 
-from fastchat_spec.bench.run import _sync, device_name
+from fastchat_spec.bench.run import _sync, device_name, write_result
 from fastchat_spec.generate.batch_step import PHASE_PREFIX, PHASES, SlotState
 from fastchat_spec.generate.loop import EngineLoop
 
@@ -289,9 +288,7 @@ def main(argv=None):
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the loop's slots and graphs are gone with measure's frame
         del model
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.out, result)
     return result
 
 

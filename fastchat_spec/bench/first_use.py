@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import statistics
 import sys
 import time
 
 import torch
 
-from fastchat_spec.bench.run import _sync, device_name
+from fastchat_spec.bench.run import _sync, device_name, write_result
 from fastchat_spec.generate.kv_cache import new_cache
 from fastchat_spec.generate.verify import base_forward, causal_visibility, eager_attention
 
@@ -95,9 +94,7 @@ def main(argv=None):
     for name, row in result["policies"].items():
         print(f"{name}: first call at a new length {row['median_first_ms']:.2f} ms, "
               f"again {row['median_again_ms']:.2f} ms (median of {args.lengths} lengths)")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

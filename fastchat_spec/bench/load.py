@@ -232,7 +232,8 @@ def _quantiles(values: list[float]) -> dict:
 def _progress(total: int, what: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=what, unit="req", file=sys.stderr, leave=False, disable=None)  # None: off unless a TTY
+    # disable=None: off unless stderr is a TTY
+    return tqdm(total=total, desc=what, unit="req", file=sys.stderr, leave=False, disable=None)
 
 
 def problems_in(summary: dict) -> int:
@@ -241,7 +242,10 @@ def problems_in(summary: dict) -> int:
 
 def level_line(summary: dict) -> str:
     lat, rss = summary["latency_s"], summary["rss"]
-    fmt = (lambda v: "-" if v is None else f"{v:.2f}s")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}s"
+
     line = (f"{summary['concurrency']:>3} clients: {summary['ok']}/{summary['requests']} ok, "
             f"{summary['failed']} failed, {summary['empty']} empty, {summary['garbled']} garbled, "
             f"{summary['mismatched']} mismatched; {summary['tok_s']:.1f} tok/s; latency p50 {fmt(lat['p50'])} "
@@ -298,7 +302,8 @@ def parse_args(argv=None):
     p.add_argument("--worker-pid", type=int,
                    help="the model worker's process id (same machine): its RSS is sampled from /proc")
     p.add_argument("--worker-url", help="the model worker's address (e.g. http://127.0.0.1:21002): each level "
-                                        "then reports what its engine loop did (rows per step, ms per step, busy share)")
+                                        "then reports what its engine loop did (rows per step, ms per step, busy "
+                                        "share)")
     p.add_argument("--out", required=True, help="results JSON")
     args = p.parse_args(argv)
     if args.worker_url and urlparse(args.worker_url).hostname not in LOOPBACK:

@@ -6,6 +6,7 @@ per-prompt ratios.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -166,6 +167,13 @@ def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def write_result(path: str | None, result: dict) -> None:
+    """A tool's result as JSON at ``path`` (``--out``), when one was given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
 
 
 def median(values):

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import re
 import statistics
 
 import torch
 
+from fastchat_spec.bench.run import write_result
 from fastchat_spec.generate.cuda_graphs import COMPILE_ENV, COMPILE_MODE_ENV, capture, freezing_enabled
 
 # Hugging Face attention implementations the forwards can be timed with (--attention).
@@ -240,9 +240,7 @@ def main(argv=None):
               f"({r['ar_over_floor']:.2f}x floor, tree/AR {r['tree_over_ar']:.2f})", flush=True)
         for key, label in (("profile_1", "1 tok"), ("profile_tree", f"{r['tree_nodes']}-node tree")):
             print_profile(r.get(key), label, bandwidth)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+    write_result(args.out, result)
     return result
 
 
