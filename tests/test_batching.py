@@ -410,21 +410,39 @@ def _drafting_cases():
             yield pytest.param(METHODS[name], checkpoint, id=f"{name}-{checkpoint.name}")
 
 
-@pytest.mark.parametrize("method,checkpoint", list(_drafting_cases()))
-def test_beside_others_a_request_drafts_and_accepts_what_it_does_alone(tmp_path, base_dir, base_model, method,
-                                                                        checkpoint):
-    """A batched step drafts all its rows at once; no row's drafts may depend on another's.
-
-    The same text would hide a mix-up (verification keeps greedy text exact
-    whatever the drafts), so this compares the tokens accepted at every step.
-    """
-    path = checkpoint.write(method.write_checkpoint, str(tmp_path / f"{method.name}-vicuna-{checkpoint.name}"),
-                            base_dir, base_model)
-    served_model = served(path)
-    requests = [params(prompt, 40) for prompt in PROMPTS[:4]]
-    alone = [run_alone(served_model, r["prompt"], 40) for r in requests]
+def _same_drafts_alone_and_together(served_model, requests: list[dict]) -> list[dict]:
+    """Each request's last chunk alone; the same requests together give the same text and the same tokens
+    accepted at every step (the same text alone would hide a mix-up of drafts: verification keeps greedy
+    text exact whatever the drafts)."""
+    alone = [run_alone(served_model, r["prompt"], r["max_new_tokens"]) for r in requests]
     together = run_together(served_model, requests)
     for a, t in zip(alone, together):
         assert t["text"] == a["text"]
         assert t["spec"]["accepted"] == a["spec"]["accepted"], (a["spec"], t["spec"])
+    return alone
+
+
+def _drafting_model(method, checkpoint, tmp_path, base_dir, base_model):
+    path = checkpoint.write(method.write_checkpoint, str(tmp_path / f"{method.name}-vicuna-{checkpoint.name}"),
+                            base_dir, base_model)
+    return served(path)
+
+
+@pytest.mark.parametrize("method,checkpoint", list(_drafting_cases()))
+def test_beside_others_a_request_drafts_and_accepts_what_it_does_alone(tmp_path, base_dir, base_model, method,
+                                                                        checkpoint):
+    """A batched step drafts all its rows at once; no row's drafts may depend on another's."""
+    served_model = _drafting_model(method, checkpoint, tmp_path, base_dir, base_model)
+    alone = _same_drafts_alone_and_together(served_model, [params(prompt, 40) for prompt in PROMPTS[:4]])
     assert sum(sum(a["spec"]["accepted"]) for a in alone) > 0, "drafts should land: the test covers multi-token steps"
+
+
+@pytest.mark.parametrize("method,checkpoint", list(_drafting_cases()))
+def test_a_long_request_that_ends_first_leaves_the_others_drafts_alone(tmp_path, base_dir, base_model, method,
+                                                                       checkpoint):
+    """When the longest request ends, the next steps attend to fewer positions; the slot it freed (whose
+    proposer state still points past them) must neither fail the step nor touch the others."""
+    served_model = _drafting_model(method, checkpoint, tmp_path, base_dir, base_model)
+    long_prompt = " ".join(PROMPTS[:12])  # a few hundred tokens: a longer length bucket than the others'
+    _same_drafts_alone_and_together(served_model, [params(long_prompt, 3), params(PROMPTS[1], 60),
+                                                   params(PROMPTS[2], 60)])

@@ -165,7 +165,7 @@ class BatchStep:
         tree, rows, state = self.tree, self.rows, self.state
         roots, starts, active = state.roots[rows], state.starts[rows], state.active[rows]
         with phase("propose"):
-            drafts = self.proposers.propose(rows, roots)  # (b, N-1) for the proposers' whole tree
+            drafts = self.proposers.propose(rows, roots, self.length)  # (b, N-1) for the proposers' whole tree
             if self.draft_index is not None:
                 drafts = drafts[:, self.draft_index]
             tokens = torch.cat([roots.unsqueeze(1), drafts], dim=1)  # (b, N) for this step's tree
@@ -187,6 +187,6 @@ class BatchStep:
             commit_rows(self.cache, starts, path)
         # The rows move on only after the proposers have read where this step started.
         with phase("observe"):
-            self.proposers.observe(rows, Committed(out.hidden, path, depth, kept, starts, out.logits))
+            self.proposers.observe(rows, Committed(out.hidden, path, depth, kept, starts, out.logits), self.length)
             starts.add_((depth + 1) * active)
             roots.copy_(torch.where(active, bonus[:, 0], roots))

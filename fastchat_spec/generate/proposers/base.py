@@ -103,7 +103,9 @@ class SlotProposers(ABC):
     ``rows`` is the slice of slots a batched step covers; tensors passed in and
     returned have one leading row per slot of it. Rows that hold no request
     are drafted and updated too (static shapes); their state is reset when a
-    request takes the slot.
+    request takes the slot. ``length`` is the positions the step attends to
+    (its length bucket, past every row's tree and path): a proposer with a
+    cache of its own attends to no more of it; None: the whole slot.
     """
 
     tree: Tree
@@ -113,11 +115,11 @@ class SlotProposers(ABC):
         """A request's prompt was committed in ``slot`` (``Committed.prompt``)."""
 
     @abstractmethod
-    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """(b, N-1) draft tokens for tree nodes 1..N-1 below each row's root (b,)."""
 
     @abstractmethod
-    def observe(self, rows: slice, event: Committed) -> None:
+    def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
         """A batched step committed ``event`` (one leading row per slot of ``rows``)."""
 
 
@@ -131,11 +133,11 @@ class EachSlot(SlotProposers):
     def reset(self, slot: int, event: Committed) -> None:
         self.proposers[slot].observe(event)
 
-    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
         return torch.stack([self.proposers[slot].propose(roots[i])
                             for i, slot in enumerate(range(rows.start, rows.stop))])
 
-    def observe(self, rows: slice, event: Committed) -> None:
+    def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
         for i, slot in enumerate(range(rows.start, rows.stop)):
             self.proposers[slot].observe(event.row(i))
 

@@ -80,7 +80,7 @@ class ChimeraSlots(SlotProposers):
         self.plan = _DepthPlan(tree, device)
         self.layout = PathLayout(tree, device)
         self.store = SlotStore(drafter.encoder_config, slots, capacity, device, self.dtype)
-        self.length = torch.zeros(slots, dtype=torch.long, device=device)  # positions in each encoder cache
+        self.filled = torch.zeros(slots, dtype=torch.long, device=device)  # positions in each encoder cache
         self.last_tokens = torch.full((slots, 2), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
         self.hidden = last_hidden_buffer(base, device).new_zeros(slots, base.config.hidden_size)
         self.last_two = torch.tensor([1, 2], device=device)
@@ -90,31 +90,36 @@ class ChimeraSlots(SlotProposers):
         self.observe(slice(slot, slot + 1), event.as_one_row())
 
     # -- learning from commits -------------------------------------------------
-    def observe(self, rows: slice, event: Committed) -> None:
+    def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
         # Every committed row; a padded path's entries past ``depth`` land beyond the new end of the
         # encoder cache, masked until overwritten, as in the base's cache.
         size = event.hidden.shape[-1]
         hidden = event.hidden.gather(1, event.path.unsqueeze(-1).expand(-1, -1, size))  # (b, P, H)
-        self._encode_committed(rows, hidden, event.start)
+        self._encode_committed(rows, hidden, event.start, length or self.store.capacity)
         recent = torch.cat([self.last_tokens[rows], event.tokens], dim=1)  # the last two of the first depth + 3
         self.last_tokens[rows] = recent.gather(1, event.depth.view(-1, 1) + self.last_two)
         self.hidden[rows] = event.last_hidden()[:, 0]
-        self.length[rows] = event.start + event.depth + 1
+        self.filled[rows] = event.start + event.depth + 1
 
-    def _encode_committed(self, rows: slice, hidden: torch.Tensor, start: torch.Tensor) -> None:
-        """Write the encoder's keys/values for committed hidden states (b, k, H), row r at start[r] + 0..k-1."""
+    def _encode_committed(self, rows: slice, hidden: torch.Tensor, start: torch.Tensor, length: int) -> None:
+        """Write the encoder's keys/values for committed hidden states (b, k, H), row r at start[r] + 0..k-1
+        (attending to the first ``length`` positions of its slot)."""
         b, k = hidden.shape[:2]
         offsets, visible = self.layout(k)
         positions = start.unsqueeze(1) + offsets  # (b, k)
-        cache = self.store.rows(rows.start, b, self.store.capacity, positions)
-        mask = rows_mask(start, visible, self.store.capacity, self.dtype)
+        cache = self.store.rows(rows.start, b, length, positions)
+        mask = rows_mask(start, visible, length, self.dtype)
         self.drafter.encode(hidden.to(self.dtype), positions, mask, self.rotary, cache, offsets)
 
     # -- drafting ----------------------------------------------------------------
-    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
         plan, tree = self.plan, self.tree
-        b, start = roots.shape[0], self.length[rows]
-        mask = rows_mask(start, tree.ancestors, self.store.capacity, self.dtype)  # (b, 1, N, cap)
+        b, length = roots.shape[0], length or self.store.capacity
+        # A row freed since its last step still holds its old request's end, which may lie past this step's
+        # length; it drafts for nobody, so it drafts at position 0 (a row in use always fits).
+        start = self.filled[rows]
+        start = start.masked_fill(start + tree.num_nodes > length, 0)
+        mask = rows_mask(start, tree.ancestors, length, self.dtype)  # (b, 1, N, length)
         positions = start.unsqueeze(1) + tree.depth  # (b, N)
         hidden = self.hidden[rows]
         # ids[:, 0:2] are each row's last committed tokens, ids[:, 2 + i] its tree node i's token.
@@ -122,7 +127,7 @@ class ChimeraSlots(SlotProposers):
         for d in range(tree.max_depth):
             nodes = plan.nodes[d]
             n = nodes.numel()
-            cache = self.store.rows(rows.start, b, self.store.capacity, start.unsqueeze(1) + nodes)
+            cache = self.store.rows(rows.start, b, length, start.unsqueeze(1) + nodes)
             features = self.drafter.trigram(self.embed, ids[:, plan.trigram[nodes]])  # (b, n, H)
             encoded = self.drafter.encode(features, positions[:, nodes], mask[:, :, nodes], self.rotary, cache,
                                           nodes)

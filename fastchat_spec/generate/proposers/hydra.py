@@ -111,7 +111,7 @@ class HydraSlots(SlotProposers):
     def reset(self, slot: int, event: Committed) -> None:
         self.observe(slice(slot, slot + 1), event.as_one_row())
 
-    def observe(self, rows: slice, event: Committed) -> None:
+    def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
         if self.store is None:
             self.feature[rows] = event.last_hidden()[:, 0]
             return
@@ -119,21 +119,22 @@ class HydraSlots(SlotProposers):
         # beyond the new end of its cache, where they stay masked until overwritten.
         size = event.hidden.shape[-1]
         hidden = event.hidden.gather(1, event.path.unsqueeze(-1).expand(-1, -1, size))  # (b, P, H)
-        out = self._prefix_forward(rows, hidden, event.start)
+        out = self._prefix_forward(rows, hidden, event.start, length or self.store.capacity)
         self.feature[rows] = out.gather(1, event.depth.view(-1, 1, 1).expand(-1, 1, size))[:, 0]
 
-    def _prefix_forward(self, rows: slice, hidden: torch.Tensor, begin: torch.Tensor) -> torch.Tensor:
-        """The prefix layer over ``hidden`` (b, k, H), row r at positions begin[r] + 0..k-1 of its slot's cache,
-        each seeing its slot's committed positions and the block causally; writes those caches."""
+    def _prefix_forward(self, rows: slice, hidden: torch.Tensor, begin: torch.Tensor, length: int) -> torch.Tensor:
+        """The prefix layer over ``hidden`` (b, k, H), row r at positions begin[r] + 0..k-1 of its slot's cache
+        (of which it reads the first ``length``), each seeing its slot's committed positions and the block
+        causally; writes those caches."""
         b, k = hidden.shape[:2]
         offsets, visible = self.layout(k)
         positions = begin.unsqueeze(1) + offsets  # (b, k)
-        cache = self.store.rows(rows.start, b, self.store.capacity, positions)
-        mask = rows_mask(begin, visible, self.store.capacity, hidden.dtype)
+        cache = self.store.rows(rows.start, b, length, positions)
+        mask = rows_mask(begin, visible, length, hidden.dtype)
         return self.heads.prefix_embeding_layer(hidden, positions, attention_mask=mask, cache=cache,
                                                 cache_position=offsets)
 
-    def propose(self, rows: slice, roots: torch.Tensor) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """(b, N-1) drafts below each row's root (b,)."""
         feature = self.feature[rows]
         b = feature.shape[0]
