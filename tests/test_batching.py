@@ -14,7 +14,7 @@ import pytest
 from fastchat.model.model_adapter import get_generate_stream_function, load_model
 
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
-from fastchat_spec.generate.loop import engine_for, loops_of
+from fastchat_spec.generate.loop import MAX_BATCH_ENV, engine_for, loops_of
 from fastchat_spec.generate.tree import chain
 from fastchat_spec.methods import METHODS
 from tests import tiny
@@ -446,3 +446,15 @@ def test_a_long_request_that_ends_first_leaves_the_others_drafts_alone(tmp_path,
     long_prompt = " ".join(PROMPTS[:12])  # a few hundred tokens: a longer length bucket than the others'
     _same_drafts_alone_and_together(served_model, [params(long_prompt, 3), params(PROMPTS[1], 60),
                                                    params(PROMPTS[2], 60)])
+
+
+@pytest.mark.parametrize("method,checkpoint", list(_drafting_cases()))
+def test_a_slot_taken_again_drafts_for_its_new_request_as_if_fresh(tmp_path, base_dir, base_model, monkeypatch,
+                                                                   method, checkpoint):
+    """Two slots, six requests: four take a slot that an earlier request used, whose proposer state (a last
+    hidden state, a prefix or encoder cache, the last two tokens) must not leak into the new request's drafts."""
+    monkeypatch.setenv(MAX_BATCH_ENV, "2")
+    served_model = _drafting_model(method, checkpoint, tmp_path, base_dir, base_model)
+    assert engine_for(served_model[0], CONTEXT).slots == 2
+    _same_drafts_alone_and_together(served_model, [params(prompt, n) for prompt, n in
+                                                   zip(PROMPTS[3:9], [24, 8, 32, 16, 4, 28])])
