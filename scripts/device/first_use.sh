@@ -7,23 +7,9 @@
 # The seventeenth session carried the 400 + 24 conversations as runs/ttft/data instead, and ran out of device time
 # during "before" (benchmarks/raw/first-use-h100-2026-12-07-seventeenth/calls.sh).
 source scripts/device_setup.sh >/dev/null; source scripts/stages.sh; date -u
-mkdir -p runs/ttft/data
-if [ ! -f runs/ttft/data/train400.json ]; then
-  for f in train heldout; do unxz .gpu/small_xz/$f.json.xz runs/ttft/data/$f.json; done
-  python3 -c "import json; d = 'runs/ttft/data/'
-json.dump(json.load(open(d + 'train.json'))[:400], open(d + 'train400.json', 'w'))
-json.dump(json.load(open(d + 'heldout.json'))[:24], open(d + 'heldout24.json', 'w'))"
-fi
-# 4 heads per method for the bundled nano base, trained briefly here (their float32 weights are too large to
-# carry); the time a request takes beyond its steps does not depend on how well they draft.
-for method in hydra-pp chimera; do
-  # shellcheck disable=SC2046  # the recipe is a module and its flags
-  python3 -m $(head_recipe "$method" 4) --model_name_or_path fastchat_spec/models/vicuna-nano \
-    --output_dir runs/ttft/$method-nano --data_path runs/ttft/data/train400.json \
-    --eval_data_path runs/ttft/data/heldout24.json --per_device_train_batch_size 8 --max_steps ${HEAD_STEPS:-100} \
-    --model_max_length 512 --logging_steps 50 --disable_tqdm True --dataloader_num_workers 0 --tree_nodes 31 \
-    > "$OUT"/heads_$method.log 2>&1 &
-done; wait; grep -a "wrote" "$OUT"/heads_*.log
+# 4 heads per method for the bundled nano base, trained here; the time a request takes beyond its steps does not
+# depend on how well they draft.
+source scripts/device/nano_heads.sh; nano_heads runs/ttft 31
 python3 -m fastchat_spec.bench.first_use --out "$OUT"/first_use_nano.json 2>&1 | grep -av Warn
 M="runs/ttft/hydra-pp-nano runs/ttft/chimera-nano"
 B="--prompts .gpu/prompts.jsonl --num-prompts 40 --max-new-tokens 256 --baselines ar --dtype bfloat16"

@@ -25,6 +25,8 @@
 # A change to the loop measured on `small`, before and after on the same heads: tau_1.sh and tau_2.sh as above, then
 #   tau_fix.sh carry .gpu/prompts.jsonl runs/old (CONCURRENCY=1,8 for concurrent clients; about 6-9 min, with the
 #   GPU check), then batch_profile.sh (no carry; a batched step's device time by phase for 1 to 8 rows, ~5 min).
+# The row-batched Hydra/Chimera proposers (06119c0) on the nano base, before and after, 1 and 8 clients, then their
+#   step profile and the GPU check: rows_nano.sh, PART=1 then PART=2 (about 5 min each; the script says its carry).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
