@@ -458,3 +458,26 @@ def test_a_slot_taken_again_drafts_for_its_new_request_as_if_fresh(tmp_path, bas
     assert engine_for(served_model[0], CONTEXT).slots == 2
     _same_drafts_alone_and_together(served_model, [params(prompt, n) for prompt, n in
                                                    zip(PROMPTS[3:9], [24, 8, 32, 16, 4, 28])])
+
+
+def test_too_little_memory_for_every_slots_drafter_state_serves_fewer_at_a_time(tmp_path, base_dir, base_model,
+                                                                                  monkeypatch):
+    """The Hydra++ prefix caches of all slots are allocated with the KV rows: when they do not fit, the loop
+    halves its slots (as for the KV rows) and every request is still answered with its own text."""
+    import torch
+
+    from fastchat_spec.generate.proposers import hydra
+
+    class TightStore(hydra.SlotStore):
+        def __init__(self, config, slots, *args, **kwargs):
+            if slots > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test's limit of 2 slots)")
+            super().__init__(config, slots, *args, **kwargs)
+
+    monkeypatch.setenv(MAX_BATCH_ENV, "8")
+    monkeypatch.setattr(hydra, "SlotStore", TightStore)
+    method = METHODS["hydra"]
+    checkpoint = next(c for c in TINY_CHECKPOINTS["hydra"] if c.name == "prefix-mlp-4-heads")
+    served_model = _drafting_model(method, checkpoint, tmp_path, base_dir, base_model)
+    assert engine_for(served_model[0], CONTEXT).slots == 2
+    _same_drafts_alone_and_together(served_model, [params(prompt, 16) for prompt in PROMPTS[:5]])

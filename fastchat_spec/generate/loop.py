@@ -48,6 +48,7 @@ from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.kv_cache import round_up
 from fastchat_spec.generate.prefill import SlotPrefill
 from fastchat_spec.generate.proposers import Committed, proposer_class
+from fastchat_spec.generate.proposers.base import SlotProposers
 from fastchat_spec.generate.request import RequestError
 from fastchat_spec.generate.slots import SlotStore
 from fastchat_spec.generate.tickets import Job, Ticket
@@ -155,8 +156,7 @@ class EngineLoop:
         if self.batched:
             tree = cls.tree_for(model)
             self.capacity = round_up(context_len + self._room_past_end(tree), 64)
-            self.store = self._allocate_slots(model.dtype)
-            self.proposers = cls.for_slots(model, self.device, self.slots, self.capacity)
+            self.store, self.proposers = self._allocate_slots(model, cls)
             self.tree = self.proposers.tree
             self.state = SlotState(self.slots, self.tree.max_depth, self.device)
             self.decoder = compiled_decoder(self.base)
@@ -164,16 +164,21 @@ class EngineLoop:
             self.prefill = SlotPrefill(self.base, self.store, self.device, self.decoder)
             self.reports = StepReports(self.state, self.device, unread=self.ahead + 1)
 
-    def _allocate_slots(self, dtype) -> SlotStore:
-        """KV rows for every slot; with too little device memory, fewer slots (the rest of a burst waits)."""
+    def _allocate_slots(self, model, cls) -> tuple[SlotStore, SlotProposers]:
+        """KV rows and drafter state (the proposers' own caches) for every slot; with too little device memory,
+        fewer slots (the rest of a burst waits)."""
         while True:
+            store = None
             try:
-                return SlotStore(self.base.config, self.slots, self.capacity, self.device, dtype)
+                store = SlotStore(self.base.config, self.slots, self.capacity, self.device, model.dtype)
+                return store, cls.for_slots(model, self.device, self.slots, self.capacity)
             except torch.cuda.OutOfMemoryError:
+                store = None  # let the KV rows go before the smaller try
                 if self.slots == 1:
                     raise
                 self.slots //= 2
-                log.warning("not enough device memory for the KV slots: serving %d requests at a time", self.slots)
+                log.warning("not enough device memory for the KV slots and drafter state: serving %d requests at "
+                            "a time", self.slots)
 
     # -- the callers' side -------------------------------------------------
     def submit(self, job: Job) -> Ticket:
