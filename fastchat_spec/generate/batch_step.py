@@ -165,7 +165,7 @@ class BatchStep:
         tree, rows, state = self.tree, self.rows, self.state
         roots, starts, active = state.roots[rows], state.starts[rows], state.active[rows]
         with phase("propose"):
-            drafts = self.proposers.propose(rows, roots, self.length)  # (b, N-1) for the proposers' whole tree
+            drafts = self.proposers.propose(rows, roots, starts, self.length)  # (b, N-1): the proposers' whole tree
             if self.draft_index is not None:
                 drafts = drafts[:, self.draft_index]
             tokens = torch.cat([roots.unsqueeze(1), drafts], dim=1)  # (b, N) for this step's tree

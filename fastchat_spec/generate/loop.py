@@ -168,7 +168,6 @@ class EngineLoop:
         """KV rows and drafter state (the proposers' own caches) for every slot; with too little device memory,
         fewer slots (the rest of a burst waits)."""
         while True:
-            store = None
             try:
                 store = SlotStore(self.base.config, self.slots, self.capacity, self.device, model.dtype)
                 return store, cls.for_slots(model, self.device, self.slots, self.capacity)

@@ -48,7 +48,8 @@ class NoDrafts(SlotProposers):
     def reset(self, slot: int, event: Committed) -> None:
         pass
 
-    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, starts: torch.Tensor,
+                length: int | None = None) -> torch.Tensor:
         return self.empty.view(1, 0).expand(roots.shape[0], 0)
 
     def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:

@@ -103,9 +103,11 @@ class SlotProposers(ABC):
     ``rows`` is the slice of slots a batched step covers; tensors passed in and
     returned have one leading row per slot of it. Rows that hold no request
     are drafted and updated too (static shapes); their state is reset when a
-    request takes the slot. ``length`` is the positions the step attends to
-    (its length bucket, past every row's tree and path): a proposer with a
-    cache of its own attends to no more of it; None: the whole slot.
+    request takes the slot. ``starts`` (b,) are the rows' root positions, where
+    the step writes each tree (the step's own, so a proposer keeps no copy);
+    ``length`` is the positions the step attends to (its length bucket, past
+    every row's tree and path): a proposer with a cache of its own attends to
+    no more of it; None: the whole slot.
     """
 
     tree: Tree
@@ -115,7 +117,8 @@ class SlotProposers(ABC):
         """A request's prompt was committed in ``slot`` (``Committed.prompt``)."""
 
     @abstractmethod
-    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, starts: torch.Tensor,
+                length: int | None = None) -> torch.Tensor:
         """(b, N-1) draft tokens for tree nodes 1..N-1 below each row's root (b,)."""
 
     @abstractmethod
@@ -133,13 +136,34 @@ class EachSlot(SlotProposers):
     def reset(self, slot: int, event: Committed) -> None:
         self.proposers[slot].observe(event)
 
-    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, starts: torch.Tensor,
+                length: int | None = None) -> torch.Tensor:
         return torch.stack([self.proposers[slot].propose(roots[i])
                             for i, slot in enumerate(range(rows.start, rows.stop))])
 
     def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
         for i, slot in enumerate(range(rows.start, rows.stop)):
             self.proposers[slot].observe(event.row(i))
+
+
+class OneRow(Proposer):
+    """One request's proposer kept as the only row of a ``SlotProposers``: one implementation drafts for a
+    request alone (the host-driven step) and for the rows of a batched step. It tracks its root's position,
+    which a batched step passes in."""
+
+    device_state = True  # the rows' state is updated in place
+
+    def __init__(self, slots: SlotProposers, device: torch.device):
+        self.slots, self.tree = slots, slots.tree
+        self.one = slice(0, 1)
+        self.end = torch.zeros(1, dtype=torch.long, device=device)  # the position after the last committed token
+
+    def observe(self, event: Committed) -> None:
+        self.slots.observe(self.one, event.as_one_row())
+        self.end.copy_(event.start + event.depth + 1)
+
+    def propose(self, root: torch.Tensor) -> torch.Tensor:
+        return self.slots.propose(self.one, root.view(1), self.end)[0]
 
 
 class PathLayout:
@@ -161,9 +185,9 @@ class PathLayout:
         return torch.arange(k, device=self.device), causal_visibility(k, self.device)
 
 
-def last_hidden_buffer(base, device) -> torch.Tensor:
-    """(1, H) zeros for the base's last hidden state, which ``observe`` overwrites in place."""
-    return torch.zeros(1, base.config.hidden_size, dtype=compute_dtype(base), device=device)
+def last_hidden_buffer(base, device, rows: int = 1) -> torch.Tensor:
+    """(rows, H) zeros for the base's last hidden state (one row per slot), which ``observe`` overwrites in place."""
+    return torch.zeros(rows, base.config.hidden_size, dtype=compute_dtype(base), device=device)
 
 
 def state_capacity(options: dict, tree: Tree) -> int:

@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer, SlotProposers
+from fastchat_spec.generate.proposers.base import Committed, OneRow, PathLayout, SlotProposers
 from fastchat_spec.generate.proposers.base import last_hidden_buffer, model_tree, state_capacity
 from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.tree import Tree
 from fastchat_spec.heads.chimera import PAD_ID
 
 
-class ChimeraProposer(Proposer):
+class ChimeraProposer(OneRow):
     """One request's Chimera state: the first and only row of a ``ChimeraSlots``."""
 
-    device_state = True  # every piece of state is a tensor updated in place
-
     def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int):
-        self.tree = tree
-        self.slots = ChimeraSlots(drafter, base, tree, device, capacity, slots=1)
-        self.one = slice(0, 1)
+        super().__init__(ChimeraSlots(drafter, base, tree, device, capacity, slots=1), device)
 
     @classmethod
     def tree_for(cls, model, options=None):
@@ -56,19 +52,13 @@ class ChimeraProposer(Proposer):
         return ChimeraSlots(model.drafter, model.base, tree, device, state_capacity({"capacity": capacity}, tree),
                             slots)
 
-    def observe(self, event: Committed) -> None:
-        self.slots.observe(self.one, event.as_one_row())
-
-    def propose(self, root: torch.Tensor) -> torch.Tensor:
-        return self.slots.propose(self.one, root.view(1))[0]
-
 
 class ChimeraSlots(SlotProposers):
     """The Chimera state of every slot of an engine loop, in shared tensors: a batched step drafts all its rows
     with one trigram, encoder and head call per depth, and encodes their commits with one encoder call.
 
-    Per slot: the full-context encoder's KV cache (one row of a ``SlotStore``), its length, the last two
-    committed tokens (for the root's trigram) and the base's last hidden state.
+    Per slot: the full-context encoder's KV cache (one row of a ``SlotStore``), the last two committed tokens
+    (for the root's trigram) and the base's last hidden state.
     """
 
     def __init__(self, drafter, base, tree: Tree, device: torch.device, capacity: int, slots: int):
@@ -80,9 +70,8 @@ class ChimeraSlots(SlotProposers):
         self.plan = _DepthPlan(tree, device)
         self.layout = PathLayout(tree, device)
         self.store = SlotStore(drafter.encoder_config, slots, capacity, device, self.dtype)
-        self.filled = torch.zeros(slots, dtype=torch.long, device=device)  # positions in each encoder cache
         self.last_tokens = torch.full((slots, 2), PAD_ID, dtype=torch.long, device=device)  # x_{t-1}, x_t
-        self.hidden = last_hidden_buffer(base, device).new_zeros(slots, base.config.hidden_size)
+        self.hidden = last_hidden_buffer(base, device, slots)
         self.last_two = torch.tensor([1, 2], device=device)
 
     def reset(self, slot: int, event: Committed) -> None:
@@ -99,7 +88,6 @@ class ChimeraSlots(SlotProposers):
         recent = torch.cat([self.last_tokens[rows], event.tokens], dim=1)  # the last two of the first depth + 3
         self.last_tokens[rows] = recent.gather(1, event.depth.view(-1, 1) + self.last_two)
         self.hidden[rows] = event.last_hidden()[:, 0]
-        self.filled[rows] = event.start + event.depth + 1
 
     def _encode_committed(self, rows: slice, hidden: torch.Tensor, start: torch.Tensor, length: int) -> None:
         """Write the encoder's keys/values for committed hidden states (b, k, H), row r at start[r] + 0..k-1
@@ -112,22 +100,19 @@ class ChimeraSlots(SlotProposers):
         self.drafter.encode(hidden.to(self.dtype), positions, mask, self.rotary, cache, offsets)
 
     # -- drafting ----------------------------------------------------------------
-    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, starts: torch.Tensor,
+                length: int | None = None) -> torch.Tensor:
         plan, tree = self.plan, self.tree
         b, length = roots.shape[0], length or self.store.capacity
-        # A row freed since its last step still holds its old request's end, which may lie past this step's
-        # length; it drafts for nobody, so it drafts at position 0 (a row in use always fits).
-        start = self.filled[rows]
-        start = start.masked_fill(start + tree.num_nodes > length, 0)
-        mask = rows_mask(start, tree.ancestors, length, self.dtype)  # (b, 1, N, length)
-        positions = start.unsqueeze(1) + tree.depth  # (b, N)
+        mask = rows_mask(starts, tree.ancestors, length, self.dtype)  # (b, 1, N, length)
+        positions = starts.unsqueeze(1) + tree.depth  # (b, N)
         hidden = self.hidden[rows]
         # ids[:, 0:2] are each row's last committed tokens, ids[:, 2 + i] its tree node i's token.
         ids = torch.cat([self.last_tokens[rows], roots.view(b, 1), plan.blank.expand(b, -1)], dim=1)
         for d in range(tree.max_depth):
             nodes = plan.nodes[d]
             n = nodes.numel()
-            cache = self.store.rows(rows.start, b, length, start.unsqueeze(1) + nodes)
+            cache = self.store.rows(rows.start, b, length, starts.unsqueeze(1) + nodes)
             features = self.drafter.trigram(self.embed, ids[:, plan.trigram[nodes]])  # (b, n, H)
             encoded = self.drafter.encode(features, positions[:, nodes], mask[:, :, nodes], self.rotary, cache,
                                           nodes)

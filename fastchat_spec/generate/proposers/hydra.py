@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastchat_spec.generate.proposers.base import Committed, PathLayout, Proposer, SlotProposers
+from fastchat_spec.generate.proposers.base import Committed, OneRow, PathLayout, SlotProposers
 from fastchat_spec.generate.proposers.base import last_hidden_buffer, state_capacity
 from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.tree import Tree
@@ -60,15 +60,11 @@ def depth_plan(tree: Tree, grounded: bool = True) -> list[DepthStep]:
     return steps
 
 
-class HydraProposer(Proposer):
+class HydraProposer(OneRow):
     """One request's Hydra state: the first and only row of a ``HydraSlots``."""
 
-    device_state = True  # the feature and the prefix cache are updated in place
-
     def __init__(self, heads, base, tree: Tree, capacity: int):
-        self.tree = tree
-        self.slots = HydraSlots(heads, base, tree, capacity, slots=1)
-        self.one = slice(0, 1)
+        super().__init__(HydraSlots(heads, base, tree, capacity, slots=1), tree.parent.device)
 
     @classmethod
     def build(cls, model, device, options):
@@ -85,12 +81,6 @@ class HydraProposer(Proposer):
         """(1, H): the heads' input at the last committed position."""
         return self.slots.feature
 
-    def observe(self, event: Committed) -> None:
-        self.slots.observe(self.one, event.as_one_row())
-
-    def propose(self, root: torch.Tensor) -> torch.Tensor:
-        return self.slots.propose(self.one, root.view(1))[0]
-
 
 class HydraSlots(SlotProposers):
     """The Hydra state of every slot of an engine loop, in shared tensors: the heads' input feature (slots, H)
@@ -103,10 +93,10 @@ class HydraSlots(SlotProposers):
         self.tree = tree
         self.plan = depth_plan(tree, heads.grounded)
         self.layout = PathLayout(tree, tree.parent.device)
-        one = last_hidden_buffer(base, tree.parent.device)
-        self.feature = one.new_zeros(slots, one.shape[1])  # the heads' input at each slot's last position
+        self.feature = last_hidden_buffer(base, tree.parent.device, slots)  # the heads' input at each slot's end
         layer = heads.prefix_embeding_layer
-        self.store = None if layer is None else SlotStore(layer.config, slots, capacity, one.device, one.dtype)
+        self.store = None if layer is None else SlotStore(layer.config, slots, capacity, self.feature.device,
+                                                          self.feature.dtype)
 
     def reset(self, slot: int, event: Committed) -> None:
         self.observe(slice(slot, slot + 1), event.as_one_row())
@@ -134,7 +124,8 @@ class HydraSlots(SlotProposers):
         return self.heads.prefix_embeding_layer(hidden, positions, attention_mask=mask, cache=cache,
                                                 cache_position=offsets)
 
-    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, starts: torch.Tensor,
+                length: int | None = None) -> torch.Tensor:
         """(b, N-1) drafts below each row's root (b,)."""
         feature = self.feature[rows]
         b = feature.shape[0]

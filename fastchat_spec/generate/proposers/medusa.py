@@ -52,7 +52,8 @@ class MedusaSlots(SlotProposers):
     def reset(self, slot: int, event: Committed) -> None:
         self.hidden[slot].copy_(event.last_hidden()[0])
 
-    def propose(self, rows: slice, roots: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    def propose(self, rows: slice, roots: torch.Tensor, starts: torch.Tensor,
+                length: int | None = None) -> torch.Tensor:
         return self.proposer.draft(self.hidden[rows])
 
     def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
