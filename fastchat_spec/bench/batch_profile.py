@@ -39,12 +39,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
 
 import torch
 
 from fastchat_spec.bench.run import _sync, device_name, write_result
+from fastchat_spec.bench.steps import cuda_seconds
 from fastchat_spec.generate.batch_step import PHASE_PREFIX, PHASES, SlotState
 from fastchat_spec.generate.loop import EngineLoop
 
@@ -226,16 +226,7 @@ def time_graph(loop: EngineLoop, rows: int, length: int, rewind, steps: int) -> 
     """Median milliseconds of the step's CUDA graph replay, captured as the loop captures its steps."""
     rewind()
     replay = loop._capture(0, rows, length)
-    samples = []
-    for _ in range(WARMUP_STEPS + steps):
-        rewind()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples[WARMUP_STEPS:])
+    return 1000 * cuda_seconds(replay, repeat=steps, warmup=WARMUP_STEPS, before=rewind)
 
 
 @torch.inference_mode()

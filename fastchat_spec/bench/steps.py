@@ -47,16 +47,22 @@ def measure_bandwidth(device) -> float:
     n = 1 << 28  # 512 MB of bf16
     a = torch.empty(n, dtype=torch.bfloat16, device=device).normal_()
     b = torch.empty_like(a)
-    times = _time(lambda: b.copy_(a), repeat=20)
+    times = cuda_seconds(lambda: b.copy_(a), repeat=20)
     return 2 * a.numel() * a.element_size() / times
 
 
-def _time(fn, repeat=50, warmup=5) -> float:
+def cuda_seconds(fn, repeat=50, warmup=5, before=None) -> float:
+    """Median seconds of ``fn`` on the device (CUDA events around each call); ``before``, if given, runs
+    ahead of every call, outside the timed interval."""
     for _ in range(warmup):
+        if before is not None:
+            before()
         fn()
     torch.cuda.synchronize()
     samples = []
     for _ in range(repeat):
+        if before is not None:
+            before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -74,7 +80,7 @@ def time_graphed(fn, calls: int = 1, replays: int = 50) -> float:
             fn()
 
     replay, _ = capture(every_call, torch.device("cuda"))
-    return _time(replay, repeat=replays, warmup=1) / calls
+    return cuda_seconds(replay, repeat=replays, warmup=1) / calls
 
 
 def random_model(shape: str, device, max_positions: int, attention: str = "sdpa"):
@@ -114,7 +120,7 @@ def step_times(shape: str, context: int, tree_nodes: int, device, profile: bool 
         model(input_ids=one, past_key_values=cache, use_cache=True)
         cache.crop(context)
 
-    hf = _time(hf_step, repeat=30)
+    hf = cuda_seconds(hf_step, repeat=30)
 
     static = new_cache(model.config, context + tree_nodes + 1, device, torch.bfloat16)
     tree = default_tree(4, num_nodes=tree_nodes - 1).to(device)
@@ -124,8 +130,8 @@ def step_times(shape: str, context: int, tree_nodes: int, device, profile: bool 
     tok1, pos1 = one.view(1), torch.tensor([context], device=device)
     tokt = torch.randint(0, model.config.vocab_size, (tree.num_nodes,), device=device)
     post = start + tree.depth
-    graph_1 = _time(lambda: g1(tok1, pos1, start), repeat=100)
-    graph_tree = _time(lambda: gt(tokt, post, start), repeat=100)
+    graph_1 = cuda_seconds(lambda: g1(tok1, pos1, start), repeat=100)
+    graph_tree = cuda_seconds(lambda: gt(tokt, post, start), repeat=100)
     result = {"weight_bytes": weight_bytes, "hf_eager_1_ms": 1000 * hf, "graph_1_ms": 1000 * graph_1,
               "graph_tree_ms": 1000 * graph_tree, "tree_nodes": tree.num_nodes}
     if profile:
