@@ -8,7 +8,9 @@ prompt is decoded
   1. by FastChat's own generate_stream on the base (the reference),
   2. by our generate_stream alone (one request in the engine loop),
   3. by our generate_stream from 16 threads at once (batched steps),
-  4. 16 at once again, with sampled requests mixed in (greedy rows must not change).
+  4. 16 at once again, with sampled requests mixed in (greedy rows must not change),
+  5. 16 at once again, two of them asking for logprobs (stepped on the host beside
+     the batched step): every text as alone, and those logprobs FastChat's.
 A method without a checkpoint of its own (our AR decoder) decodes 1. and 2. on
 the first checkpoint through the engine directly. float32 must match everywhere;
 bfloat16 agreement is reported. The CPU suite cannot see these paths (CUDA
@@ -42,6 +44,7 @@ from tests import tiny  # noqa: E402
 
 MAX_NEW = 64
 CLIENTS = 16
+LOGPROBS_TOLERANCE = 1e-3  # float32: a verified tree and FastChat's one-token forward round differently
 
 
 @dataclass
@@ -80,12 +83,17 @@ def params(prompt: str, **extra) -> dict:
 
 def together(stream, model, tok, requests: list[dict], device: str) -> list[str]:
     """Each request's text, all of them sent to the engine loop at the same moment from their own threads."""
+    return [last["text"] for last in together_last(stream, model, tok, requests, device)]
+
+
+def together_last(stream, model, tok, requests: list[dict], device: str) -> list[dict]:
+    """Each request's last chunk, all of them sent to the engine loop at the same moment from their own threads."""
     results = [None] * len(requests)
     barrier = threading.Barrier(len(requests))
 
     def run(i):
         barrier.wait()
-        results[i] = list(stream(model, tok, requests[i], device, tiny.CONTEXT))[-1]["text"]
+        results[i] = list(stream(model, tok, requests[i], device, tiny.CONTEXT))[-1]
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -101,7 +109,24 @@ def fastchat_texts(base_dir: str, prompts: list[str], device: str, dtype) -> lis
     return [list(fastchat_stream(base, tok, params(p), device, tiny.CONTEXT))[-1]["text"] for p in prompts]
 
 
-def check_case(case: Case, prompts: list[str], reference: list[str], device: str, dtype) -> dict:
+def fastchat_logprobs(base_dir: str, prompts: list[str], device: str, dtype) -> list[dict]:
+    """FastChat's own ``logprobs`` of its greedy answers on the plain base."""
+    base, tok = load_model(base_dir, device=device, dtype=dtype)
+    return [list(fastchat_stream(base, tok, params(p, logprobs=1), device, tiny.CONTEXT))[-1]["logprobs"]
+            for p in prompts]
+
+
+def logprobs_gap(ours: list[dict], theirs: list[dict]) -> float:
+    """Largest difference of a token's logprob between two answers' ``logprobs``; inf when their tokens differ."""
+    gap = 0.0
+    for a, b in zip(ours, theirs):
+        if a is None or a["tokens"] != b["tokens"]:
+            return float("inf")
+        gap = max([gap] + [abs(x - y) for x, y in zip(a["token_logprobs"], b["token_logprobs"])])
+    return gap
+
+
+def check_case(case: Case, prompts: list[str], reference: list[str], device: str, dtype, base_dir: str) -> dict:
     model, tok = load_model(case.path, device=device, dtype=dtype)
     stream = get_generate_stream_function(model, case.path)
     lasts = [list(stream(model, tok, params(p, **case.request), device, tiny.CONTEXT))[-1] for p in prompts]
@@ -111,6 +136,8 @@ def check_case(case: Case, prompts: list[str], reference: list[str], device: str
     mixed_requests = ([params(p, **case.request) for p in prompts[:half]]
                       + [params(p, temperature=0.8, **case.request) for p in prompts[half:]])
     mixed = together(stream, model, tok, mixed_requests, device)[:half]
+    with_logprobs = together_last(stream, model, tok, [params(p, **case.request, **({"logprobs": 1} if i < 2 else {}))
+                                                       for i, p in enumerate(prompts)], device)
     return {
         "method": case.name, "dtype": str(dtype),
         "tokens_per_step": round(sum(x["spec"]["tokens"] for x in lasts) / sum(x["spec"]["steps"] for x in lasts), 2),
@@ -118,6 +145,9 @@ def check_case(case: Case, prompts: list[str], reference: list[str], device: str
         "batched16_vs_alone": _rate(batch, alone),
         "batched16_vs_fastchat": _rate(batch, reference),
         "greedy_next_to_sampled_vs_alone": _rate(mixed, alone[:half]),
+        "next_to_logprobs_requests_vs_alone": _rate([x["text"] for x in with_logprobs], alone),
+        "logprobs_max_gap_vs_fastchat": logprobs_gap([x["logprobs"] for x in with_logprobs[:2]],
+                                                     fastchat_logprobs(base_dir, prompts[:2], device, dtype)),
         "loop": engine_for(model, tiny.CONTEXT).status(),
     }
 
@@ -154,7 +184,8 @@ def check_all(base_dir: str, cases: list[Case], device: str) -> list[dict]:
     for dtype in (torch.float32, torch.bfloat16):
         reference = fastchat_texts(base_dir, prompts, device, dtype)
         for case in cases:
-            results.append(reported(case.name, dtype, partial(check_case, case, prompts, reference, device, dtype)))
+            results.append(reported(case.name, dtype, partial(check_case, case, prompts, reference, device, dtype,
+                                                              base_dir)))
         for method in (m.name for m in METHODS.values() if m.writer is None):
             results.append(reported(method, dtype, partial(check_engine_method, method, cases[0], prompts, reference,
                                                            device, dtype)))
@@ -176,7 +207,8 @@ def main():
                        "results": missing + results}, f, indent=2)
     exact = [r for r in results if r["dtype"] == "torch.float32"]
     bad = missing + [r for r in exact if "error" in r
-                     or any(v != 1.0 for k, v in r.items() if k.endswith(("fastchat", "alone")))]
+                     or any(v != 1.0 for k, v in r.items() if k.endswith(("fastchat", "alone")) and "gap" not in k)
+                     or r.get("logprobs_max_gap_vs_fastchat", 0.0) > LOGPROBS_TOLERANCE]
     print("float32: every method exact alone and batched" if not bad else f"float32 FAILURES: {bad}")
     sys.exit(1 if bad else 0)
 

@@ -51,7 +51,9 @@ def _first(spec, params, context=CONTEXT):
     ({"stop_token_ids": [True]}, "stop_token_ids must be a list of token ids"),
     ({"prompt": None}, "prompt must be a string"),
     ({"prompt": "half an emoji \ud83d"}, "prompt is not valid Unicode: lone surrogate"),
-    ({"logprobs": 1}, "logprobs are not returned by speculative decoding"),
+    ({"logprobs": -1}, "logprobs must be an integer >= 0"),
+    ({"logprobs": "yes"}, "logprobs must be an integer >= 0"),
+    ({"logprobs": 1.5}, "logprobs must be an integer >= 0"),
     ({"spec_options": [1]}, "spec_options must be an object"),
     ({"spec_acceptance": "fast"}, "unknown acceptance rule"),
 ])
@@ -353,9 +355,9 @@ def _long_prompt() -> str:
     ("top_p negative", "`top_p: -0.5`", CHAT, chat_body(top_p=-0.5), 40302, "less than the minimum of 0 - 'top_p'"),
     ("logprobs (chat)", "`logprobs: true`", CHAT, chat_body(logprobs=True), 40001,
      "logprobs is not served by FastChat 0.2.36's /v1/chat/completions"),
-    ("logprobs (completions)", "`logprobs: 1`", COMPLETIONS,
-     {"model": MODEL, "prompt": "Hello", "max_tokens": 8, "logprobs": 1}, 40302,
-     "logprobs are not returned by speculative decoding"),
+    ("logprobs (completions) negative", "`logprobs: -1`", COMPLETIONS,
+     {"model": MODEL, "prompt": "Hello", "max_tokens": 8, "logprobs": -1}, 40302,
+     "logprobs must be an integer >= 0"),
     ("wrong type", "`temperature: \"hot\"`", CHAT, chat_body(temperature="hot"), 40001, "valid number"),
     ("invalid JSON", "`{\"model\": \"medusa-vicuna-tiny\", \"messages\": [` (cut off)", CHAT,
      b'{"model": "medusa-vicuna-tiny", "messages": [', 40001, "JSON decode error"),
@@ -481,8 +483,8 @@ def worker_body(**extra) -> dict:
     ("temperature NaN", "`temperature: NaN`", b'{"prompt": "Hi", "temperature": NaN}', 200, 40302,
      "temperature must be a finite number"),
     ("top_p above 1", "`top_p: 1.5`", worker_body(top_p=1.5), 200, 40302, "top_p must be in [0, 1]"),
-    ("logprobs", "`logprobs: 1`", worker_body(logprobs=1), 200, 40302,
-     "logprobs are not returned by speculative decoding"),
+    ("logprobs not a number", "`logprobs: \"all\"`", worker_body(logprobs="all"), 200, 40302,
+     "logprobs must be an integer >= 0"),
     ("stop not strings", "`stop: 5`", worker_body(stop=5), 200, 40302, "stop must be a string or a list of strings"),
     ("stop_token_ids not a list", "`stop_token_ids: \"2\"`", worker_body(stop_token_ids="2"), 200, 40302,
      "stop_token_ids must be a list of token ids"),
@@ -516,6 +518,7 @@ def _worker_final(servers, **extra) -> dict:
     ("huge stop list", "`stop`: 10,000 strings that never occur", {"stop": NO_SUCH_STOPS}),
     ("stop_token_ids outside the vocabulary", "`stop_token_ids: [999999]` (never generated)",
      {"stop_token_ids": [999_999]}),
+    ("logprobs 5", "`logprobs: 5` (each token's logprob; no alternatives, as FastChat)", {"logprobs": 5}),
 ])
 def test_worker_serves_unusual_but_valid_requests(servers, case, sent, extra):
     r = post(servers.worker_url + STREAM, worker_body(**extra))

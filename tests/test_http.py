@@ -187,6 +187,24 @@ def test_completion_streaming(servers):
     assert "".join(c["choices"][0]["text"] for c in events[:-1]) == full.replace("\ufffd", "")
 
 
+def test_completion_logprobs_equal_fastchats_streamed_or_not(servers, stock_texts):
+    """/v1/completions' logprobs (with and without echo) are FastChat's, through the unchanged API server."""
+    prompt = "The dog jumps into the water because"
+    for echo in (False, True):
+        body = {"model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 16, "logprobs": 1, "echo": echo}
+        r = http.post(servers.api_url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        logprobs = r.json()["choices"][0]["logprobs"]
+        stock = stock_texts.last(prompt, 16, logprobs=1, echo=echo)["logprobs"]
+        assert logprobs["tokens"] == stock["tokens"] and logprobs["text_offset"] == stock["text_offset"]
+        assert logprobs["token_logprobs"] == pytest.approx(stock["token_logprobs"], abs=1e-4)
+        with http.post(servers.api_url + "/v1/completions", json={**body, "stream": True}, stream=True,
+                       timeout=120) as streamed:
+            events = [e for e in sse_events(streamed)[:-1] if e["choices"][0].get("logprobs")]
+        assert events and max((e["choices"][0]["logprobs"] for e in events), key=lambda x: len(x["tokens"])) \
+            == logprobs
+
+
 # -- the worker stream carries our statistics ----------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 The engine loop (``loop.py``) batches greedy requests into device steps
 (``batch_step.py``). A request whose acceptance needs the host (sampling,
-typical acceptance, a repetition penalty with per-node histories) or whose
-proposer keeps host state (Jacobi windows) runs here instead, inside the same
+typical acceptance, a repetition penalty with per-node histories), whose
+proposer keeps host state (Jacobi windows) or that asks for its tokens'
+logprobs (read from the verified logits) runs here instead, inside the same
 loop: ``Generation`` owns that request's KV cache, proposer and counters, and
 each ``step`` verifies its tree in one forward (a CUDA graph on GPU), then
 lets ``accept.py`` decide on the host. Every method runs through ``step``;
@@ -20,7 +21,7 @@ from fastchat_spec.generate import accept
 from fastchat_spec.generate.cuda_graphs import borrow_runner, pool_for
 from fastchat_spec.generate.kv_cache import commit_path, new_cache
 from fastchat_spec.generate.proposers import Committed, proposer_class
-from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits
+from fastchat_spec.generate.sampling import SamplingParams, logits_processor, process_logits, token_logprobs
 from fastchat_spec.generate.verify import base_forward, causal_visibility, eager_attention
 from fastchat_spec.spec_model import SpecModel
 
@@ -65,7 +66,8 @@ class _Clock:
 class Generation:
     def __init__(self, model: SpecModel, prompt_ids: list[int], max_new_tokens: int,
                  sampling: SamplingParams, acceptance: str = "lossless", profile: bool = False,
-                 options: dict | None = None, method: str | None = None):
+                 options: dict | None = None, method: str | None = None, logprobs: bool = False,
+                 prompt_logprobs: bool = False):
         if acceptance not in ACCEPTANCE_RULES:
             raise ValueError(f"unknown acceptance rule {acceptance!r}; use one of {ACCEPTANCE_RULES}")
         self.base = model.base
@@ -90,6 +92,11 @@ class Generation:
         self.root = None  # next token to feed (chosen, not yet in the cache)
         self.stats = Stats()
         self.clock = _Clock(profile, self.device, self.stats.seconds)
+        # FastChat's logprobs: the base's log-probability of each token the last prefill or step returned,
+        # and of the prompt's tokens after its first (``prompt_logprobs``); None when not asked for.
+        self.wants_logprobs, self.wants_prompt_logprobs = logprobs, prompt_logprobs
+        self.step_logprobs: list[float] | None = None
+        self.prompt_logprobs: list[float] | None = None
 
     def _prepare_steps(self, needed: int) -> None:
         """Verification and commit (graphed on CUDA), the in-place paths and the committed ids."""
@@ -121,6 +128,10 @@ class Generation:
             first = torch.multinomial(torch.softmax(scores, dim=-1), 1)[0]
         self.cur = p
         self.root = int(first)
+        if self.wants_logprobs:
+            self.step_logprobs = token_logprobs(out.logits[-1:], first.view(1))
+            if self.wants_prompt_logprobs:
+                self.prompt_logprobs = token_logprobs(out.logits[:-1], tokens[1:])
         self.proposer.observe(Committed.prompt(tokens, out.hidden, out.logits))
         self.clock.lap("accept")
         self.stats.steps += 1
@@ -145,6 +156,8 @@ class Generation:
             self._commit(self.cache, start, decision.path)
         kept = decision.path[: len(decision.tokens)]  # root + accepted drafts
         kept_tokens = tokens[kept]
+        if self.wants_logprobs:  # row kept[k] of the forward predicted token k of the step
+            self.step_logprobs = token_logprobs(out.logits[kept], torch.tensor(decision.tokens, device=self.device))
         self.ids[self.cur : self.cur + len(decision.tokens)] = kept_tokens
         bonus = decision.tokens[-1]
         depth = tree.depth[decision.node : decision.node + 1]  # (1,) accepted drafts, read on the device

@@ -12,7 +12,7 @@ request's first step (``_Row.first_pending``). Requests join at prefill and leav
 any step boundary: finished, stopped, cancelled or abandoned by their client.
 
 Requests whose step needs the host (sampling, repetition penalty, Jacobi
-windows) run through the same loop with their own cache, one host step each
+windows, logprobs) run through the same loop with their own cache, one host step each
 per iteration, between the batched steps.
 
 Graphs (every batched step shape, and the prompt prefill per length bucket,
@@ -312,14 +312,17 @@ class EngineLoop:
     def _start(self, ticket: Ticket) -> None:
         job = ticket.job
         proposer_cls = proposer_class(self.method)
-        if self.batched and supports_device_step(proposer_cls, job.sampling):
+        # The batched step reports tokens only: a request for their logprobs reads the logits on the host.
+        if self.batched and supports_device_step(proposer_cls, job.sampling) and not job.logprobs:
             self._prefill_slot(ticket)
             return
         generation = Generation(self.model_ref(), job.prompt_ids, job.max_new_tokens, job.sampling,
-                                acceptance=job.acceptance, options=job.options, method=self.method)
+                                acceptance=job.acceptance, options=job.options, method=self.method,
+                                logprobs=job.logprobs, prompt_logprobs=job.prompt_logprobs)
         row = _HostRow(ticket, generation)
         self.host_rows.append(row)
-        self._emit(row, generation.prefill(), prefill=True)
+        self._emit(row, generation.prefill(), prefill=True, logprobs=generation.step_logprobs,
+                   prompt_logprobs=generation.prompt_logprobs)
 
     def _prefill_slot(self, ticket: Ticket) -> None:
         job = ticket.job
@@ -402,17 +405,18 @@ class EngineLoop:
         t0 = time.perf_counter()
         for row in list(self.host_rows):
             try:
-                self._emit(row, row.generation.step())
+                self._emit(row, row.generation.step(), logprobs=row.generation.step_logprobs)
             except Exception as error:  # noqa: BLE001 - this request fails, the others go on
                 log.warning("host step failed: %s", error)
                 self._free_host(row)
                 row.ticket.finish(error)
         self.stats.host_seconds += time.perf_counter() - t0
 
-    def _emit(self, row, tokens: list[int], prefill: bool = False) -> None:
-        """Hand a step's tokens to the request; end it at max_new_tokens or a stop token id."""
+    def _emit(self, row, tokens: list[int], prefill: bool = False, logprobs=None, prompt_logprobs=None) -> None:
+        """Hand a step's tokens (and their logprobs, if asked for) to the request; end it at max_new_tokens or a
+        stop token id."""
         job = row.ticket.job
-        row.ticket.emit(tokens, prefill)
+        row.ticket.emit(tokens, prefill, logprobs, prompt_logprobs)
         row.emitted += len(tokens)
         if row.emitted >= job.max_new_tokens or any(t in job.stop_token_ids for t in tokens):
             if isinstance(row, _Row):

@@ -40,6 +40,7 @@ class Request:
     echo: bool
     acceptance: str
     options: dict
+    logprobs: bool = False  # FastChat's ``logprobs``: the base's log-probability of every token
 
 
 def parse_request(params: dict, tokenizer, context_len: int) -> Request:
@@ -50,7 +51,7 @@ def parse_request(params: dict, tokenizer, context_len: int) -> Request:
     except ValueError as e:
         raise RequestError(str(e)) from None
     max_new_tokens = _max_new_tokens(params.get("max_new_tokens", 256), context_len)
-    _refuse_logprobs(params)
+    logprobs = _logprobs(params.get("logprobs"))
     prompt_ids = _prompt_ids(prompt, tokenizer, context_len)
     # FastChat keeps the end of the prompt so that the answer fits the context.
     prompt_ids = prompt_ids[-(context_len - max_new_tokens - 1):]
@@ -65,6 +66,7 @@ def parse_request(params: dict, tokenizer, context_len: int) -> Request:
         echo=bool(params.get("echo", True)),
         acceptance=str(params.get("spec_acceptance", "lossless")),
         options=_options(params),
+        logprobs=logprobs,
     )
 
 
@@ -111,11 +113,18 @@ def _max_new_tokens(value, context_len: int) -> int:
     return max_new_tokens
 
 
-def _refuse_logprobs(params: dict) -> None:
-    """Speculative decoding scores a draft tree, not the sampled tokens alone; FastChat's decoder returns them."""
-    if params.get("logprobs") is not None and not params.get("spec_disable"):
-        raise RequestError("logprobs are not returned by speculative decoding; leave logprobs unset, or send "
-                           "\"spec_disable\": true to the worker to run FastChat's own decoder, which returns them")
+def _logprobs(value) -> bool:
+    """FastChat's ``logprobs`` (OpenAI's completions field): an integer >= 0 turns them on, None leaves them off.
+
+    As FastChat's own decoder, the answer carries the log-probability of each token alone (OpenAI's
+    ``logprobs: 0``); ``top_logprobs`` stay empty whatever the number asks for.
+    """
+    if value is None or isinstance(value, bool):  # a JSON true or false says it alone
+        return bool(value)
+    if not isinstance(value, int) or value < 0:
+        raise RequestError(f"logprobs must be an integer >= 0 (the number of top alternatives, as OpenAI's "
+                           f"completions), or null; got {value!r}")
+    return True
 
 
 def _prompt_ids(prompt: str, tokenizer, context_len: int) -> list[int]:

@@ -71,3 +71,10 @@ def process_logits(processor, logits: torch.Tensor, history: Optional[torch.Tens
     if not processor:
         return logits
     return processor(history, logits.clone())
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> list[float]:
+    """Each row's log-probability of its token under the raw logits (k, V), as FastChat's ``logprobs``
+    (a log-softmax before temperature or any other processor); one host read."""
+    logits = logits.float()
+    return (logits.gather(1, tokens.view(-1, 1))[:, 0] - logits.logsumexp(dim=-1)).tolist()

@@ -1,7 +1,8 @@
 """``generate_stream`` with the signature and contract of FastChat's own.
 
 It yields dicts with cumulative ``text`` that only grows, ``usage``,
-``finish_reason`` and ``logprobs`` (always None here), plus ``spec``: the
+``finish_reason`` and ``logprobs`` (None unless the request sets it;
+``logprobs.py``), plus ``spec``: the
 verification steps and tokens so far, and the draft tokens accepted per step.
 Passing ``"spec_disable": true`` in the request runs FastChat's stock decoder
 on the same base model (used by the side-by-side view).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import bisect
 import os
 
+from fastchat_spec.generate.logprobs import AnswerLogprobs
 from fastchat_spec.generate.loop import engine_for
 from fastchat_spec.generate.tickets import Job
 from fastchat_spec.generate.request import Request, parse_request
@@ -55,7 +57,8 @@ def generate_stream(model, tokenizer, params: dict, device: str, context_len: in
     at_end = stream_interval > request.max_new_tokens and not request.stop_strings
     loop = engine_for(model, context_len)
     ticket = loop.submit(Job(request.prompt_ids, request.max_new_tokens, request.sampling,
-                             request.stop_token_ids, request.acceptance, request.options, at_end=at_end))
+                             request.stop_token_ids, request.acceptance, request.options, at_end=at_end,
+                             logprobs=request.logprobs, prompt_logprobs=request.logprobs and request.echo))
     try:
         pacing = ChunkPacing(0.0 if at_end else stream_gap_s(), busy=lambda: loop.busy_slots() > 1)
         yield from _stream(ticket.batches(loop.alive, min_gap_s=pacing), tokenizer, request, stream_interval,
@@ -90,6 +93,7 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: 
     """
     prompt_len = len(request.prompt_ids)
     text = IncrementalText(tokenizer, request)
+    logprobs = AnswerLogprobs(tokenizer, request.prompt_ids, request.echo) if request.logprobs else None
     stats = SpecStats()
     starts: list[int] = []  # where each step's tokens begin in ``generated``
     generated: list[int] = []
@@ -102,6 +106,9 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: 
             starts.append(len(generated))
             stats.record(len(step.tokens), step.prefill)
             counted, finish_reason = _take(step.tokens, generated, counted, request)
+            if logprobs is not None:
+                logprobs.add_prompt(step.prompt_logprobs)
+                logprobs.extend(generated[starts[-1]:], step.logprobs)
             if finish_reason:
                 break
         if not at_end:
@@ -117,10 +124,14 @@ def _stream(batches, tokenizer, request: Request, stream_interval: int, at_end: 
             last_yield_at = counted
             if pacing is not None:
                 pacing.sent = True
-            yield _chunk(text.shown, prompt_len, counted, None, stats)
+            yield _chunk(text.shown, prompt_len, counted, None, stats,
+                         logprobs.as_dict(len(generated)) if logprobs else None)
     if finish_reason is None:  # the loop ended the request first (a stop id it saw, or max_new_tokens)
         finish_reason = "length" if counted >= request.max_new_tokens else "stop"
-    yield _chunk(text.final(generated), prompt_len, counted, finish_reason, stats)
+    # After a stop string, the logprobs end with the token that completed it.
+    logged = min(len(generated), counted + 1) if text.hit_stop else len(generated)
+    yield _chunk(text.final(generated), prompt_len, counted, finish_reason, stats,
+                 logprobs.as_dict(logged) if logprobs else None)
 
 
 def _take(tokens: list[int], generated: list[int], counted: int, request: Request):
@@ -328,10 +339,11 @@ def whole_decoder(tokenizer):
     return decode
 
 
-def _chunk(text: str, prompt_len: int, completion: int, finish_reason, stats: SpecStats) -> dict:
+def _chunk(text: str, prompt_len: int, completion: int, finish_reason, stats: SpecStats,
+           logprobs: dict | None = None) -> dict:
     return {
         "text": text,
-        "logprobs": None,
+        "logprobs": logprobs,
         "usage": {
             "prompt_tokens": prompt_len,
             "completion_tokens": completion,
@@ -347,9 +359,11 @@ def _stock_stream(model, tokenizer, params, device, context_len, stream_interval
     """FastChat's own decoder on the base model, with the same ``spec`` field (one token per step)."""
     from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
-    parse_request(params, tokenizer, context_len)  # same validation and messages as the fast path
+    request = parse_request(params, tokenizer, context_len)  # same validation and messages as the fast path
     base = getattr(model, "base", model)
     stock_params = {k: v for k, v in params.items() if not k.startswith("spec_")}
+    if not request.logprobs:  # FastChat would take ``"logprobs": false`` as asking for them
+        stock_params.pop("logprobs", None)
     if stock_params.get("stop_token_ids") is not None:
         stock_params["stop_token_ids"] = list(stock_params["stop_token_ids"])
     for out in fastchat_generate_stream(base, tokenizer, stock_params, device, context_len,

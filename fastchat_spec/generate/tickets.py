@@ -28,12 +28,18 @@ class Job:
     # The reader wants only the finished answer (FastChat's non-streamed requests without stop strings):
     # the steps are handed over all at once when the request ends, so its thread wakes once, not per step.
     at_end: bool = False
+    # The base's log-probability of every emitted token (and, with ``prompt_logprobs``, of the prompt's
+    # tokens after its first), as FastChat's ``logprobs``; such a request is stepped by the host.
+    logprobs: bool = False
+    prompt_logprobs: bool = False
 
 
 @dataclass
 class Emitted:
     tokens: list[int]  # tokens of one step (the prefill's first token, or accepted drafts + bonus)
     prefill: bool = False
+    logprobs: Optional[list[float]] = None  # one per token, when the job asked for them
+    prompt_logprobs: Optional[list[float]] = None  # the prefill's: the prompt's tokens after the first
 
 
 class Ticket:
@@ -54,11 +60,13 @@ class Ticket:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def emit(self, tokens: list[int], prefill: bool = False) -> None:
+    def emit(self, tokens: list[int], prefill: bool = False, logprobs: Optional[list[float]] = None,
+             prompt_logprobs: Optional[list[float]] = None) -> None:
+        event = Emitted(tokens, prefill, logprobs, prompt_logprobs)
         if self.job.at_end:
-            self._held.append(Emitted(tokens, prefill))
+            self._held.append(event)
         else:
-            self.events.put(Emitted(tokens, prefill))
+            self.events.put(event)
 
     def finish(self, error: Optional[BaseException] = None) -> None:
         for event in self._held:
