@@ -249,6 +249,21 @@ def test_spec_disable_gives_fastchat_stock_output(base, spec):
     assert all(c["spec"]["steps"] == c["spec"]["tokens"] and not any(c["spec"]["accepted"]) for c in ours)
 
 
+def test_judge_sent_end_gives_fastchats_own_answer(base, spec):
+    """FastChat's CLI --judge-sent-end (a stop token inside a sentence is replaced by the second choice):
+    FastChat's decoder serves it, so the answer is its own, not one that ignores the flag."""
+    model, tok = base
+    ids = stock_ids(base, PROMPTS[1])
+    params = greedy(PROMPTS[1], stop_token_ids=[next(t for t in ids[3:] if t > 2)])
+    stock = list(fastchat_generate_stream(model, tok, dict(params, stop_token_ids=list(params["stop_token_ids"])),
+                                          "cpu", CONTEXT, 2, True))
+    spec_model, spec_tok, stream = spec
+    ours = list(stream(spec_model, spec_tok, dict(params), "cpu", CONTEXT, 2, True))
+    assert [c["text"] for c in ours] == [c["text"] for c in stock]
+    assert ours[-1]["finish_reason"] == stock[-1]["finish_reason"]
+    assert ours[-1]["text"] != stock_run(base, params)[-1]["text"], "the flag should change this answer"
+
+
 CORPUS = " ".join(PROMPTS) + " Üñïçødé — ✓ 12345 (a, b). Don't stop!  two  spaces"
 
 

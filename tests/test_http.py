@@ -205,6 +205,23 @@ def test_completion_logprobs_equal_fastchats_streamed_or_not(servers, stock_text
             == logprobs
 
 
+def test_embeddings_are_the_base_models(servers, base_model, base_dir):
+    """/v1/embeddings reaches the worker's model, our SpecModel, whose plain call is the base's: FastChat's
+    mean of the base's last hidden states, normalised (one text a request: FastChat pads a batch)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir, use_fast=False)
+    for text in ["Hello world", "Why is the river fast?"]:
+        r = http.post(servers.api_url + "/v1/embeddings", json={"model": MODEL, "input": text}, timeout=120)
+        assert r.status_code == 200, r.text
+        ids = torch.tensor([tok(text).input_ids])
+        with torch.no_grad():
+            hidden = base_model(ids, output_hidden_states=True).hidden_states[-1][0]
+        expected = torch.nn.functional.normalize(hidden.mean(0), dim=0)
+        assert r.json()["data"][0]["embedding"] == pytest.approx(expected.tolist(), abs=1e-4)
+
+
 # -- the worker stream carries our statistics ----------------------------------------------
 
 

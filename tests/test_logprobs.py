@@ -139,3 +139,13 @@ def test_sampled_tokens_carry_the_base_models_logprobs(method_name, tmp_path_fac
     p = len(prompt_ids)
     assert prompt_values == pytest.approx(expected[: p - 1], abs=TOLERANCE)
     assert values == pytest.approx(expected[p - 1 :], abs=TOLERANCE)
+
+
+def test_a_loglikelihood_request_scores_the_prompt_as_fastchat(medusa, stock_texts):
+    """What lm-evaluation-harness sends to score a text (echo, logprobs, max_tokens 1): FastChat's entries."""
+    for prompt in PROMPTS[:3]:
+        mine = ours(medusa, prompt, 1, logprobs=1, echo=True)[-1]
+        stock = stock_texts.last(prompt, 1, logprobs=1, echo=True)
+        assert mine["text"] == stock["text"]
+        assert_same_logprobs(mine["logprobs"], stock["logprobs"])
+        assert mine["logprobs"]["token_logprobs"][0] is None and len(mine["logprobs"]["tokens"]) > 2

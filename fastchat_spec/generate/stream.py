@@ -45,7 +45,9 @@ def stream_gap_s() -> float:
 
 def generate_stream(model, tokenizer, params: dict, device: str, context_len: int,
                     stream_interval: int = 2, judge_sent_end: bool = False):
-    if params.get("spec_disable"):
+    # FastChat's CLI --judge-sent-end: at a stop token that ends no sentence, FastChat's decoder takes
+    # its second choice instead and decodes the whole answer again. That decoder serves such a request.
+    if params.get("spec_disable") or judge_sent_end:
         # FastChat's decoder looks for stop strings only when it yields: keep its own default interval.
         stream_interval = 2 if stream_interval >= LAST_CHUNK_ONLY else stream_interval
         yield from _stock_stream(model, tokenizer, params, device, context_len, stream_interval, judge_sent_end)
