@@ -326,7 +326,7 @@ def _patch_worker_engine(worker_cls) -> None:
     import inspect
 
     from fastchat_spec.generate import loop
-    from fastchat_spec.spec_model import is_speculative
+    from fastchat_spec.spec_model import is_speculative, split_base
 
     original_init, original_status = worker_cls.__init__, worker_cls.get_status
     signature = inspect.signature(original_init)
@@ -336,7 +336,7 @@ def _patch_worker_engine(worker_cls) -> None:
         limit = signature.bind(self, *args, **kwargs).arguments.get("limit_worker_concurrency")
         loop.configure(slots=limit)
         original_init(self, *args, **kwargs)
-        if is_speculative(self.model):
+        if is_speculative(self.model) and not split_base(self.model):  # a split base decodes unsped, loop-less
             loop.engine_for(self.model, self.context_len).warm_up()
 
     @functools.wraps(original_status)

@@ -52,3 +52,26 @@ class SpecModel(nn.Module):
 
 def is_speculative(model) -> bool:
     return isinstance(model, SpecModel)
+
+
+def base_devices(model) -> set[str]:
+    """Where the base's weights are: several places when FastChat's ``--num-gpus N`` (device_map "auto")
+    or ``--cpu-offloading`` split it, as accelerate's ``hf_device_map`` records."""
+    base = getattr(model, "base", model)
+    mapped = getattr(base, "hf_device_map", None)
+    if mapped:
+        return {str(place) for place in mapped.values()}
+    return {str(next(base.parameters()).device)}
+
+
+def split_base(model) -> bool:
+    """The base is spread over several devices. The speculative engine keeps every layer's KV rows and
+    its graphs on one device, so such a model is served by FastChat's own decoder (``generate/stream.py``)."""
+    return len(base_devices(model)) > 1
+
+
+SPLIT_BASE_WARNING = (
+    "fastchat-spec: the base of {path} is split over {places} (--num-gpus > 1 or --cpu-offloading). The "
+    "speculative engine needs the whole base on one device, so this worker answers with FastChat's own decoder: "
+    "the same text, without the speedup. To serve it speculatively, load it on one GPU (quantized if it is too "
+    "large: FASTCHAT_SPEC_QUANTIZE=4bit or --load-8bit).")

@@ -195,3 +195,40 @@ except KeyError as e:
     print(json.dumps({"error": repr(e)}))
 """, subprocess_env, disable=True)
     assert out["error"] == "KeyError('factor')"
+
+
+def test_a_base_split_over_devices_is_served_by_fastchats_decoder(medusa_dir, base_dir, monkeypatch, caplog):
+    """FastChat's --num-gpus 2 spreads the base over GPUs (accelerate's hf_device_map); the engine keeps its KV rows
+    and graphs on one device. Such a worker must start, say why it is unsped, and answer with FastChat's text."""
+    from fastchat.model.model_adapter import get_generate_stream_function, load_model
+    from fastchat.serve.inference import generate_stream as fastchat_generate_stream
+
+    from fastchat_spec.adapters.base import warned_if_split
+    from fastchat_spec.fastchat_patches import _patch_worker_engine
+    from fastchat_spec.generate import loop
+    from tests.tiny import CONTEXT, PROMPTS, greedy
+
+    model, tok = load_model(medusa_dir, device="cpu")
+    model.base.hf_device_map = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1,
+                                "lm_head": 1}  # what accelerate records for a base split over two GPUs
+    with caplog.at_level("WARNING", logger="fastchat_spec"):
+        warned_if_split(model, medusa_dir)
+    assert "split over 0, 1" in caplog.text and "FastChat's own decoder" in caplog.text
+
+    class Worker:  # FastChat's worker as the hook patches it: the engine loop is warmed up at load
+        def __init__(self, model, limit_worker_concurrency=5):
+            self.model, self.context_len = model, CONTEXT
+
+        def get_status(self):
+            return {}
+
+    monkeypatch.setitem(loop._SLOTS, "default", None)
+    _patch_worker_engine(Worker)
+    Worker(model)
+    stream = get_generate_stream_function(model, medusa_dir)
+    ours = list(stream(model, tok, greedy(PROMPTS[0], 24), "cpu", CONTEXT))
+    base, base_tok = load_model(base_dir, device="cpu")
+    stock = list(fastchat_generate_stream(base, base_tok, greedy(PROMPTS[0], 24), "cpu", CONTEXT))
+    assert [c["text"] for c in ours] == [c["text"] for c in stock]
+    assert ours[-1]["spec"]["steps"] == ours[-1]["spec"]["tokens"]  # one token per step, and said so
+    assert loop.loops_of(model) == []  # no engine loop, no KV rows or graphs on one device

@@ -12,6 +12,7 @@ drafter files of its snapshot in the Hugging Face cache).
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from typing import Callable, Optional
@@ -22,7 +23,7 @@ from safetensors import SafetensorError
 from fastchat_spec.adapters.checkpoint import (cached_checkpoint_folder, check_base_path, checkpoint_folder,
                                                explain_load_failure, read_config, resolve_base_path)
 from fastchat_spec.conversation import conversation_template
-from fastchat_spec.spec_model import SpecConfig, SpecModel
+from fastchat_spec.spec_model import SPLIT_BASE_WARNING, SpecConfig, SpecModel, base_devices, split_base
 
 QUANTIZE_ENV = "FASTCHAT_SPEC_QUANTIZE"  # "4bit" or "8bit": load the base with bitsandbytes
 # What Hugging Face raises for a model folder it cannot read (missing, broken or mismatched files).
@@ -100,7 +101,7 @@ class SpecAdapter:
             lm_head = base.get_output_embeddings().weight
             dtype = lm_head.dtype if lm_head.dtype.is_floating_point else torch.float16
             drafter.to(device=lm_head.device, dtype=dtype).eval()
-        return SpecModel(base.eval(), drafter, spec), tokenizer
+        return warned_if_split(SpecModel(base.eval(), drafter, spec), model_path), tokenizer
 
     def load_compress_model(self, model_path, device, torch_dtype, use_fast, revision="main"):
         """FastChat's --load-8bit: compress the base as FastChat does, keep the drafter as is."""
@@ -114,7 +115,7 @@ class SpecAdapter:
         drafter = self.load_drafter(folder, config, spec, base)
         if drafter is not None:
             drafter.to(device=device, dtype=torch_dtype).eval()
-        return SpecModel(base.eval(), drafter, spec), tokenizer
+        return warned_if_split(SpecModel(base.eval(), drafter, spec), model_path), tokenizer
 
     def get_default_conv_template(self, model_path: str):
         folder = cached_checkpoint_folder(model_path)  # never fetches: the name may be a worker's model name
@@ -127,6 +128,14 @@ class SpecAdapter:
                 name = name[len(prefix):]
                 break
         return conversation_template(name, base_path=name)
+
+
+def warned_if_split(model: SpecModel, model_path: str) -> SpecModel:
+    """``model``, after saying in the worker's log that it will decode unsped if its base is split."""
+    if split_base(model):
+        places = ", ".join(sorted(base_devices(model)))
+        logging.getLogger("fastchat_spec").warning(SPLIT_BASE_WARNING.format(path=model_path, places=places))
+    return model
 
 
 def load_base(model_path: str, base_path: str, load: Callable[[], tuple]):

@@ -22,6 +22,7 @@ from fastchat_spec.generate.logprobs import AnswerLogprobs
 from fastchat_spec.generate.loop import engine_for
 from fastchat_spec.generate.tickets import Job
 from fastchat_spec.generate.request import Request, parse_request
+from fastchat_spec.spec_model import split_base
 from fastchat_spec.spec_stats import SpecStats
 
 # A stream interval no answer reaches: only the last chunk is yielded (the worker's non-streamed answer).
@@ -46,8 +47,9 @@ def stream_gap_s() -> float:
 def generate_stream(model, tokenizer, params: dict, device: str, context_len: int,
                     stream_interval: int = 2, judge_sent_end: bool = False):
     # FastChat's CLI --judge-sent-end: at a stop token that ends no sentence, FastChat's decoder takes
-    # its second choice instead and decodes the whole answer again. That decoder serves such a request.
-    if params.get("spec_disable") or judge_sent_end:
+    # its second choice instead and decodes the whole answer again. That decoder serves such a request,
+    # and every request to a base split over devices (``spec_model.split_base``; said at load).
+    if params.get("spec_disable") or judge_sent_end or split_base(model):
         # FastChat's decoder looks for stop strings only when it yields: keep its own default interval.
         stream_interval = 2 if stream_interval >= LAST_CHUNK_ONLY else stream_interval
         yield from _stock_stream(model, tokenizer, params, device, context_len, stream_interval, judge_sent_end)
