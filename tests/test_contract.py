@@ -226,8 +226,8 @@ def test_prompt_truncated_to_the_context_as_fastchat_does(base, spec):
     tok = base[1]
     n_prompt = len(tok(prompt).input_ids)
     # The prompt fits the context, the prompt plus the answer does not: FastChat keeps the
-    # prompt's last (context - max_new_tokens - 1) tokens. (A prompt longer than the whole
-    # context is an error here, see test_bad_input.py, where FastChat would cut it silently.)
+    # prompt's last (context - max_new_tokens - 1) tokens. (So it does for a prompt longer than
+    # the whole context: test_bad_input.py.)
     context, max_new = n_prompt + 5, 20
     keep = context - max_new - 1
     assert keep < n_prompt

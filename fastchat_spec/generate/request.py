@@ -128,21 +128,22 @@ def _logprobs(value) -> bool:
 
 
 def _prompt_ids(prompt: str, tokenizer, context_len: int) -> list[int]:
+    """The prompt's ids. One longer than the context keeps its last tokens (``parse_request``), as FastChat's
+    decoder does: its CLI relies on that once a chat outgrows the context (its API server refuses such
+    prompts itself, with their token count)."""
     _refuse_prompt_too_long_to_tokenize(prompt, tokenizer, context_len)
-    prompt_ids = tokenized_prompt(tokenizer, prompt)
-    if len(prompt_ids) > context_len:
-        raise RequestError(
-            f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {context_len} tokens; "
-            "shorten the conversation", ErrorCode.CONTEXT_OVERFLOW)
-    return prompt_ids
+    return tokenized_prompt(tokenizer, prompt)
 
 
 def _refuse_prompt_too_long_to_tokenize(prompt: str, tokenizer, context_len: int) -> None:
-    """A prompt that cannot fit is refused before tokenizing (a megabyte costs a second of CPU).
+    """A prompt far beyond the context is refused before tokenizing (a megabyte costs a second of CPU).
 
     No token stands for more characters than the longest string in the
     vocabulary, so beyond ``context_len`` times that (with a margin for
-    normalisers) the prompt surely has more tokens than the context holds.
+    normalisers) the prompt surely has more tokens than the context holds:
+    several times as many, of which FastChat's decoder would keep the
+    last ones. Such a body is refused; a prompt merely longer than the
+    context is cut as FastChat cuts it.
     """
     if len(prompt) <= NORMALISER_MARGIN * context_len:  # every token holds >= 1 character: no vocabulary needed
         return
