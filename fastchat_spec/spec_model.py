@@ -44,7 +44,11 @@ class SpecModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.base.get_output_embeddings().weight.dtype
+        """The base's activations' dtype (its KV cache's): its embeddings', which no quantizer compresses
+        (FastChat's --load-8bit replaces the lm_head's weight by compressed groups)."""
+        from fastchat_spec.generate.verify import compute_dtype
+
+        return compute_dtype(self.base)
 
     def forward(self, *args, **kwargs):  # plain calls go to the base (e.g. FastChat's embeddings path)
         return self.base(*args, **kwargs)

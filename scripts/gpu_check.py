@@ -13,7 +13,10 @@ prompt is decoded
      the batched step): every text as alone, and those logprobs FastChat's.
 A method without a checkpoint of its own (our AR decoder) decodes 1. and 2. on
 the first checkpoint through the engine directly. float32 must match everywhere;
-bfloat16 agreement is reported. The CPU suite cannot see these paths (CUDA
+bfloat16 agreement is reported. Last, each method's first checkpoint is loaded
+with FastChat's --load-8bit (its compressed base, float16) and decodes alone and
+16 at a time: it must run; its agreement with FastChat on the same compressed
+base is reported. The CPU suite cannot see these paths (CUDA
 graphs, capture while other threads run).
 
 Usage: python scripts/gpu_check.py [--device cuda|cpu] [--out result.json]
@@ -163,6 +166,18 @@ def check_engine_method(method: str, case: Case, prompts: list[str], reference: 
     return {"method": f"{method} (on {case.name})", "dtype": str(dtype), "alone_vs_fastchat": _rate(alone, reference)}
 
 
+def check_load_8bit(case: Case, base_dir: str, prompts: list[str], device: str) -> dict:
+    """FastChat's --load-8bit: our engine on the compressed base, against FastChat's decoder on it."""
+    base, base_tok = load_model(base_dir, device=device, load_8bit=True)
+    reference = [list(fastchat_stream(base, base_tok, params(p), device, tiny.CONTEXT))[-1]["text"] for p in prompts]
+    model, tok = load_model(case.path, device=device, load_8bit=True)
+    stream = get_generate_stream_function(model, case.path)
+    alone = [list(stream(model, tok, params(p, **case.request), device, tiny.CONTEXT))[-1]["text"] for p in prompts]
+    batch = together(stream, model, tok, [params(p, **case.request) for p in prompts], device)
+    return {"method": f"{case.name} --load-8bit", "dtype": "load_8bit",
+            "alone_vs_fastchat_8bit": _rate(alone, reference), "batched16_vs_alone_8bit": _rate(batch, alone)}
+
+
 def _rate(a: list, b: list) -> float:
     return sum(x == y for x, y in zip(a, b)) / len(b)
 
@@ -189,7 +204,20 @@ def check_all(base_dir: str, cases: list[Case], device: str) -> list[dict]:
         for method in (m.name for m in METHODS.values() if m.writer is None):
             results.append(reported(method, dtype, partial(check_engine_method, method, cases[0], prompts, reference,
                                                            device, dtype)))
+    firsts = {case.name.split("/")[0]: case for case in reversed(cases)}  # each method's first checkpoint
+    for case in firsts.values():
+        results.append(reported(case.name, "load_8bit", partial(check_load_8bit, case, base_dir, prompts, device)))
     return results
+
+
+def failed(result: dict) -> bool:
+    """Any error; in float32, a text that is not FastChat's or alone's, or logprobs past the tolerance."""
+    if "error" in result:
+        return True
+    if result["dtype"] != "torch.float32":
+        return False
+    rates = [v for k, v in result.items() if k.endswith(("fastchat", "alone")) and "gap" not in k]
+    return any(v != 1.0 for v in rates) or result.get("logprobs_max_gap_vs_fastchat", 0.0) > LOGPROBS_TOLERANCE
 
 
 def main():
@@ -205,10 +233,7 @@ def main():
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(0) if device == "cuda" else device,
                        "results": missing + results}, f, indent=2)
-    exact = [r for r in results if r["dtype"] == "torch.float32"]
-    bad = missing + [r for r in exact if "error" in r
-                     or any(v != 1.0 for k, v in r.items() if k.endswith(("fastchat", "alone")) and "gap" not in k)
-                     or r.get("logprobs_max_gap_vs_fastchat", 0.0) > LOGPROBS_TOLERANCE]
+    bad = missing + [r for r in results if failed(r)]
     print("float32: every method exact alone and batched" if not bad else f"float32 FAILURES: {bad}")
     sys.exit(1 if bad else 0)
 

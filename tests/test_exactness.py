@@ -78,6 +78,30 @@ def test_repetition_penalty_matches_fastchat(tmp_path, base_dir, base_model, sto
             stock_texts.text(prompt, repetition_penalty=1.3), prompt
 
 
+@pytest.fixture(scope="module")
+def stock_8bit_texts(base_dir):
+    """FastChat's own greedy text on the base loaded with its --load-8bit (weights compressed to 8-bit groups)."""
+    from fastchat.serve.inference import generate_stream
+
+    model, tok = load_model(base_dir, device="cpu", load_8bit=True)
+    return {p: list(generate_stream(model, tok, tiny.greedy(p), "cpu", tiny.CONTEXT))[-1]["text"] for p in PROMPTS[:3]}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS.values() if m.name in TINY_CHECKPOINTS], ids=lambda m: m.name)
+def test_load_8bit_keeps_fastchats_text(tmp_path, base_dir, base_model, stock_8bit_texts, method):
+    """FastChat's --load-8bit compresses the base (FastChat's own CLinear layers); the drafter stays as it is, and
+    the greedy text is FastChat's on the same compressed base."""
+    from fastchat.model.compression import CLinear
+
+    path = _write(method, TINY_CHECKPOINTS[method.name][0], tmp_path, base_dir, base_model)
+    model, tok = load_model(path, device="cpu", load_8bit=True)
+    assert isinstance(model, SpecModel) and isinstance(model.base.get_output_embeddings(), CLinear)
+    stream = get_generate_stream_function(model, path)
+    for prompt, expected in stock_8bit_texts.items():
+        params = tiny.greedy(prompt, **TINY_CHECKPOINTS[method.name][0].request)
+        assert list(stream(model, tok, params, "cpu", tiny.CONTEXT))[-1]["text"] == expected, prompt
+
+
 @pytest.mark.parametrize("method", METHODS.values(), ids=lambda m: m.name)
 def test_registry_names_parts_that_exist(method):
     """Every module and class a registry line names is there (trainers are found, not imported)."""

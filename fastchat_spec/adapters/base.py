@@ -103,13 +103,15 @@ class SpecAdapter:
             drafter.to(device=lm_head.device, dtype=dtype).eval()
         return warned_if_split(SpecModel(base.eval(), drafter, spec), model_path), tokenizer
 
-    def load_compress_model(self, model_path, device, torch_dtype, use_fast, revision="main"):
-        """FastChat's --load-8bit: compress the base as FastChat does, keep the drafter as is."""
+    def load_compress_model(self, model_path, device, torch_dtype, revision="main"):
+        """FastChat's --load-8bit (``BaseModelAdapter.load_compress_model``'s signature): compress the base as
+        FastChat does, with its tokenizer as the base's own adapter loads it; keep the drafter as is."""
         from fastchat.model.compression import load_compress_model
 
         folder, config = self.checkpoint(model_path, revision)
         spec = self.spec_config(config, folder)
         base_path = self.loaded_base_path(model_path, folder, config)
+        use_fast = fastchat_adapter_for(base_path).use_fast_tokenizer
         base, tokenizer = load_base(model_path, base_path, lambda: load_compress_model(
             base_path, device, torch_dtype, use_fast=use_fast, revision=revision))
         drafter = self.load_drafter(folder, config, spec, base)
