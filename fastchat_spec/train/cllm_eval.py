@@ -83,27 +83,32 @@ def heldout_prompts(conversations: Sequence[dict], template, limit: int, domain:
     return prompts
 
 
-def as_cllm(model: nn.Module, window: Optional[int] = None):
+def as_cllm(model: nn.Module, window: Optional[int] = None, lookup: Optional[int] = 0):
     """A fresh ``cllm`` SpecModel (what the CLLM adapter hands FastChat) over ``model``'s causal LM.
 
     ``model``: a plain causal LM (window: ``window``, else 16) or a CLLM
-    SpecModel (window: ``window``, else its own). A fresh wrapper gets its own
-    engine loop, which ``jacobi_speed`` stops when it is done.
+    SpecModel (window: ``window``, else its own). ``lookup``: the length of the
+    branch of guesses copied from the context (``proposers/jacobi.py``); 0, the
+    default here, measures the Jacobi window alone, what consistency training
+    changes; None, the served default. A fresh wrapper gets its own engine
+    loop, which ``jacobi_speed`` stops when it is done.
     """
-    from fastchat_spec.generate.proposers.jacobi import DEFAULT_WINDOW
+    from fastchat_spec.generate.proposers.jacobi import DEFAULT_WINDOW, LOOKUP_OPTION
     from fastchat_spec.spec_model import SpecConfig, SpecModel, is_speculative
 
+    options = {} if lookup is None else {LOOKUP_OPTION: lookup}
     if not is_speculative(model):
-        return SpecModel(model, None, SpecConfig(method="cllm", num_heads=window or DEFAULT_WINDOW))
+        return SpecModel(model, None, SpecConfig(method="cllm", num_heads=window or DEFAULT_WINDOW, options=options))
     if model.spec.method != "cllm":
         raise ValueError(f"a {model.spec.method} checkpoint is no CLLM; give a plain base or a CLLM")
-    spec = SpecConfig(method="cllm", num_heads=window or model.spec.num_heads, options=dict(model.spec.options))
+    spec = SpecConfig(method="cllm", num_heads=window or model.spec.num_heads,
+                      options={**model.spec.options, **options})
     return SpecModel(model.base, None, spec)
 
 
 @torch.no_grad()
 def jacobi_speed(model: nn.Module, tokenizer, prompts: Sequence[str], window: Optional[int],
-                 max_new_tokens: int) -> dict:
+                 max_new_tokens: int, lookup: Optional[int] = 0) -> dict:
     """Greedy Jacobi decoding through the engine loop, as the bench runs it: tokens per step (1.0 = AR).
 
     ``model``: a plain causal LM (decoded with ``window``-token windows) or a
@@ -114,7 +119,7 @@ def jacobi_speed(model: nn.Module, tokenizer, prompts: Sequence[str], window: Op
     from fastchat_spec.bench.run import run_engine
     from fastchat_spec.generate.loop import loops_of
 
-    spec = as_cllm(model, window)
+    spec = as_cllm(model, window, lookup)
     base = spec.base
     was_training = base.training
     base.eval()
@@ -132,7 +137,8 @@ def jacobi_speed(model: nn.Module, tokenizer, prompts: Sequence[str], window: Op
     tokens = sum(r.tokens - 1 for r in runs)
     return {"tokens_per_step": round(tokens / max(steps, 1), 3),
             "median_tau": round(statistics.median([r.tau for r in runs]), 3) if runs else None,
-            "steps": steps, "tokens": tokens, "prompts": len(runs), "window": spec.spec.num_heads}
+            "steps": steps, "tokens": tokens, "prompts": len(runs), "window": spec.spec.num_heads,
+            "lookup_tokens": lookup}
 
 
 def evaluate(model, tokenizer, heldout, prompts, window: int, batch_size: int, jacobi_tokens: int, what: str) -> dict:
@@ -175,7 +181,7 @@ def perplexity_of(model, tokenizer, conversations: Sequence[dict], max_len: int 
 
 def measure(path: str, heldout: Sequence[dict], domains: Sequence[str], num_prompts: int, max_new_tokens: int,
             window: Optional[int], device: str, dtype: torch.dtype, ppl_conversations: Optional[int] = None,
-            max_len: int = 1024) -> dict:
+            max_len: int = 1024, lookup: Optional[int] = 0) -> dict:
     """Tokens per step on the held-out prompts of every domain, and held-out perplexity, of one checkpoint."""
     import time
 
@@ -187,7 +193,7 @@ def measure(path: str, heldout: Sequence[dict], domains: Sequence[str], num_prom
     out = {"model": path, "served_as": getattr(getattr(model, "spec", None), "method", "plain")}
     for domain in domains:
         prompts = heldout_prompts(heldout, template, num_prompts, domain)
-        out[domain] = jacobi_speed(model, tokenizer, prompts, window, max_new_tokens)
+        out[domain] = jacobi_speed(model, tokenizer, prompts, window, max_new_tokens, lookup)
     out["heldout"] = perplexity_of(model, tokenizer, list(heldout)[:ppl_conversations], max_len)
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
@@ -210,6 +216,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per prompt (default 128)")
     parser.add_argument("--window", type=int, default=None,
                         help="Jacobi window n; default: the checkpoint's n_token_seq_length, else 16")
+    parser.add_argument("--lookup-tokens", type=int, default=0,
+                        help="length of the branch of guesses copied from the context beside the window (default 0: "
+                             "the Jacobi window alone, what consistency training changes; -1: as served, the "
+                             "window's guesses)")
     parser.add_argument("--ppl-conversations", type=int, default=None,
                         help="held-out conversations for the perplexity (default all)")
     parser.add_argument("--max-len", type=int, default=1024,
@@ -224,7 +234,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         parser.error(f"--domains {args.domains!r}: use a comma list of {', '.join(DOMAINS)}")
     device, dtype = device_and_dtype(args.device, args.dtype)
     result = measure(args.model_path, read_fastchat_json(args.data_path), domains, args.num_prompts,
-                     args.max_new_tokens, args.window, device, dtype, args.ppl_conversations, args.max_len)
+                     args.max_new_tokens, args.window, device, dtype, args.ppl_conversations, args.max_len,
+                     None if args.lookup_tokens < 0 else args.lookup_tokens)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

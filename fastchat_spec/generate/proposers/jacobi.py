@@ -20,51 +20,123 @@ leaves only ``n-1-a`` predictions for the new window; the ``a`` missing
 guesses at its end are filled with tokens drawn from the prompt, as CLLM
 initialises its windows (and as its training trajectories start), from a pool
 fixed at prefill so a step needs no host round trip.
+
+Beside the window, a second branch of the tree (``lookup_tokens`` long, by
+default as long as the window's guesses; 0 turns it off) holds guesses copied
+from the context, as lookahead decoding (Fu et al. 2024, "Break the
+Sequential Dependency of LLM Inference Using Lookahead Decoding", which the
+CLLM paper combines with CLLMs) guesses from an n-gram pool: the tokens that
+followed the last earlier occurrence of the longest suffix (up to
+``NGRAM`` tokens, the root included) of the prompt and the answer so far.
+Both branches are verified in the same forward; the deeper accepted one is
+committed, so the text is unchanged, and the Jacobi update reads the
+predictions along the branch that was accepted. ``ContextNgrams`` keeps the
+look-up table on the host (this proposer's steps are host-driven already).
 """
 from __future__ import annotations
 
 import torch
 
 from fastchat_spec.generate.proposers.base import Committed, Proposer
-from fastchat_spec.generate.tree import chain
+from fastchat_spec.generate.tree import Tree
 
 OPTION = "n_token_seq_length"  # FastChat main's request key for the window length
+LOOKUP_OPTION = "lookup_tokens"  # length of the branch of guesses copied from the context; default: window - 1
+NGRAM = 3  # the longest suffix looked up in the context (then shorter ones)
 DEFAULT_WINDOW = 16
 MAX_WINDOW = 256
 FILL_SEED = 0  # the filler pool depends only on the prompt, so runs are reproducible
 
 
 class JacobiProposer(Proposer):
-    def __init__(self, window: int, device: torch.device):
+    def __init__(self, window: int, device: torch.device, lookup: int = 0):
         self.window = window
-        self.tree = chain(window - 1).to(device)
+        tree = jacobi_tree(window - 1, lookup)
+        self.tree = tree.to(device)
+        self.window_rows = branch_nodes(tree, 0).to(device)  # the window's guesses' nodes, shallowest first
+        self.lookup_rows = branch_nodes(tree, 1).to(device)  # the context branch's nodes
+        self.first_lookup_node = int(self.lookup_rows[0]) if lookup else None
         self.device = device
         self.guess = None  # (n-1,) guesses for the positions after the next root
         self.fill = None  # (n-1,) prompt tokens for the tail of a window
-        self.offsets = torch.arange(window - 1, device=device)
+        self.context = ContextNgrams(lookup)
 
     @classmethod
     def tree_for(cls, model, options=None):
-        return chain(window_length(model, options or {}) - 1)
+        window = window_length(model, options or {})
+        return jacobi_tree(window - 1, lookup_length(options or {}, window))
 
     @classmethod
     def build(cls, model, device, options):
-        return cls(window_length(model, options), device)
+        window = window_length(model, options)
+        return cls(window, device, lookup_length(options, window))
 
     def observe(self, event: Committed) -> None:
         if self.fill is None:  # the prefill: ``event.tokens`` is the prompt
-            self.fill = prompt_filler(event.tokens, self.window - 1)
-            self.guess = self.fill
+            self.fill = prompt_filler(event.tokens, max(self.window - 1, self.context.length))
+            self.guess = self.fill[: self.window - 1]
+            self.context.extend(event.tokens.tolist())
             return
-        # Row i of the forward predicts the position after node i. The root and
-        # the accepted guesses are rows 0..a (a = depth); row a chose the next
-        # root, so rows a+1..n-1 predict the positions after it: the Jacobi
-        # update. After those n-1-a predictions come the first a filler tokens.
-        predictions = torch.cat([event.logits.argmax(dim=-1), self.fill])  # (n + n-1,)
-        self.guess = predictions.index_select(0, event.depth + 1 + self.offsets)
+        # Row r of the forward predicts the position after node r. Along the accepted branch, the root
+        # and its a accepted guesses were committed and the last of them chose the next root; the
+        # branch's later nodes predict the positions after it: the Jacobi update. After those
+        # predictions come filler tokens. Without an accepted guess, the window's branch updates.
+        head = min(2, event.path.shape[-1])  # the root and the accepted path's first node, if any
+        depth, *rest = torch.cat([event.depth, event.path[:head], event.tokens]).tolist()
+        self.context.extend(rest[head : head + depth + 1])
+        rows = self.lookup_rows if depth and rest[1] == self.first_lookup_node else self.window_rows
+        predictions = torch.cat([event.logits[rows[depth:]].argmax(dim=-1), self.fill])
+        self.guess = predictions[: self.window - 1]
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
-        return self.guess
+        drafts = torch.empty(self.tree.num_nodes - 1, dtype=torch.long, device=self.device)
+        drafts[self.window_rows - 1] = self.guess
+        if self.context.length:
+            copied = self.context.continuation(int(root))
+            found = torch.tensor(copied, dtype=torch.long, device=self.device)
+            drafts[self.lookup_rows - 1] = torch.cat([found, self.fill[: self.context.length - len(copied)]])
+        return drafts
+
+
+class ContextNgrams:
+    """Where each n-gram (n <= ``NGRAM``) of the prompt and answer last ended, to copy what followed it."""
+
+    def __init__(self, length: int):
+        self.length = length  # tokens a continuation holds at most (0: no look-ups)
+        self.ids: list[int] = []
+        self.after: dict[tuple[int, ...], int] = {}  # n-gram -> the position that followed its last occurrence
+
+    def extend(self, ids: list[int]) -> None:
+        if not self.length:
+            return
+        for token in ids:
+            self.ids.append(token)
+            end = len(self.ids)
+            for n in range(1, min(NGRAM, end) + 1):
+                self.after[tuple(self.ids[end - n : end])] = end
+
+    def continuation(self, root: int) -> list[int]:
+        """Up to ``length`` tokens that followed the longest earlier occurrence of (the context's end, ``root``)."""
+        for n in range(min(NGRAM, len(self.ids) + 1), 0, -1):
+            start = self.after.get(tuple(self.ids[len(self.ids) - n + 1 :]) + (root,))
+            if start is not None:
+                return self.ids[start : start + self.length]
+        return []
+
+
+def jacobi_tree(guesses: int, lookup: int = 0) -> Tree:
+    """The window's chain of ``guesses`` (rank 0 at depth 1) and, beside it, the context branch (rank 1)."""
+    return Tree.from_paths([[0] * d for d in range(1, guesses + 1)]
+                           + [[1] + [0] * (d - 1) for d in range(1, lookup + 1)])
+
+
+def branch_nodes(tree: Tree, rank: int) -> torch.Tensor:
+    """The nodes of the chain that starts with the root's child of ``rank``, shallowest first (none: empty)."""
+    ends = [i + 1 for i, p in enumerate(tree.paths) if p[0] == rank and all(x == 0 for x in p[1:])]
+    if not ends:
+        return torch.zeros(0, dtype=torch.long)
+    deepest = max(ends, key=lambda node: int(tree.depth[node]))
+    return tree.path_nodes[deepest, 1 : int(tree.depth[deepest]) + 1].clone()
 
 
 def window_length(model, options: dict) -> int:
@@ -72,6 +144,21 @@ def window_length(model, options: dict) -> int:
     if options.get(OPTION) is not None:
         return checked_window(options[OPTION], f"the request's {OPTION}")
     return checked_window(model.spec.num_heads or None, f"the checkpoint's {OPTION} (config.json)")
+
+
+def lookup_length(options: dict, window: int) -> int:
+    """The request's or checkpoint's ``lookup_tokens`` (0 to ``MAX_WINDOW``), else the window's guesses."""
+    value = options.get(LOOKUP_OPTION)
+    if value is None:
+        return window - 1
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{LOOKUP_OPTION} must be an integer, got {value!r}; 0 turns the context branch off") \
+            from None
+    if not 0 <= n <= MAX_WINDOW:
+        raise ValueError(f"{LOOKUP_OPTION} is {n}; use 0 (no context branch) to {MAX_WINDOW}")
+    return n
 
 
 def checked_window(value, where: str) -> int:
