@@ -19,7 +19,7 @@ guesses, so no extra forward is spent. A step that accepts ``a`` guesses
 leaves only ``n-1-a`` predictions for the new window; the ``a`` missing
 guesses at its end are filled with tokens drawn from the prompt, as CLLM
 initialises its windows (and as its training trajectories start), from a pool
-fixed at prefill so a step needs no host round trip.
+fixed at prefill, so the window alone needs no host round trip.
 
 Beside the window, a second branch of the tree (``lookup_tokens`` long, by
 default as long as the window's guesses; 0 turns it off) holds guesses copied
@@ -31,7 +31,8 @@ followed the last earlier occurrence of the longest suffix (up to
 Both branches are verified in the same forward; the deeper accepted one is
 committed, so the text is unchanged, and the Jacobi update reads the
 predictions along the branch that was accepted. ``ContextNgrams`` keeps the
-look-up table on the host (this proposer's steps are host-driven already).
+look-up table on the host, which reads each step's committed tokens (this
+proposer's steps are host-driven already).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class JacobiProposer(Proposer):
         self.first_lookup_node = int(self.lookup_rows[0]) if lookup else None
         self.device = device
         self.guess = None  # (n-1,) guesses for the positions after the next root
-        self.fill = None  # (n-1,) prompt tokens for the tail of a window
+        self.fill = None  # prompt tokens for the tail of a window or of a short copy from the context
+        self.offsets = torch.arange(window - 1, device=device)
         self.context = ContextNgrams(lookup)
 
     @classmethod
@@ -81,12 +83,15 @@ class JacobiProposer(Proposer):
         # and its a accepted guesses were committed and the last of them chose the next root; the
         # branch's later nodes predict the positions after it: the Jacobi update. After those
         # predictions come filler tokens. Without an accepted guess, the window's branch updates.
-        head = min(2, event.path.shape[-1])  # the root and the accepted path's first node, if any
-        depth, *rest = torch.cat([event.depth, event.path[:head], event.tokens]).tolist()
-        self.context.extend(rest[head : head + depth + 1])
-        rows = self.lookup_rows if depth and rest[1] == self.first_lookup_node else self.window_rows
-        predictions = torch.cat([event.logits[rows[depth:]].argmax(dim=-1), self.fill])
-        self.guess = predictions[: self.window - 1]
+        rows = self.window_rows
+        if self.context.length:
+            head = min(2, event.path.shape[-1])  # the root and the accepted path's first node, if any
+            depth, *rest = torch.cat([event.depth, event.path[:head], event.tokens]).tolist()
+            self.context.extend(rest[head : head + depth + 1])
+            if depth and rest[1] == self.first_lookup_node:
+                rows = self.lookup_rows
+        predictions = torch.cat([event.logits[rows].argmax(dim=-1), self.fill])
+        self.guess = predictions.index_select(0, event.depth + self.offsets)  # the rows after depth a, then fill
 
     def propose(self, root: torch.Tensor) -> torch.Tensor:
         drafts = torch.empty(self.tree.num_nodes - 1, dtype=torch.long, device=self.device)
