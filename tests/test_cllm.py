@@ -152,6 +152,24 @@ def test_context_ngrams_copy_after_the_longest_latest_match():
     assert ContextNgrams(length=0).continuation(2) == []
 
 
+def test_the_checkpoint_sets_the_context_branch_and_a_request_overrides_it(base_model, base_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir, use_fast=False)
+    off = write_cllm_checkpoint(str(tmp_path / "cllm-off"), base_model, tok, 8, {"lookup_tokens": 0})
+    model, tok = load_model(off, device="cpu")
+    assert model.spec.options == {"lookup_tokens": 0}
+    stream = get_generate_stream_function(model, off)
+    steps = {}
+    for name, extra in (("checkpoint", {}), ("request", {"spec_options": {"lookup_tokens": 7}})):
+        steps[name] = sum(list(stream(model, tok, greedy(p, **extra), "cpu", CONTEXT))[-1]["spec"]["steps"]
+                          for p in PROMPTS[:4])
+    assert steps["request"] < steps["checkpoint"], steps
+    bad = write_cllm_checkpoint(str(tmp_path / "cllm-bad"), base_model, tok, 8, {"lookup_tokens": -2})
+    with pytest.raises(ValueError, match=r"cllm-bad/config.json: cllm.lookup_tokens is -2"):
+        load_model(bad, device="cpu")
+
+
 @pytest.mark.parametrize("value", [-1, "many", 1000])
 def test_a_bad_lookup_length_is_refused_by_name(named_dir, value):
     model, tok = load_model(named_dir, device="cpu")

@@ -23,6 +23,10 @@ so Hugging Face fetches the weights as it would for stock FastChat.
 
 The Jacobi window length comes from the request (``n_token_seq_length``, as in
 FastChat main), else from ``config.json``'s ``cllm.n_token_seq_length``, else 16.
+The length of the branch of guesses copied from the context beside the window
+(``generate/proposers/jacobi.py``) comes from the request's
+``spec_options.lookup_tokens``, else ``cllm.lookup_tokens``, else the window's
+guesses.
 
 Conversation template: ``fastchat_conv_template`` from config.json if present
 (our trainer keeps the base's); else FastChat main's ``cllm`` template for the
@@ -41,7 +45,7 @@ from fastchat.conversation import Conversation, SeparatorStyle, register_conv_te
 from fastchat_spec.adapters.base import SpecAdapter
 from fastchat_spec.adapters.checkpoint import cached_checkpoint_folder, read_config, read_json
 from fastchat_spec.conversation import conversation_template
-from fastchat_spec.generate.proposers.jacobi import checked_window
+from fastchat_spec.generate.proposers.jacobi import LOOKUP_OPTION, checked_window, lookup_length
 from fastchat_spec.spec_model import SpecConfig
 
 FLAG = "fastchat_spec_method"  # config.json key our trainer writes, value "cllm"
@@ -78,8 +82,15 @@ class CllmAdapter(SpecAdapter):
 
     def spec_config(self, config, path):
         section = config.get(CONFIG_SECTION) or {}
-        where = f"{os.path.join(path, 'config.json')}: {CONFIG_SECTION}.{WINDOW_KEY}"
-        return SpecConfig(method="cllm", num_heads=checked_window(section.get(WINDOW_KEY), where))
+        file = os.path.join(path, "config.json")
+        window = checked_window(section.get(WINDOW_KEY), f"{file}: {CONFIG_SECTION}.{WINDOW_KEY}")
+        options = {}
+        if section.get(LOOKUP_OPTION) is not None:  # the context branch's default for this checkpoint
+            try:
+                options[LOOKUP_OPTION] = lookup_length({LOOKUP_OPTION: section[LOOKUP_OPTION]}, window)
+            except ValueError as e:
+                raise ValueError(f"{file}: {CONFIG_SECTION}.{e}") from None
+        return SpecConfig(method="cllm", num_heads=window, options=options)
 
     def base_path(self, path, config):
         return path  # the checkpoint is the base

@@ -27,6 +27,9 @@
 #   GPU check), then batch_profile.sh (no carry; a batched step's device time by phase for 1 to 8 rows, ~5 min).
 # The row-batched Hydra/Chimera proposers (06119c0) on the nano base, before and after, 1 and 8 clients, then their
 #   step profile and the GPU check: rows_nano.sh, PART=1 then PART=2 (about 5 min each; the script says its carry).
+# The CLLM context branch (nineteenth session) timed on the GPU, window alone against as served, then the GPU check
+#   (which now also covers logprobs requests beside batched ones and --load-8bit): cllm_context.sh  carry
+#   .gpu/whl_min .gpu/prompts.jsonl (about 4 min).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
