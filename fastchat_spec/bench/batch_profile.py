@@ -37,13 +37,12 @@ what it accepts, and --length need only hold a prompt, a tree and a few paths.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 
 import torch
 
-from fastchat_spec.bench.run import _sync, device_name, write_result
+from fastchat_spec.bench.run import _sync, result_header, write_result
 from fastchat_spec.bench.steps import cuda_seconds
 from fastchat_spec.generate.batch_step import PHASE_PREFIX, PHASES, SlotState
 from fastchat_spec.generate.loop import EngineLoop
@@ -257,11 +256,7 @@ def main(argv=None):
     fastchat_spec.register()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     result = {
-        "device": device_name(args.device),
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "command": "python -m fastchat_spec.bench.batch_profile "
-                   + " ".join(sys.argv[1:] if argv is None else argv),
+        **result_header("fastchat_spec.bench.batch_profile", args.device, argv),
         "dtype": args.dtype, "prompt_len": args.prompt_len, "length": args.length, "steps": args.steps,
         "time": "device time of the kernels in each range" if device.type == "cuda"
                 else "CPU self time of the ops in each range",

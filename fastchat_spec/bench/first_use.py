@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import statistics
-import sys
 import time
 
 import torch
 
-from fastchat_spec.bench.run import _sync, device_name, write_result
+from fastchat_spec.bench.run import _sync, result_header, write_result
 from fastchat_spec.generate.kv_cache import new_cache
 from fastchat_spec.generate.verify import base_forward, causal_visibility, eager_attention
 
@@ -83,10 +81,7 @@ def main(argv=None):
     longest = fresh_lengths(args.lengths, args.first_length, len(POLICIES) - 1)[-1]
     capacity = max(longest + 64, base.config.max_position_embeddings)
     result = {
-        "device": device_name(args.device),
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "command": "python -m fastchat_spec.bench.first_use " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **result_header("fastchat_spec.bench.first_use", args.device, argv),
         "model_path": args.model_path,
         "dtype": args.dtype,
         "policies": measure(base, device, dtype, args.lengths, args.first_length, capacity),

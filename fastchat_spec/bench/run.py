@@ -6,10 +6,12 @@ per-prompt ratios.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -167,6 +169,14 @@ def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def result_header(module: str, device: str, argv=None) -> dict:
+    """What a tool's result starts with: the device, the date, torch's version and the exact command
+    (``argv``, or the process's own arguments)."""
+    args = sys.argv[1:] if argv is None else argv
+    return {"device": device_name(device), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "command": f"python -m {module} " + " ".join(args)}
 
 
 def write_result(path: str | None, result: dict) -> None:

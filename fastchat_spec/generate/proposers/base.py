@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastchat_spec.generate.slots import SlotStore, rows_mask
 from fastchat_spec.generate.tree import Tree, default_tree
 from fastchat_spec.generate.verify import causal_visibility, compute_dtype
 
@@ -57,6 +58,11 @@ class Committed:
     def last_hidden(self) -> torch.Tensor:
         """The base's hidden state at the last committed row: (1, H), batched (b, 1, H)."""
         return torch.take_along_dim(self.hidden, self.path[..., -1:, None], dim=-2)
+
+    def path_hidden(self) -> torch.Tensor:
+        """The base's hidden states at the committed rows, in order: (P, H), batched (b, P, H); a padded
+        path repeats its last row."""
+        return torch.take_along_dim(self.hidden, self.path[..., None], dim=-2)
 
 
 class Proposer(ABC):
@@ -183,6 +189,15 @@ class PathLayout:
         if k == self.padded[0].numel():
             return self.padded
         return torch.arange(k, device=self.device), causal_visibility(k, self.device)
+
+    def place(self, store: SlotStore, rows: slice, start: torch.Tensor, k: int, length: int, dtype: torch.dtype):
+        """Where a draft cache's own forward writes k committed rows of each slot of ``rows``: (positions (b, k)
+        from each row's ``start``, the offsets 0..k-1, the cache over the slots' first ``length`` positions,
+        and the mask by which each row sees its slot's committed positions and the block causally)."""
+        offsets, visible = self(k)
+        positions = start.unsqueeze(1) + offsets
+        cache = store.rows(rows.start, start.shape[0], length, positions)
+        return positions, offsets, cache, rows_mask(start, visible, length, dtype)
 
 
 def last_hidden_buffer(base, device, rows: int = 1) -> torch.Tensor:

@@ -82,9 +82,7 @@ class ChimeraSlots(SlotProposers):
     def observe(self, rows: slice, event: Committed, length: int | None = None) -> None:
         # Every committed row; a padded path's entries past ``depth`` land beyond the new end of the
         # encoder cache, masked until overwritten, as in the base's cache.
-        size = event.hidden.shape[-1]
-        hidden = event.hidden.gather(1, event.path.unsqueeze(-1).expand(-1, -1, size))  # (b, P, H)
-        self._encode_committed(rows, hidden, event.start, length or self.store.capacity)
+        self._encode_committed(rows, event.path_hidden(), event.start, length or self.store.capacity)
         recent = torch.cat([self.last_tokens[rows], event.tokens], dim=1)  # the last two of the first depth + 3
         self.last_tokens[rows] = recent.gather(1, event.depth.view(-1, 1) + self.last_two)
         self.hidden[rows] = event.last_hidden()[:, 0]
@@ -92,11 +90,8 @@ class ChimeraSlots(SlotProposers):
     def _encode_committed(self, rows: slice, hidden: torch.Tensor, start: torch.Tensor, length: int) -> None:
         """Write the encoder's keys/values for committed hidden states (b, k, H), row r at start[r] + 0..k-1
         (attending to the first ``length`` positions of its slot)."""
-        b, k = hidden.shape[:2]
-        offsets, visible = self.layout(k)
-        positions = start.unsqueeze(1) + offsets  # (b, k)
-        cache = self.store.rows(rows.start, b, length, positions)
-        mask = rows_mask(start, visible, length, self.dtype)
+        positions, offsets, cache, mask = self.layout.place(self.store, rows, start, hidden.shape[1], length,
+                                                            self.dtype)
         self.drafter.encode(hidden.to(self.dtype), positions, mask, self.rotary, cache, offsets)
 
     # -- drafting ----------------------------------------------------------------

@@ -21,9 +21,8 @@ import torch
 
 from fastchat_spec.generate.proposers.base import Committed, OneRow, PathLayout, SlotProposers
 from fastchat_spec.generate.proposers.base import last_hidden_buffer, state_capacity
-from fastchat_spec.generate.slots import SlotStore, rows_mask
+from fastchat_spec.generate.slots import SlotStore
 from fastchat_spec.generate.tree import Tree
-
 
 
 @dataclass(frozen=True)
@@ -107,20 +106,15 @@ class HydraSlots(SlotProposers):
             return
         # The prefix layer over every committed row; a padded path's entries past ``depth`` land
         # beyond the new end of its cache, where they stay masked until overwritten.
-        size = event.hidden.shape[-1]
-        hidden = event.hidden.gather(1, event.path.unsqueeze(-1).expand(-1, -1, size))  # (b, P, H)
-        out = self._prefix_forward(rows, hidden, event.start, length or self.store.capacity)
-        self.feature[rows] = out.gather(1, event.depth.view(-1, 1, 1).expand(-1, 1, size))[:, 0]
+        out = self._prefix_forward(rows, event.path_hidden(), event.start, length or self.store.capacity)
+        self.feature[rows] = torch.take_along_dim(out, event.depth.view(-1, 1, 1), dim=1)[:, 0]
 
     def _prefix_forward(self, rows: slice, hidden: torch.Tensor, begin: torch.Tensor, length: int) -> torch.Tensor:
         """The prefix layer over ``hidden`` (b, k, H), row r at positions begin[r] + 0..k-1 of its slot's cache
         (of which it reads the first ``length``), each seeing its slot's committed positions and the block
         causally; writes those caches."""
-        b, k = hidden.shape[:2]
-        offsets, visible = self.layout(k)
-        positions = begin.unsqueeze(1) + offsets  # (b, k)
-        cache = self.store.rows(rows.start, b, length, positions)
-        mask = rows_mask(begin, visible, length, hidden.dtype)
+        positions, offsets, cache, mask = self.layout.place(self.store, rows, begin, hidden.shape[1], length,
+                                                            hidden.dtype)
         return self.heads.prefix_embeding_layer(hidden, positions, attention_mask=mask, cache=cache,
                                                 cache_position=offsets)
 
