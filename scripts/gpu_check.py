@@ -13,7 +13,11 @@ prompt is decoded
      the batched step): every text as alone, and those logprobs FastChat's.
 A method without a checkpoint of its own (our AR decoder) decodes 1. and 2. on
 the first checkpoint through the engine directly. float32 must match everywhere;
-bfloat16 agreement is reported. Last, each method's first checkpoint is loaded
+bfloat16 agreement is reported. Sampled requests, 16 at a time, are checked for
+their law: on a tiny base with peaked distributions and Medusa heads copying its
+lm_head, the first three tokens of 1,536 sampled answers (temperature, top-p and
+top-k set; the graphed sampled step) against the exact law under FastChat's own
+logits processors, by total variation. Last, each method's first checkpoint is loaded
 with FastChat's --load-8bit (its compressed base, float16) and decodes alone and
 16 at a time: it must run; its agreement with FastChat on the same compressed
 base is reported. The CPU suite cannot see these paths (CUDA
@@ -27,6 +31,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -48,6 +53,8 @@ from tests import tiny  # noqa: E402
 MAX_NEW = 64
 CLIENTS = 16
 LOGPROBS_TOLERANCE = 1e-3  # float32: a verified tree and FastChat's one-token forward round differently
+SAMPLED_RUNS = 1536
+SAMPLED_TV_BOUND = 0.06  # tests/test_sampling.py's bound: sampling noise is ~0.03 at 1,500 runs
 
 
 @dataclass
@@ -192,6 +199,40 @@ def reported(name: str, dtype, check) -> dict:
     return result
 
 
+def check_sampled_law(folder: str, tokenizer_dir: str, device: str) -> dict:
+    """The sampled step under graphs, 16 requests at a time: the law of the first tokens against the exact one."""
+    from fastchat_spec.adapters.medusa import write_medusa_checkpoint
+    from tests import test_sampling as law
+
+    base_dir = tiny.build_llama(os.path.join(folder, "vicuna-sharp"), tokenizer_dir, sharpen=20.0)
+    ckpt = os.path.join(folder, "medusa-vicuna-sharp")
+    write_medusa_checkpoint(ckpt, tiny.oracle_medusa_heads(base_dir, 3), base_dir)
+    base, base_tok = load_model(base_dir, device="cpu")
+    exact = law._exact_prefixes(base, base_tok)
+    model, tok = load_model(ckpt, device=device)
+    stream = get_generate_stream_function(model, ckpt)
+    counts, runs = [None] * CLIENTS, SAMPLED_RUNS // CLIENTS
+
+    def client(i):
+        counts[i] = law._sample_prefixes(stream, model, tok, runs, seed=i)  # a recorder of its own per thread
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = Counter()
+    for c in counts:
+        seen.update(c)
+    keep = {k for k, p in exact.items() if p >= 0.01}
+    status = engine_for(model, tiny.CONTEXT).status()
+    return {"method": "medusa/sharp sampled x16", "dtype": str(torch.float32),
+            "impossible_outcomes": sum(v for k, v in seen.items() if k not in exact),
+            "sampled_law_tv_vs_exact": round(law._tv(law._coarse(law._empirical(seen), keep),
+                                                     law._coarse(exact, keep)), 4),
+            "tv_bound": SAMPLED_TV_BOUND, "loop": status}
+
+
 def check_all(base_dir: str, cases: list[Case], device: str) -> list[dict]:
     """Every case, then every method without a checkpoint of its own, in float32 and in bfloat16."""
     results = []
@@ -214,6 +255,8 @@ def failed(result: dict) -> bool:
     """Any error; in float32, a text that is not FastChat's or alone's, or logprobs past the tolerance."""
     if "error" in result:
         return True
+    if "sampled_law_tv_vs_exact" in result:
+        return result["impossible_outcomes"] > 0 or result["sampled_law_tv_vs_exact"] > SAMPLED_TV_BOUND
     if result["dtype"] != "torch.float32":
         return False
     rates = [v for k, v in result.items() if k.endswith(("fastchat", "alone")) and "gap" not in k]
@@ -229,6 +272,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
         base_dir, cases, missing = write_checkpoints(folder)
         results = check_all(base_dir, cases, device)
+        results.append(reported("medusa/sharp sampled x16", torch.float32,
+                                partial(check_sampled_law, folder, os.path.join(folder, "tok"), device)))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(0) if device == "cuda" else device,

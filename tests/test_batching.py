@@ -85,7 +85,8 @@ def test_sixteen_concurrent_requests_each_get_their_sequential_text(medusa):
 
 
 def test_greedy_text_is_unchanged_next_to_sampled_requests(medusa):
-    """Sampling takes the host step in the same loop; the greedy rows beside it stay exact."""
+    """Sampled rows share the batched step (its sampled variant) and a repetition penalty takes a host step in
+    the same loop; the greedy rows beside them stay exact."""
     greedy = [run_alone(medusa, p, 32) for p in PROMPTS[:4]]
     mixed = [params(p, 32) for p in PROMPTS[:4]]
     mixed += [params(p, 32, temperature=0.9, top_p=0.9) for p in PROMPTS[4:8]]
@@ -93,6 +94,19 @@ def test_greedy_text_is_unchanged_next_to_sampled_requests(medusa):
     out = run_together(medusa, mixed)
     assert [o["text"] for o in out[:4]] == [g["text"] for g in greedy]
     assert all(o["finish_reason"] in ("stop", "length") for o in out)
+
+
+def test_sampled_requests_share_batched_steps(medusa):
+    """FastChat's default requests sample (temperature 0.7): many at once are verified in shared steps, not
+    one host step each, and each still gets a sampled answer of its own."""
+    loop = engine_for(medusa[0], CONTEXT)
+    steps, rows = loop.stats.steps, loop.stats.rows
+    out = run_together(medusa, [params(PROMPTS[0], 32, temperature=0.7) for _ in range(8)])
+    assert all(o["finish_reason"] in ("stop", "length") for o in out)
+    assert len({o["text"] for o in out}) > 1  # the same prompt, sampled eight times
+    batched_rows = loop.stats.rows - rows  # one per request per batched step (a host step counts none)
+    assert batched_rows >= sum(o["spec"]["steps"] for o in out) - len(out)  # every step but the prompt's
+    assert loop.stats.steps - steps < batched_rows
 
 
 def test_joining_and_cancelled_requests_leave_the_others_unchanged(medusa):

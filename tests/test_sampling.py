@@ -19,8 +19,11 @@ from fastchat.model.model_adapter import get_generate_stream_function, load_mode
 from fastchat.serve.inference import generate_stream as fastchat_generate_stream
 
 from fastchat_spec.adapters.medusa import write_medusa_checkpoint
-from fastchat_spec.generate import accept
+from fastchat_spec.generate import accept, batch_step
+from fastchat_spec.generate.batch_step import SAMPLED_STEP_ENV
 from fastchat_spec.generate.request import parse_request
+from fastchat_spec.generate.row_sampling import RowSampling, row_probs
+from fastchat_spec.generate.sampling import SamplingParams
 from fastchat_spec.generate.tree import Tree
 from tests import tiny
 from tests.tiny import CONTEXT
@@ -129,6 +132,50 @@ def test_accept_sampling_emits_the_target_distribution(case):
     assert _tv(_empirical(first), {t: float(probs[0, t]) for t in range(VOCAB)}) < 0.02
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batched_step_sampling_emits_the_target_distribution(case):
+    """The batched step's rule (all rows at once, on device tensors) has the same law as ``accept_sampling``."""
+    tree = Tree.from_paths(PATHS)
+    tokens, rows = CASES[case]
+    probs = _distributions(rows)
+    torch.manual_seed(1234)
+    token_rows = torch.tensor(tokens).repeat(SAMPLES, 1)
+    node, bonus = accept.sampled_nodes(tree, token_rows, torch.log(probs).expand(SAMPLES, -1, -1),
+                                       _sampled_rows(SAMPLES))
+    counts = Counter()
+    for n, b in zip(node.tolist(), bonus.tolist(), strict=True):
+        emitted = [tokens[k] for k in tree.path_nodes[n].tolist()[1 : 1 + int(tree.depth[n])]] + [b]
+        counts[(emitted[0], emitted[1] if len(emitted) > 1 else None)] += 1
+    exact = _exact_first_two(tree, tokens, probs)
+    assert set(counts) <= set(exact), f"impossible outcomes emitted: {set(counts) - set(exact)}"
+    assert _tv(_empirical(counts), exact) < 0.02
+
+
+def _sampled_rows(rows: int, temperature=1.0, top_p=1.0, top_k=-1) -> RowSampling:
+    sampling = RowSampling.zeros(rows, "cpu")
+    for row in range(rows):
+        sampling.set(row, SamplingParams(temperature, top_p, top_k, 1.0))
+    return sampling
+
+
+def test_batched_processors_are_fastchats():
+    """Each row's probabilities are those FastChat's logits processors give for that row's parameters."""
+    from fastchat.serve.inference import prepare_logits_processor
+
+    settings = [(0.7, 1.0, -1), (1.0, 0.9, -1), (0.8, 0.9, 20), (1.3, 1.0, 5), (0.5, 0.5, 50), (1.0, 0.999, 1),
+                (2.0, 0.3, 0), (1.0, 1.0, 100_000)]
+    torch.manual_seed(7)
+    logits = torch.randn(len(settings), 300) * 3
+    sampling = RowSampling.zeros(len(settings), "cpu")
+    for row, (t, p, k) in enumerate(settings):
+        sampling.set(row, SamplingParams(t, p, k, 1.0))
+    ours = row_probs(logits, sampling)
+    for row, (t, p, k) in enumerate(settings):
+        theirs = torch.softmax(prepare_logits_processor(t, 1.0, p, k)(None, logits[row : row + 1].clone()), dim=-1)
+        assert torch.equal(ours[row] > 0, theirs[0] > 0), f"row {row} keeps other tokens than FastChat"
+        torch.testing.assert_close(ours[row], theirs[0], atol=1e-6, rtol=1e-5)
+
+
 def test_accept_sampling_without_drafts_is_plain_sampling():
     tree = Tree.from_paths([])
     probs = _distributions([[0.1, 0.2, 0.3, 0.4, 0.0, 0.0]])
@@ -164,13 +211,20 @@ def _sample_prefixes(stream, model, tokenizer, runs: int, seed: int, extra=None)
     for _ in range(runs):
         params = {"prompt": PROMPT, "max_new_tokens": TOKENS, "echo": False, **SAMPLING, **(extra or {})}
         list(stream(model, recorder, params, "cpu", CONTEXT))
-        counts[tuple(recorder.last_ids[:TOKENS])] += 1
+        counts[_visible(recorder.last_ids[:TOKENS], tokenizer)] += 1
     return counts
+
+
+def _visible(ids, tokenizer) -> tuple:
+    """The ids a decode shows: our stream drops special ids (an unknown token, EOS) before its last decode, where
+    FastChat's decode skips them, so the recorded ids are compared without them."""
+    special = set(tokenizer.all_special_ids)
+    return tuple(i for i in ids if i not in special)
 
 
 @torch.inference_mode()
 def _exact_prefixes(base, tokenizer) -> dict:
-    """P(first TOKENS generated ids) under FastChat's own logits processors, by enumeration.
+    """P(first TOKENS generated ids, special ids left out) under FastChat's own logits processors, by enumeration.
 
     A sequence that hits EOS ends there (FastChat stops on it), so its key is shorter.
     """
@@ -190,7 +244,10 @@ def _exact_prefixes(base, tokenizer) -> dict:
                 p = open_prefixes[prefix] * float(row[t])
                 (finished if t == eos else grown)[prefix + (t,)] = p
         open_prefixes = grown
-    return {**open_prefixes, **finished}
+    law = Counter()
+    for ids, p in {**open_prefixes, **finished}.items():
+        law[_visible(ids, tokenizer)] += p
+    return dict(law)
 
 
 def _coarse(dist: dict, keep: set) -> dict:
@@ -201,7 +258,12 @@ def _coarse(dist: dict, keep: set) -> dict:
     return dict(out)
 
 
-def test_sampled_tokens_match_fastchat_distribution(sharp_models):
+@pytest.mark.parametrize("step", ["batched", "host"])
+def test_sampled_tokens_match_fastchat_distribution(sharp_models, step, monkeypatch):
+    """Sampled requests are served by the batched step; with it off (or with a repetition penalty, logprobs or
+    typical acceptance) by a host step of their own. Both have FastChat's law."""
+    if step == "host":
+        monkeypatch.setenv(SAMPLED_STEP_ENV, "0")
     base_dir, ckpt = sharp_models
     base, base_tok = load_model(base_dir, device="cpu")
     model, tok = load_model(ckpt, device="cpu")
@@ -254,23 +316,23 @@ def test_typical_acceptance_is_opt_in(sharp_models, monkeypatch):
     model, tok = load_model(ckpt, device="cpu")
     stream = get_generate_stream_function(model, ckpt)
     calls = Counter()
-    for name in ("accept_sampling", "accept_typical"):
-        original = getattr(accept, name)
+    for module, name in ((accept, "accept_sampling"), (accept, "accept_typical"), (batch_step, "sampled_nodes")):
+        original = getattr(module, name)
 
         def counting(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(accept, name, counting)
+        monkeypatch.setattr(module, name, counting)
 
     params = {"prompt": PROMPT, "max_new_tokens": 6, "echo": False, **SAMPLING}
     assert parse_request(dict(params), tok, CONTEXT).acceptance == "lossless"
     list(stream(model, tok, dict(params), "cpu", CONTEXT))
-    assert calls["accept_sampling"] > 0 and calls["accept_typical"] == 0
+    assert calls["sampled_nodes"] > 0 and calls["accept_typical"] == 0
 
     calls.clear()
     list(stream(model, tok, {**params, "spec_acceptance": "typical"}, "cpu", CONTEXT))
-    assert calls["accept_typical"] > 0 and calls["accept_sampling"] == 0
+    assert calls["accept_typical"] > 0 and calls["accept_sampling"] == 0 and calls["sampled_nodes"] == 0
 
     with pytest.raises(ValueError, match="acceptance"):
         list(stream(model, tok, {**params, "spec_acceptance": "sloppy"}, "cpu", CONTEXT))

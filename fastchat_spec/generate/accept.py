@@ -12,6 +12,9 @@ Three rules, all returning the same ``Decision``:
   target's distribution (Leviathan et al. 2023; SpecInfer's multi-candidate
   form), whatever the drafts were.
 * ``accept_typical``: Medusa's typical acceptance (opt-in, not lossless).
+
+``greedy_nodes`` and ``sampled_nodes`` are the first two for rows of trees on
+the device, with static shapes (the batched step, ``batch_step.py``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastchat_spec.generate.row_sampling import RowSampling, draw, row_probs
 from fastchat_spec.generate.tree import Tree
 
 
@@ -46,6 +50,44 @@ def greedy_nodes(tree: Tree, tokens: torch.Tensor, target: torch.Tensor) -> torc
     ok = tokens == target[:, tree.parent]
     ok[:, 0] = True
     return deepest_valid_rows(tree, ok)
+
+
+def sampled_nodes(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor,
+                  sampling: RowSampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """``accept_sampling`` for rows of trees, without the host: (b, N) tokens and (b, N, V) raw logits ->
+    the deepest accepted node (b,) and the bonus token (b,).
+
+    The walk goes down one level per round, all rows at once, for the tree's
+    depth + 1 rounds (a static count). At its node a row tries the children
+    in rank order: child j is accepted with probability p(j) / (mass not yet
+    rejected), a repeated token is tried once. A row whose children are all
+    rejected (or that reached a leaf) stops there and draws its bonus token
+    from what is left of p.
+    """
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    width = tree.children.shape[1]
+    earlier = torch.ones(width, width, dtype=torch.bool, device=tokens.device).tril(-1)  # [j, i]: i before j
+    node = torch.zeros_like(rows)
+    done = torch.zeros_like(rows, dtype=torch.bool)
+    left_over = torch.zeros(logits.shape[0], logits.shape[-1], dtype=torch.float32, device=logits.device)
+    for _ in range(tree.max_depth + 1):
+        probs = row_probs(logits[rows, node], sampling)  # (b, V) at each row's node
+        kids = tree.children[node]  # (b, C)
+        real = kids >= 0
+        kid_tokens = tokens.gather(1, kids.clamp_min(0))
+        repeated = ((kid_tokens.unsqueeze(2) == kid_tokens.unsqueeze(1)) & real.unsqueeze(1) & earlier).any(2)
+        p = probs.gather(1, kid_tokens) * (real & ~repeated)
+        left = 1 - (p.cumsum(dim=1) - p)  # mass not yet rejected when child j is tried
+        accepted = (left > 0) & (torch.rand_like(p) * left < p)
+        moves = accepted.any(dim=1) & ~done
+        stops = ~accepted.any(dim=1) & ~done
+        tried = torch.zeros_like(probs).scatter_add_(1, kid_tokens, real.float()) > 0  # all rejected here
+        rest = probs.masked_fill(tried, 0.0)
+        rest = torch.where(rest.sum(dim=1, keepdim=True) > 1e-12, rest, probs)  # rounding left no mass
+        left_over = torch.where(stops.unsqueeze(1), rest, left_over)
+        node = torch.where(moves, kids.gather(1, accepted.int().argmax(dim=1, keepdim=True))[:, 0], node)
+        done |= stops
+    return node, draw(left_over)
 
 
 def _finish(tree: Tree, tokens: torch.Tensor, node: torch.Tensor, bonus: torch.Tensor) -> Decision:

@@ -1,13 +1,16 @@
-"""One greedy speculative step for a block of slots: draft, verify, accept, commit, one host read.
+"""One speculative step for a block of slots: draft, verify, accept, commit, one host read.
 
-Under greedy decoding nothing inside a step needs the host, so the step is a
-pure function of device buffers with static shapes. For the rows ``first ..
-first+b`` of the engine loop's slots it
+Nothing inside a step needs the host, so the step is a pure function of
+device buffers with static shapes. For the rows ``first .. first+b`` of the
+engine loop's slots it
 
 1. drafts each row's tree below its root (the row's proposer state),
 2. verifies all trees in one forward of the base, each row at its own
    positions in its own KV slot (``generate/slots.py``),
-3. accepts, per row, the deepest path whose drafts equal the base's argmax,
+3. accepts, per row, the deepest path whose drafts equal the base's argmax
+   (greedy rows), or walks the tree by lossless rejection sampling with the
+   row's own temperature, top-p and top-k (sampled rows, in the step's
+   sampled variant: ``accept.sampled_nodes``),
 4. commits that path's KV entries and updates the proposer state (one
    ``Committed`` event, its path padded to the tree's depth + 1),
 
@@ -23,13 +26,15 @@ import time
 
 import torch
 
-from fastchat_spec.generate.accept import greedy_nodes
+from fastchat_spec.generate.accept import greedy_nodes, sampled_nodes
 from fastchat_spec.generate.proposers.base import Committed, SlotProposers
+from fastchat_spec.generate.row_sampling import RowSampling
 from fastchat_spec.generate.slots import SlotStore, commit_rows, rows_mask
 from fastchat_spec.generate.verify import compute_dtype, forward_rows
 
 
 DEVICE_STEP_ENV = "FASTCHAT_SPEC_DEVICE_STEP"  # set to 0 to drive every step from the host
+SAMPLED_STEP_ENV = "FASTCHAT_SPEC_SAMPLED_STEP"  # set to 0 to step sampled requests on the host, one at a time
 # The parts of ``BatchStep.run``, each a torch.profiler range named ``batch_step.<phase>``
 # (``bench/batch_profile.py`` sums the kernels inside each).
 PHASES = ("propose", "mask", "verify", "accept", "commit", "observe")
@@ -42,11 +47,18 @@ def phase(name: str):
     return torch.profiler.record_function(PHASE_PREFIX + name)
 
 
-def supports_device_step(proposer, sampling) -> bool:
-    """Greedy without a repetition penalty (no per-node history) and a proposer with in-place state."""
-    if os.environ.get(DEVICE_STEP_ENV, "1") == "0":
+def supports_device_step(proposer, sampling, acceptance: str = "lossless") -> bool:
+    """A proposer with in-place state, no repetition penalty (no per-node history), and greedy decoding or
+    lossless sampling (typical acceptance is stepped on the host)."""
+    if os.environ.get(DEVICE_STEP_ENV, "1") == "0" or not getattr(proposer, "device_state", False):
         return False
-    return sampling.greedy and sampling.repetition_penalty <= 1.0 and getattr(proposer, "device_state", False)
+    if sampling.repetition_penalty > 1.0:
+        return False
+    return sampling.greedy or (acceptance == "lossless" and sampled_steps_enabled())
+
+
+def sampled_steps_enabled() -> bool:
+    return os.environ.get(SAMPLED_STEP_ENV, "1") != "0"
 
 
 class SlotState:
@@ -56,22 +68,25 @@ class SlotState:
         self.roots = torch.zeros(slots, dtype=torch.long, device=device)  # next token to feed
         self.starts = torch.zeros(slots, dtype=torch.long, device=device)  # tokens in the slot's cache
         self.active = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.sampling = RowSampling.zeros(slots, device)  # each slot's temperature, top-p, top-k
         # [accepted depth, tokens of the accepted path (root first, padded), bonus token] per slot
         self.report = torch.zeros(slots, max_depth + 3, dtype=torch.long, device=device)
 
     # Both write through fill_ on one-element views: on CUDA, ``tensor[slot] = value`` copies the value from
     # the host and waits for the device, which would drain the steps in flight at every join and every end.
     # ``root`` (the prefill's token) is a device tensor: copied on the device, never read by the host here.
-    def occupy(self, slot: int, cached: int, root: torch.Tensor) -> None:
+    def occupy(self, slot: int, cached: int, root: torch.Tensor, sampling=None) -> None:
         self.starts[slot].fill_(cached)
         self.roots[slot].copy_(root)
         self.active[slot].fill_(True)
+        self.sampling.set(slot, sampling)
 
     def free(self, slot: int) -> None:
         """An empty row keeps drafting at position 0 of its own slot, where it harms nobody."""
         self.active[slot].fill_(False)
         self.starts[slot].fill_(0)
         self.roots[slot].fill_(0)
+        self.sampling.set(slot, None)
 
 
 def emitted_tokens(report: list[int]) -> list[int]:
@@ -139,7 +154,11 @@ class LaunchedStep:
 
 
 class BatchStep:
-    """The greedy step over slots ``first .. first+count``, attending to positions 0..length.
+    """The step over slots ``first .. first+count``, attending to positions 0..length.
+
+    ``sampled`` adds the sampling walk for the rows that sample (greedy rows
+    keep the greedy rule); the loop runs that variant only when a row of the
+    block samples, so greedy steps do not pay for it.
 
     ``nodes`` caps the tree each row verifies (``Tree.within``): a step of
     many rows verifies the likeliest part of the proposers' tree, so that the
@@ -148,12 +167,12 @@ class BatchStep:
     """
 
     def __init__(self, base, store: SlotStore, state: SlotState, proposers: SlotProposers,
-                 first: int, count: int, length: int, decoder=None, nodes: int | None = None):
+                 first: int, count: int, length: int, decoder=None, nodes: int | None = None, sampled=False):
         tree, source = proposers.tree.within(nodes or proposers.tree.num_nodes)
         self.draft_index = None if tree is proposers.tree else source[1:] - 1  # its nodes among the drafts
         device = tree.parent.device
         self.base, self.state, self.proposers, self.decoder = base, state, proposers, decoder
-        self.tree, self.length = tree, length
+        self.tree, self.length, self.sampled = tree, length, sampled
         self.rows = slice(first, first + count)
         self.write_at = torch.zeros(count, tree.num_nodes, dtype=torch.long, device=device)
         self.cache = store.rows(first, count, length, self.write_at)
@@ -177,11 +196,17 @@ class BatchStep:
                                self.decoder)
         with phase("accept"):
             target = out.logits.argmax(dim=-1)  # (b, N)
-            node = greedy_nodes(tree, tokens, target) * active  # an empty row keeps its root only
+            node = greedy_nodes(tree, tokens, target)
+            bonus = target.gather(1, node.unsqueeze(1))
+            if self.sampled:
+                sampling = state.sampling[rows]
+                walked, drawn = sampled_nodes(tree, tokens, out.logits, sampling)
+                node = torch.where(sampling.sampled, walked, node)
+                bonus = torch.where(sampling.sampled.unsqueeze(1), drawn.unsqueeze(1), bonus)
+            node = node * active  # an empty row keeps its root only
             path = tree.path_nodes[node]  # (b, D+1)
             kept = tokens.gather(1, path)
             depth = tree.depth[node]
-            bonus = target.gather(1, node.unsqueeze(1))
             state.report[rows] = torch.cat([depth.unsqueeze(1), kept, bonus], dim=1)
         with phase("commit"):
             commit_rows(self.cache, starts, path)

@@ -3,7 +3,7 @@
 FastChat's worker calls ``generate_stream`` from many threads at once. Each
 call submits a ``Job`` here and reads its own ``Ticket``; the loop thread
 admits jobs (prefill into a free KV slot), then runs one batched speculative
-step over every active greedy request (``batch_step.BatchStep``), and hands
+step over every active request, greedy or sampled (``batch_step.BatchStep``), and hands
 each ticket the tokens its row emitted. It launches the next step before it
 hands out the last one (``FASTCHAT_SPEC_STEPS_AHEAD``: two steps, or one), so
 the device works while the host does. An admission does not wait for the
@@ -11,9 +11,9 @@ prompt's forward either: the prompt's first token is handed out with the
 request's first step (``_Row.first_pending``). Requests join at prefill and leave at
 any step boundary: finished, stopped, cancelled or abandoned by their client.
 
-Requests whose step needs the host (sampling, repetition penalty, Jacobi
-windows, logprobs) run through the same loop with their own cache, one host step each
-per iteration, between the batched steps.
+Requests whose step needs the host (repetition penalty, typical acceptance,
+Jacobi windows, logprobs) run through the same loop with their own cache, one
+host step each per iteration, between the batched steps.
 
 Graphs (every batched step shape, and the prompt prefill per length bucket,
 ``prefill.py``) are captured at warm-up only: at worker load, or by this
@@ -42,11 +42,12 @@ import torch
 from fastchat.constants import ErrorCode
 
 from fastchat_spec.generate.batch_step import (BatchStep, LaunchedStep, SlotState, StepReports, emitted_tokens,
-                                               root_token, supports_device_step)
+                                               root_token, sampled_steps_enabled, supports_device_step)
 from fastchat_spec.generate.cuda_graphs import capture, compiled_decoder, graphs_enabled
 from fastchat_spec.generate.engine import Generation
 from fastchat_spec.generate.kv_cache import round_up
 from fastchat_spec.generate.prefill import SlotPrefill
+from fastchat_spec.generate.row_sampling import first_token
 from fastchat_spec.generate.proposers import Committed, proposer_class
 from fastchat_spec.generate.proposers.base import SlotProposers
 from fastchat_spec.generate.request import RequestError
@@ -146,7 +147,7 @@ class EngineLoop:
         self.host_rows: list[_HostRow] = []
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self._steps: dict[tuple[int, int, int], object] = {}
+        self._steps: dict[tuple[int, int, int, bool], object] = {}
         self._pool = None
         self._captured: list[BatchStep] = []
         self._warm = False
@@ -215,8 +216,8 @@ class EngineLoop:
         if self.rows:
             raise RuntimeError("fastchat-spec: graphs are captured only while no request is in flight")
         with torch.inference_mode():
-            for first, count, length in self._all_shapes():
-                self._steps[(first, count, length)] = self._capture(first, count, length)
+            for shape in self._all_shapes():
+                self._steps[shape] = self._capture(*shape)
             self.prefill.capture_all()
         self._warm = True
 
@@ -313,7 +314,7 @@ class EngineLoop:
         job = ticket.job
         proposer_cls = proposer_class(self.method)
         # The batched step reports tokens only: a request for their logprobs reads the logits on the host.
-        if self.batched and supports_device_step(proposer_cls, job.sampling) and not job.logprobs:
+        if self.batched and supports_device_step(proposer_cls, job.sampling, job.acceptance) and not job.logprobs:
             self._prefill_slot(ticket)
             return
         generation = Generation(self.model_ref(), job.prompt_ids, job.max_new_tokens, job.sampling,
@@ -331,10 +332,10 @@ class EngineLoop:
             raise ValueError(f"the prompt ({p} tokens) and max_new_tokens ({job.max_new_tokens}) do not fit "
                              f"the model's context of {self.context_len} tokens")
         slot = min(set(range(self.slots)) - set(self.rows))
-        self.occupy_slot(slot, job.prompt_ids)
+        self.occupy_slot(slot, job.prompt_ids, job.sampling)
         self.rows[slot] = _Row(ticket, slot, cached=p)
 
-    def occupy_slot(self, slot: int, prompt_ids: list[int]) -> None:
+    def occupy_slot(self, slot: int, prompt_ids: list[int], sampling=None) -> None:
         """Prefill ``slot`` with a prompt and set its drafter and step state, without waiting for the device.
 
         The first token stays on the device as the slot's root; the row's first
@@ -346,7 +347,7 @@ class EngineLoop:
         with eager_attention():
             done = self.prefill(slot, prompt_ids)
             self.proposers.reset(slot, Committed.prompt(done.tokens, done.hidden, None))
-        self.state.occupy(slot, len(prompt_ids), done.first)
+        self.state.occupy(slot, len(prompt_ids), first_token(done, sampling), sampling)
 
     def _step_rows(self) -> None:
         """Launch the next batched step, then hand out older steps' tokens while the device runs it.
@@ -378,7 +379,8 @@ class EngineLoop:
 
     def _launch(self, first: int, count: int, length: int) -> _InFlight:
         rows = {slot: row for slot, row in self.rows.items() if first <= slot < first + count}
-        report = self.reports.launch(self._step_for(first, count, length), slice(first, first + count))
+        sampled = any(not row.ticket.job.sampling.greedy for row in rows.values())
+        report = self.reports.launch(self._step_for(first, count, length, sampled), slice(first, first + count))
         return _InFlight(first, rows, report, self._nodes_per_row(count))
 
     def _hand_out(self, flight: _InFlight) -> None:
@@ -480,34 +482,37 @@ class EngineLoop:
         whole = self.tree.num_nodes
         return whole if not self.step_tokens else max(1, min(whole, self.step_tokens // count))
 
-    def _all_shapes(self):
+    def _all_shapes(self) -> list[tuple[int, int, int, bool]]:
+        """(first row, rows, length, sampled) of every step the loop may run: each graphed at load."""
+        variants = (False, True) if sampled_steps_enabled() else (False,)
         if self.invariant:
-            return [(slot, 1, self.capacity) for slot in range(self.slots)]
+            return [(slot, 1, self.capacity, s) for slot in range(self.slots) for s in variants]
         counts = sorted({self._rows_bucket(n) for n in range(1, self.slots + 1)})
         lengths = sorted({self._length_bucket(n) for n in range(0, self.capacity + 1, 64)})
-        return [(0, c, length) for c in counts for length in lengths]
+        return [(0, c, length, s) for c in counts for length in lengths for s in variants]
 
-    def _step_for(self, first: int, count: int, length: int):
+    def _step_for(self, first: int, count: int, length: int, sampled: bool = False):
         """The step of that shape: its graph, or (never captured while serving) an eager run."""
-        step = self._steps.get((first, count, length))
+        shape = (first, count, length, sampled)
+        step = self._steps.get(shape)
         if step is None:
-            step = self._steps[(first, count, length)] = self._batch_step(first, count, length).run
+            step = self._steps[shape] = self._batch_step(*shape).run
             if self.graphs:
-                log.warning("no graph for rows %d..%d, length %d: that step runs eagerly", first, first + count,
-                            length)
+                log.warning("no graph for rows %d..%d, length %d%s: that step runs eagerly", first, first + count,
+                            length, " (sampled)" if sampled else "")
         return step
 
-    def _capture(self, first: int, count: int, length: int):
+    def _capture(self, first: int, count: int, length: int, sampled: bool):
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        step = self._batch_step(first, count, length)
+        step = self._batch_step(first, count, length, sampled)
         replay, _ = capture(step.run, self.device, pool=self._pool)
         self._captured.append(step)  # the graph reads the step's own buffers: they must outlive it
         return replay
 
-    def _batch_step(self, first: int, count: int, length: int) -> BatchStep:
+    def _batch_step(self, first: int, count: int, length: int, sampled: bool = False) -> BatchStep:
         return BatchStep(self.base, self.store, self.state, self.proposers, first, count, length, self.decoder,
-                         nodes=self._nodes_per_row(count))
+                         nodes=self._nodes_per_row(count), sampled=sampled)
 
 
 _LOOPS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()

@@ -56,6 +56,7 @@ class Prefilled:
     tokens: torch.Tensor  # (p,) the prompt's ids on the device
     hidden: torch.Tensor  # (p, H) the base's last hidden states over the prompt
     first: torch.Tensor  # () the greedy token after the prompt, on the device (reading it waits for the forward)
+    logits: torch.Tensor  # (V,) the base's logits after the prompt (a sampled request draws its first token)
 
 
 def prefill_stream() -> bool:
@@ -106,8 +107,8 @@ class SlotPrefill:
         if bucket < len(self._graphs):
             return self._graphed(self._graphs[bucket], slot, prompt_ids)
         tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        hidden, first = self._eager(slot, tokens)
-        return Prefilled(tokens, hidden, first)
+        hidden, logits = self._eager(slot, tokens)
+        return Prefilled(tokens, hidden, logits.argmax(), logits)
 
     def _graphed(self, graph: "_GraphedPrefill", slot: int, prompt_ids: list[int]) -> Prefilled:
         """The prompt's forward on the prefill stream, then its copy into ``slot`` on the loop's stream.
@@ -129,10 +130,10 @@ class SlotPrefill:
         tokens.record_stream(loop_stream)  # made on the prefill stream, read later on the loop's
         graph.write_slot(slot)
         hidden = graph.hidden[:p].clone()  # the next prefill of this bucket overwrites graph.hidden
-        first = graph.first.clone()
+        first, logits = graph.first.clone(), graph.logits.clone()
         self._scratch_free = torch.cuda.Event()
         self._scratch_free.record(loop_stream)
-        return Prefilled(tokens, hidden, first)
+        return Prefilled(tokens, hidden, first, logits)
 
     def _eager(self, slot: int, tokens: torch.Tensor):
         p = tokens.numel()
@@ -143,7 +144,7 @@ class SlotPrefill:
                          causal_visibility(p, self.device), length, self.dtype)
         out = forward_rows(self.base, cache, tokens.view(1, p), positions, mask, positions[0],
                            logits_at=torch.full((1,), p - 1, device=self.device))
-        return out.hidden[0], out.logits[0, 0].argmax()
+        return out.hidden[0], out.logits[0, 0]
 
 
 class _GraphedPrefill:
@@ -164,7 +165,7 @@ class _GraphedPrefill:
         def forward():
             out = forward_rows(prefill.base, cache, self.tokens, positions, mask, positions[0], prefill.decoder,
                                logits_at=self.last)
-            return out.hidden[0], out.logits[0, 0].argmax()
+            return out.hidden[0], out.logits[0, 0].argmax(), out.logits[0, 0]
 
         def write_slot():
             for layer, (k, v) in zip(cache.layers, zip(store.keys, store.values)):
@@ -174,7 +175,8 @@ class _GraphedPrefill:
         # The graphs read the buffers these closures hold (positions, mask, cache): they must outlive them.
         self._runs = (forward, write_slot)
         # Captured on the stream it replays on: its own cuBLAS workspace, apart from the steps' (``capture``).
-        self._forward, (self.hidden, self.first) = capture(forward, device, pool=pool, stream=prefill.stream)
+        self._forward, (self.hidden, self.first, self.logits) = capture(forward, device, pool=pool,
+                                                                        stream=prefill.stream)
         self._write_slot, _ = capture(write_slot, device, warmups=1, pool=pool)
 
     def forward(self, tokens: torch.Tensor) -> None:

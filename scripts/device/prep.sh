@@ -30,6 +30,9 @@
 # The CLLM context branch (nineteenth session) timed on the GPU, window alone against as served, then the GPU check
 #   (which now also covers logprobs requests beside batched ones and --load-8bit): cllm_context.sh  carry
 #   .gpu/whl_min .gpu/prompts.jsonl (about 4 min).
+# Sampled requests in the batched step (twentieth session): the GPU check (now with the sampled law, 16 at a time),
+#   then sampled serving at 1 and 8 clients before and after: sampled_rows.sh  carry .gpu/whl_min .gpu/prompts.jsonl
+#   (about 7 min).
 # attention_flex.sh (carry .gpu/whl_min) ran its first part in the thirteenth session (BENCHMARKS.md section 1).
 # Usage: bash scripts/device/prep.sh   (repo root or anywhere; needs .venv from scripts/setup.sh)
 set -euo pipefail
