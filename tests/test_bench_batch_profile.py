@@ -63,6 +63,18 @@ def test_every_rows_count_gets_every_phase_within_the_step(tmp_path, capsys, hyd
             assert "ms/step" in line and all(f"| {phase} " in line for phase in PHASES), line
 
 
+def test_sampled_rows_profile_the_sampled_step(tmp_path):
+    """--temperature profiles the variant that sampled requests run: its walk down the tree is in 'accept'."""
+    out = str(tmp_path / "sampled.json")
+    batch_profile(["--model-path", NANO, *SMALL, "--temperature", "0.7", "--out", out])
+    with open(out, encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["temperature"] == 0.7
+    for m in result["checkpoints"]["medusa-vicuna-nano"]["rows"].values():
+        assert m["sampled"] is True
+        assert any("sort" in op["name"] for op in m["top"]["accept"])  # each row's top-p order
+
+
 def test_a_length_too_short_for_the_tree_names_the_flag_and_the_fix():
     with pytest.raises(SystemExit) as exit_:
         batch_profile(["--model-path", NANO, *SMALL[:6], "--length", "64", *SMALL[8:]])

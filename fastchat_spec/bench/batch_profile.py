@@ -19,7 +19,8 @@ profiler ranges (``batch_step.PHASES``):
   propose  the proposers draft every row's tree; the tree's tokens are assembled;
   mask     the rows' KV write positions and the additive attention mask;
   verify   the base's forward over every row's tree;
-  accept   the base's argmax, each row's deepest accepted path, the report for the host;
+  accept   the base's argmax, each row's deepest accepted path, the report for the host (with
+           --temperature, the sampled rows' rejection-sampling walk down the tree too);
   commit   the accepted path's KV entries moved into place;
   observe  the proposers learn the step, and the rows move on to their bonus tokens.
 
@@ -46,6 +47,7 @@ from fastchat_spec.bench.run import _sync, result_header, write_result
 from fastchat_spec.bench.steps import cuda_seconds
 from fastchat_spec.generate.batch_step import PHASE_PREFIX, PHASES, SlotState
 from fastchat_spec.generate.loop import EngineLoop
+from fastchat_spec.generate.sampling import SamplingParams
 
 STEP_RANGE = "batch_profile.step"  # the tool's own range around each profiled step
 OUTSIDE = "outside"  # ops of a step that no phase range holds
@@ -66,6 +68,10 @@ def parse_args(argv=None):
                    help="positions the step attends to (the loop's length bucket: 256, 512, 1024, ...); must hold "
                         "the prompt, the tree and a few accepted paths, within the slots' capacity")
     p.add_argument("--steps", type=int, default=20, help="profiled steps per checkpoint and rows count")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="> 0: every row samples at this temperature (with --top-p), so the step runs its sampled "
+                        "variant (the rejection-sampling walk in 'accept'); 0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="the sampled rows' top-p (1: no cut)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=[None, "float32", "float16", "bfloat16"],
                    help="default: bfloat16 on CUDA, float32 on the CPU")
@@ -77,6 +83,8 @@ def parse_args(argv=None):
         p.error(f"--rows must be a comma list of integers, e.g. 1,8; got {args.rows!r}")
     if min(args.rows) < 1 or args.steps < 1 or args.prompt_len < 1:
         p.error("--rows, --steps and --prompt-len must be positive")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        p.error("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible here; pass --device cpu")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -107,7 +115,7 @@ def prompt_ids(vocab_size: int, length: int, seed: int) -> list[int]:
     return torch.randint(FIRST_ORDINARY_ID, vocab_size, (length,), generator=generator).tolist()
 
 
-def occupied_loop(model, path: str, rows: int, prompt_len: int, length: int) -> EngineLoop:
+def occupied_loop(model, path: str, rows: int, prompt_len: int, length: int, sampling=None) -> EngineLoop:
     """The engine loop's pieces for ``rows`` slots at the model's served context, every slot holding a prompt."""
     from fastchat.utils import get_context_length
 
@@ -119,7 +127,7 @@ def occupied_loop(model, path: str, rows: int, prompt_len: int, length: int) -> 
         sys.exit(f"--rows {rows}: only {loop.slots} KV slots fit the device memory; ask for fewer rows")
     check_length(loop, path, prompt_len, length)
     for slot in range(rows):
-        loop.occupy_slot(slot, prompt_ids(model.base.config.vocab_size, prompt_len, seed=slot))
+        loop.occupy_slot(slot, prompt_ids(model.base.config.vocab_size, prompt_len, seed=slot), sampling)
     return loop
 
 
@@ -221,23 +229,25 @@ def _all_kernels_ms(prof, steps: int) -> float:
     return sum(e.time_range.elapsed_us() for e in device_events) / steps / 1000
 
 
-def time_graph(loop: EngineLoop, rows: int, length: int, rewind, steps: int) -> float:
+def time_graph(loop: EngineLoop, rows: int, length: int, sampled: bool, rewind, steps: int) -> float:
     """Median milliseconds of the step's CUDA graph replay, captured as the loop captures its steps."""
     rewind()
-    replay = loop._capture(0, rows, length)
+    replay = loop._capture(0, rows, length, sampled)
     return 1000 * cuda_seconds(replay, repeat=steps, warmup=WARMUP_STEPS, before=rewind)
 
 
 @torch.inference_mode()
 def measure(model, path: str, rows: int, args, device: torch.device) -> dict:
     """One checkpoint at ``rows`` rows: the eager step's phases under the profiler, then its graph's replays."""
-    loop = occupied_loop(model, path, rows, args.prompt_len, args.length)
-    step = loop._batch_step(0, rows, args.length)
+    sampled = args.temperature > 0
+    sampling = SamplingParams(args.temperature, args.top_p, -1, 1.0) if sampled else None
+    loop = occupied_loop(model, path, rows, args.prompt_len, args.length, sampling)
+    step = loop._batch_step(0, rows, args.length, sampled)
     rewind = rewinder(loop.state)
     prof = profile_steps(step.run, rewind, args.steps, device)
-    result = {"rows": rows, "nodes_per_row": step.tree.num_nodes,
+    result = {"rows": rows, "nodes_per_row": step.tree.num_nodes, "sampled": sampled,
               **split_by_phase(prof, args.steps, device.type == "cuda")}
-    result["graph_ms"] = time_graph(loop, rows, args.length, rewind, args.steps) if loop.graphs else None
+    result["graph_ms"] = time_graph(loop, rows, args.length, sampled, rewind, args.steps) if loop.graphs else None
     return result
 
 
@@ -258,6 +268,7 @@ def main(argv=None):
     result = {
         **result_header("fastchat_spec.bench.batch_profile", args.device, argv),
         "dtype": args.dtype, "prompt_len": args.prompt_len, "length": args.length, "steps": args.steps,
+        "temperature": args.temperature, "top_p": args.top_p,
         "time": "device time of the kernels in each range" if device.type == "cuda"
                 else "CPU self time of the ops in each range",
         "checkpoints": {},
