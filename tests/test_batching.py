@@ -109,6 +109,24 @@ def test_sampled_requests_share_batched_steps(medusa):
     assert loop.stats.steps - steps < batched_rows
 
 
+def test_a_failed_sampled_capture_leaves_sampling_to_host_steps(medusa_dir, caplog):
+    """Were the sampled step's graphs to fail at load, sampled requests would still be answered (by host steps),
+    and the log would say why."""
+    served_model = served(medusa_dir)
+    loop = engine_for(served_model[0], CONTEXT)
+
+    def failing_capture(*shape):
+        raise RuntimeError("capture failed")
+
+    loop._capture = failing_capture
+    loop._capture_sampled([(0, 1, 256, True)])
+    assert not loop.sampled_steps and "sampled requests take host steps" in caplog.text
+    rows = loop.stats.rows
+    out = run_together(served_model, [params(PROMPTS[0], 16, temperature=0.7) for _ in range(2)])
+    assert all(o["finish_reason"] in ("stop", "length") and o["text"] for o in out)
+    assert loop.stats.rows == rows  # no batched step ran them
+
+
 def test_joining_and_cancelled_requests_leave_the_others_unchanged(medusa):
     model, tok, stream = medusa
     long_a = run_alone(medusa, PROMPTS[1], 64)

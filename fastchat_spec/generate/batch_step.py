@@ -47,14 +47,14 @@ def phase(name: str):
     return torch.profiler.record_function(PHASE_PREFIX + name)
 
 
-def supports_device_step(proposer, sampling, acceptance: str = "lossless") -> bool:
-    """A proposer with in-place state, no repetition penalty (no per-node history), and greedy decoding or
-    lossless sampling (typical acceptance is stepped on the host)."""
+def supports_device_step(proposer, sampling, acceptance: str = "lossless", sampled_steps: bool = True) -> bool:
+    """A proposer with in-place state, no repetition penalty (no per-node history), and greedy decoding or,
+    where the loop has sampled steps, lossless sampling (typical acceptance is stepped on the host)."""
     if os.environ.get(DEVICE_STEP_ENV, "1") == "0" or not getattr(proposer, "device_state", False):
         return False
     if sampling.repetition_penalty > 1.0:
         return False
-    return sampling.greedy or (acceptance == "lossless" and sampled_steps_enabled())
+    return sampling.greedy or (acceptance == "lossless" and sampled_steps)
 
 
 def sampled_steps_enabled() -> bool:

@@ -140,6 +140,7 @@ class EngineLoop:
         self.step_tokens = step_tokens()
         self.ahead = steps_ahead()
         self.graphs = graphs_enabled(self.device)
+        self.sampled_steps = sampled_steps_enabled()  # sampled requests in the batched step (else a host step)
         self.stats = LoopStats()
         self.inbox: "queue.Queue[Ticket]" = queue.Queue()
         self.waiting: collections.deque[Ticket] = collections.deque()
@@ -216,10 +217,23 @@ class EngineLoop:
         if self.rows:
             raise RuntimeError("fastchat-spec: graphs are captured only while no request is in flight")
         with torch.inference_mode():
-            for shape in self._all_shapes():
+            shapes = self._all_shapes()
+            for shape in (s for s in shapes if not s[-1]):
                 self._steps[shape] = self._capture(*shape)
             self.prefill.capture_all()
+            self._capture_sampled([s for s in shapes if s[-1]])
         self._warm = True
+
+    def _capture_sampled(self, shapes) -> None:
+        """The sampled variants; if one fails to capture, sampled requests take host steps and the greedy graphs
+        serve on."""
+        try:
+            for shape in shapes:
+                self._steps[shape] = self._capture(*shape)
+        except Exception:  # noqa: BLE001 - the greedy steps are captured; sampling still has the host step
+            log.exception("capturing the sampled step failed; sampled requests take host steps")
+            self.sampled_steps = False
+            self._steps = {shape: step for shape, step in self._steps.items() if not shape[-1]}
 
     # -- the loop thread ------------------------------------------------------
     def _serve(self) -> None:
@@ -314,7 +328,8 @@ class EngineLoop:
         job = ticket.job
         proposer_cls = proposer_class(self.method)
         # The batched step reports tokens only: a request for their logprobs reads the logits on the host.
-        if self.batched and supports_device_step(proposer_cls, job.sampling, job.acceptance) and not job.logprobs:
+        if (self.batched and not job.logprobs
+                and supports_device_step(proposer_cls, job.sampling, job.acceptance, self.sampled_steps)):
             self._prefill_slot(ticket)
             return
         generation = Generation(self.model_ref(), job.prompt_ids, job.max_new_tokens, job.sampling,
@@ -484,7 +499,7 @@ class EngineLoop:
 
     def _all_shapes(self) -> list[tuple[int, int, int, bool]]:
         """(first row, rows, length, sampled) of every step the loop may run: each graphed at load."""
-        variants = (False, True) if sampled_steps_enabled() else (False,)
+        variants = (False, True) if self.sampled_steps else (False,)
         if self.invariant:
             return [(slot, 1, self.capacity, s) for slot in range(self.slots) for s in variants]
         counts = sorted({self._rows_bucket(n) for n in range(1, self.slots + 1)})
