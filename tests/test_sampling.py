@@ -116,13 +116,28 @@ CASES = {
 }
 
 
+def _sample_first_two_rows(tree: Tree, tokens: list[int], probs: torch.Tensor, n: int) -> Counter:
+    """``_sample_first_two`` by the batched step's rule: n rows of the same tree, walked at once."""
+    node, bonus = accept.sampled_nodes(tree, torch.tensor(tokens).repeat(n, 1), torch.log(probs).expand(n, -1, -1),
+                                       _sampled_rows(n))
+    counts = Counter()
+    for last, b in zip(node.tolist(), bonus.tolist(), strict=True):
+        emitted = [tokens[k] for k in tree.path_nodes[last].tolist()[1 : 1 + int(tree.depth[last])]] + [b]
+        counts[(emitted[0], emitted[1] if len(emitted) > 1 else None)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("rule", ["host", "batched"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_accept_sampling_emits_the_target_distribution(case):
+def test_accept_sampling_emits_the_target_distribution(case, rule):
+    """The host step's rule (``accept_sampling``) and the batched step's (``sampled_nodes``, every row at once on
+    device tensors) both have the target's law."""
     tree = Tree.from_paths(PATHS)
     tokens, rows = CASES[case]
     probs = _distributions(rows)
     torch.manual_seed(1234)
-    counts = _sample_first_two(tree, tokens, probs, SAMPLES)
+    sample = _sample_first_two if rule == "host" else _sample_first_two_rows
+    counts = sample(tree, tokens, probs, SAMPLES)
     exact = _exact_first_two(tree, tokens, probs)
     assert set(counts) <= set(exact), f"impossible outcomes emitted: {set(counts) - set(exact)}"
     assert _tv(_empirical(counts), exact) < 0.02
@@ -130,25 +145,6 @@ def test_accept_sampling_emits_the_target_distribution(case):
     for (t, _), c in counts.items():
         first[t] += c
     assert _tv(_empirical(first), {t: float(probs[0, t]) for t in range(VOCAB)}) < 0.02
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_batched_step_sampling_emits_the_target_distribution(case):
-    """The batched step's rule (all rows at once, on device tensors) has the same law as ``accept_sampling``."""
-    tree = Tree.from_paths(PATHS)
-    tokens, rows = CASES[case]
-    probs = _distributions(rows)
-    torch.manual_seed(1234)
-    token_rows = torch.tensor(tokens).repeat(SAMPLES, 1)
-    node, bonus = accept.sampled_nodes(tree, token_rows, torch.log(probs).expand(SAMPLES, -1, -1),
-                                       _sampled_rows(SAMPLES))
-    counts = Counter()
-    for n, b in zip(node.tolist(), bonus.tolist(), strict=True):
-        emitted = [tokens[k] for k in tree.path_nodes[n].tolist()[1 : 1 + int(tree.depth[n])]] + [b]
-        counts[(emitted[0], emitted[1] if len(emitted) > 1 else None)] += 1
-    exact = _exact_first_two(tree, tokens, probs)
-    assert set(counts) <= set(exact), f"impossible outcomes emitted: {set(counts) - set(exact)}"
-    assert _tv(_empirical(counts), exact) < 0.02
 
 
 def _sampled_rows(rows: int, temperature=1.0, top_p=1.0, top_k=-1) -> RowSampling:
