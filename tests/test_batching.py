@@ -201,6 +201,30 @@ def test_sixteen_api_clients_get_their_sequential_answers_and_free_every_slot(se
     assert engine["busy_slots"] == 0 and status["queue_length"] == 0
 
 
+def test_over_the_api_default_sampled_chats_share_batched_steps(servers):
+    """Chat completions that leave the temperature to FastChat's API server (0.7) are sampled, and eight at once
+    are verified in shared steps: the worker's engine counts more request rows than steps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.servers import local_session, worker_status
+
+    http = local_session()
+    before = worker_status(servers.worker_url, timeout=30)["spec_engine"][0]
+
+    def ask(i: int) -> str:
+        r = http.post(servers.api_url + "/v1/chat/completions", timeout=300, json={
+            "model": SERVED, "messages": [{"role": "user", "content": PROMPTS[i]}], "max_tokens": 24})
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    assert all(answers)
+    after = worker_status(servers.worker_url, timeout=30)["spec_engine"][0]
+    rows, steps = after["rows"] - before["rows"], after["steps"] - before["steps"]
+    assert rows > steps > 0  # batched steps ran them, several rows at a time
+
+
 def test_over_the_api_a_joining_and_a_cancelled_request_leave_the_others_unchanged(servers):
     """Through FastChat's servers: two streams in flight, a third cut off by its client mid-stream, and a
     fourth that joins while the first two are still being read; each survivor gets its sequential answer."""
