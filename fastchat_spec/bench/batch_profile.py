@@ -239,8 +239,8 @@ def time_graph(loop: EngineLoop, rows: int, length: int, sampled: bool, rewind, 
 @torch.inference_mode()
 def measure(model, path: str, rows: int, args, device: torch.device) -> dict:
     """One checkpoint at ``rows`` rows: the eager step's phases under the profiler, then its graph's replays."""
-    sampled = args.temperature > 0
-    sampling = SamplingParams(args.temperature, args.top_p, -1, 1.0) if sampled else None
+    sampling = SamplingParams(args.temperature, args.top_p, -1, 1.0)
+    sampled = not sampling.greedy  # FastChat's rule (a temperature below 1e-5 is greedy)
     loop = occupied_loop(model, path, rows, args.prompt_len, args.length, sampling)
     step = loop._batch_step(0, rows, args.length, sampled)
     rewind = rewinder(loop.state)

@@ -54,40 +54,40 @@ def greedy_nodes(tree: Tree, tokens: torch.Tensor, target: torch.Tensor) -> torc
 
 def sampled_nodes(tree: Tree, tokens: torch.Tensor, logits: torch.Tensor,
                   sampling: RowSampling) -> tuple[torch.Tensor, torch.Tensor]:
-    """``accept_sampling`` for rows of trees, without the host: (b, N) tokens and (b, N, V) raw logits ->
-    the deepest accepted node (b,) and the bonus token (b,).
+    """Recursive rejection sampling for rows of trees, without the host: (b, N) tokens and (b, N, V) raw
+    logits -> the deepest accepted node (b,) and the bonus token (b,).
 
     The walk goes down one level per round, all rows at once, for the tree's
-    depth + 1 rounds (a static count). At its node a row tries the children
-    in rank order: child j is accepted with probability p(j) / (mass not yet
+    depth (a static count). At its node a row tries the children in rank
+    order: child j is accepted with probability p(j) / (mass not yet
     rejected), a repeated token is tried once. A row whose children are all
-    rejected (or that reached a leaf) stops there and draws its bonus token
-    from what is left of p.
+    rejected (or that reached a leaf) stays there, and draws its bonus token
+    from what is left of p at that node once the walk is over.
     """
     rows = torch.arange(tokens.shape[0], device=tokens.device)
-    width = tree.children.shape[1]
+    kids_of = tree.children  # (N, C)
+    width = kids_of.shape[1]
     earlier = torch.ones(width, width, dtype=torch.bool, device=tokens.device).tril(-1)  # [j, i]: i before j
+    # Every node's children at once: their tokens, and which of them to try (real, not a repeat).
+    kid_tokens = tokens[:, kids_of.clamp_min(0)]  # (b, N, C)
+    real = (kids_of >= 0).expand_as(kid_tokens)
+    repeated = ((kid_tokens.unsqueeze(3) == kid_tokens.unsqueeze(2)) & real.unsqueeze(2) & earlier).any(3)
+    tried = (real & ~repeated).float()
+    draws = torch.rand(tokens.shape[0], tree.max_depth, width, device=tokens.device)
     node = torch.zeros_like(rows)
-    done = torch.zeros_like(rows, dtype=torch.bool)
-    left_over = torch.zeros(logits.shape[0], logits.shape[-1], dtype=torch.float32, device=logits.device)
-    for _ in range(tree.max_depth + 1):
+    moving = torch.ones_like(rows, dtype=torch.bool)
+    for level in range(tree.max_depth):
         probs = row_probs(logits[rows, node], sampling)  # (b, V) at each row's node
-        kids = tree.children[node]  # (b, C)
-        real = kids >= 0
-        kid_tokens = tokens.gather(1, kids.clamp_min(0))
-        repeated = ((kid_tokens.unsqueeze(2) == kid_tokens.unsqueeze(1)) & real.unsqueeze(1) & earlier).any(2)
-        p = probs.gather(1, kid_tokens) * (real & ~repeated)
+        p = probs.gather(1, kid_tokens[rows, node]) * tried[rows, node]
         left = 1 - (p.cumsum(dim=1) - p)  # mass not yet rejected when child j is tried
-        accepted = (left > 0) & (torch.rand_like(p) * left < p)
-        moves = accepted.any(dim=1) & ~done
-        stops = ~accepted.any(dim=1) & ~done
-        tried = torch.zeros_like(probs).scatter_add_(1, kid_tokens, real.float()) > 0  # all rejected here
-        rest = probs.masked_fill(tried, 0.0)
-        rest = torch.where(rest.sum(dim=1, keepdim=True) > 1e-12, rest, probs)  # rounding left no mass
-        left_over = torch.where(stops.unsqueeze(1), rest, left_over)
-        node = torch.where(moves, kids.gather(1, accepted.int().argmax(dim=1, keepdim=True))[:, 0], node)
-        done |= stops
-    return node, draw(left_over)
+        accepted = (left > 0) & (draws[:, level] * left < p)
+        moving &= accepted.any(dim=1)
+        node = torch.where(moving, kids_of[node].gather(1, accepted.int().argmax(dim=1, keepdim=True))[:, 0], node)
+    probs = row_probs(logits[rows, node], sampling)
+    rejected = torch.zeros_like(probs).scatter_add_(1, kid_tokens[rows, node], tried[rows, node]) > 0
+    rest = probs.masked_fill(rejected, 0.0)
+    rest = torch.where(rest.sum(dim=1, keepdim=True) > 1e-12, rest, probs)  # rounding left no mass
+    return node, draw(rest)
 
 
 def _finish(tree: Tree, tokens: torch.Tensor, node: torch.Tensor, bonus: torch.Tensor) -> Decision:
@@ -122,33 +122,9 @@ def accept_typical(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor, tempe
 
 
 def accept_sampling(tree: Tree, tokens: torch.Tensor, scores: torch.Tensor) -> Decision:
-    """Lossless recursive rejection sampling with point-mass drafts."""
-    probs = torch.softmax(scores, dim=-1)
-    kids = tree.children  # (N, C), -1 padded
-    kid_tokens = tokens[kids.clamp_min(0)]
-    kid_p = probs.gather(1, kid_tokens).masked_fill_(kids < 0, 0.0)
-    host_p, host_tok = kid_p.cpu().tolist(), kid_tokens.cpu().tolist()
-    host_kids = tree.children.tolist()
-    node = 0
-    while True:
-        rejected, left, accepted = set(), 1.0, None
-        for j, kid in enumerate(host_kids[node]):
-            tok = host_tok[node][j]
-            if kid < 0 or tok in rejected:
-                continue
-            p = host_p[node][j]
-            if left > 0 and torch.rand(()).item() * left < p:
-                accepted = kid
-                break
-            rejected.add(tok)
-            left -= p
-        if accepted is None:
-            break
-        node = accepted
-    residual = probs[node].clone()
-    if rejected:
-        residual[torch.tensor(sorted(rejected), device=residual.device)] = 0.0
-    if float(residual.sum()) <= 1e-12:  # every bit of mass was tried: rounding only
-        residual = probs[node]
-    bonus = torch.multinomial(residual, 1)[0]
-    return _finish(tree, tokens, torch.tensor(node, device=tokens.device), bonus)
+    """Lossless recursive rejection sampling with point-mass drafts: ``sampled_nodes`` on one row whose
+    ``scores`` (N, V) are already processed (FastChat's processors, per node), so sampled as they are."""
+    plain = RowSampling.zeros(1, scores.device)
+    plain.sampled.fill_(True)
+    node, bonus = sampled_nodes(tree, tokens.unsqueeze(0), scores.unsqueeze(0), plain)
+    return _finish(tree, tokens, node[0], bonus[0])

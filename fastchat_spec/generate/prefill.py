@@ -26,8 +26,8 @@ the steps, ``scripts/gpu_check.py`` then found wrong float32 greedy tokens in
 1 to 4 of 16 prompts on an H100, different ones in each run. With the separate
 capture it passed twice on an H100 (fifteenth session, BENCHMARKS.md section 7).
 
-Only the last prompt position's logits are computed: they give the first token,
-which stays on the device (``Prefilled.first``): the loop does not wait for the
+Only the last prompt position's logits are computed: they give the first token
+(``row_sampling.first_token``), which stays on the device: the loop does not wait for the
 prompt's forward to read it, but takes it from the first step's report.
 Prompts longer than ``GRAPHED_PROMPT_MAX`` tokens run eagerly.
 Without graphs (CPU, ``FASTCHAT_SPEC_CUDA_GRAPHS=0``) the prompt runs at its
@@ -55,8 +55,7 @@ PREFILL_STREAM_ENV = "FASTCHAT_SPEC_PREFILL_STREAM"  # 1: graphed prefills run b
 class Prefilled:
     tokens: torch.Tensor  # (p,) the prompt's ids on the device
     hidden: torch.Tensor  # (p, H) the base's last hidden states over the prompt
-    first: torch.Tensor  # () the greedy token after the prompt, on the device (reading it waits for the forward)
-    logits: torch.Tensor  # (V,) the base's logits after the prompt (a sampled request draws its first token)
+    logits: torch.Tensor  # (V,) the base's logits after the prompt, on the device (reading them waits for the forward)
 
 
 def prefill_stream() -> bool:
@@ -108,7 +107,7 @@ class SlotPrefill:
             return self._graphed(self._graphs[bucket], slot, prompt_ids)
         tokens = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         hidden, logits = self._eager(slot, tokens)
-        return Prefilled(tokens, hidden, logits.argmax(), logits)
+        return Prefilled(tokens, hidden, logits)
 
     def _graphed(self, graph: "_GraphedPrefill", slot: int, prompt_ids: list[int]) -> Prefilled:
         """The prompt's forward on the prefill stream, then its copy into ``slot`` on the loop's stream.
@@ -130,10 +129,10 @@ class SlotPrefill:
         tokens.record_stream(loop_stream)  # made on the prefill stream, read later on the loop's
         graph.write_slot(slot)
         hidden = graph.hidden[:p].clone()  # the next prefill of this bucket overwrites graph.hidden
-        first, logits = graph.first.clone(), graph.logits.clone()
+        logits = graph.logits.clone()
         self._scratch_free = torch.cuda.Event()
         self._scratch_free.record(loop_stream)
-        return Prefilled(tokens, hidden, first, logits)
+        return Prefilled(tokens, hidden, logits)
 
     def _eager(self, slot: int, tokens: torch.Tensor):
         p = tokens.numel()
@@ -165,7 +164,7 @@ class _GraphedPrefill:
         def forward():
             out = forward_rows(prefill.base, cache, self.tokens, positions, mask, positions[0], prefill.decoder,
                                logits_at=self.last)
-            return out.hidden[0], out.logits[0, 0].argmax(), out.logits[0, 0]
+            return out.hidden[0], out.logits[0, 0]
 
         def write_slot():
             for layer, (k, v) in zip(cache.layers, zip(store.keys, store.values)):
@@ -175,8 +174,7 @@ class _GraphedPrefill:
         # The graphs read the buffers these closures hold (positions, mask, cache): they must outlive them.
         self._runs = (forward, write_slot)
         # Captured on the stream it replays on: its own cuBLAS workspace, apart from the steps' (``capture``).
-        self._forward, (self.hidden, self.first, self.logits) = capture(forward, device, pool=pool,
-                                                                        stream=prefill.stream)
+        self._forward, (self.hidden, self.logits) = capture(forward, device, pool=pool, stream=prefill.stream)
         self._write_slot, _ = capture(write_slot, device, warmups=1, pool=pool)
 
     def forward(self, tokens: torch.Tensor) -> None:

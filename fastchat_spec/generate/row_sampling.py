@@ -46,9 +46,10 @@ class RowSampling:
 
 
 def first_token(prefilled, params: SamplingParams | None) -> torch.Tensor:
-    """The token after a prompt, on the device: the prefill's argmax, or drawn with the request's sampling."""
+    """The token after a prompt, on the device: the argmax of the prefill's logits, or drawn with the request's
+    sampling."""
     if params is None or params.greedy:
-        return prefilled.first
+        return prefilled.logits.argmax()
     sampling = RowSampling.zeros(1, prefilled.logits.device)
     sampling.set(0, params)
     return draw(row_probs(prefilled.logits.unsqueeze(0), sampling))[0]
